@@ -1,0 +1,28 @@
+# Packaging reads everything from settings.ini, the single place where dependencies are declared.
+from configparser import ConfigParser
+import setuptools
+
+cfg = ConfigParser(delimiters=['='])
+cfg.read('settings.ini', encoding='utf-8')
+c = cfg['DEFAULT']
+licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+lic = licenses[c['license']]
+statuses = ['Planning', 'Pre-Alpha', 'Alpha', 'Beta', 'Production/Stable', 'Mature', 'Inactive']
+requirements = c.get('requirements', '').split()
+dev_requirements = c.get('dev_requirements', '').split()
+setuptools.setup(
+    name=c['lib_name'], version=c['version'], description=c['description'],
+    license=lic[0], author=c['author'], author_email=c['author_email'],
+    keywords=c['keywords'].split(), url=c['git_url'],
+    classifiers=['Development Status :: ' + str(c['status']) + ' - ' + statuses[int(c['status'])],
+                 'Intended Audience :: ' + c['audience'].title(),
+                 'License :: ' + lic[1], 'Natural Language :: ' + c['language'].title(),
+                 'Programming Language :: Python :: 3'],
+    packages=setuptools.find_packages(include=['margin_notes', 'margin_notes.*']),
+    include_package_data=True, install_requires=requirements,
+    extras_require={'dev': dev_requirements}, python_requires='>=' + c['min_python'],
+    long_description=open('README.md', encoding='utf-8').read(), long_description_content_type='text/markdown',
+    zip_safe=False,
+    entry_points={'console_scripts': c['console_scripts'].split(),
+                  'nbdev': [f"{c['lib_path']}={c['lib_path']}._modidx:d"]},
+)

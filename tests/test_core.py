@@ -1,0 +1,99 @@
+"""Tests for margin_notes.core and the project frame (README in sync, package importable)."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from margin_notes import core
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_data_root_env(monkeypatch, tmp_path):
+    monkeypatch.setenv('MARGIN_NOTES_DATA', str(tmp_path / 'd'))
+    assert core.data_root() == tmp_path / 'd'
+    monkeypatch.delenv('MARGIN_NOTES_DATA')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert core.data_root() == tmp_path / 'xdg' / 'margin_notes'
+
+
+def test_cache_dir_falls_back_when_data_root_read_only(monkeypatch, tmp_path):
+    ro = tmp_path / 'ro'; ro.mkdir(); ro.chmod(0o555)
+    monkeypatch.setenv('MARGIN_NOTES_DATA', str(ro))
+    monkeypatch.delenv('MARGIN_NOTES_CACHE', raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    if os.geteuid() == 0:  # root ignores permission bits; emulate a read-only mount
+        monkeypatch.setattr(core.os, 'access', lambda p, m: False)
+    c = core.cache_dir('feat')
+    assert c == tmp_path / 'xdg' / 'margin_notes' / 'cache' / 'feat' and c.is_dir()
+    monkeypatch.setenv('MARGIN_NOTES_CACHE', str(tmp_path / 'explicit'))
+    assert core.cache_dir() == tmp_path / 'explicit'
+
+
+def test_smoke_flag(monkeypatch):
+    monkeypatch.delenv('IN_TEST', raising=False)
+    monkeypatch.setenv('MARGIN_NOTES_SMOKE', '1'); assert core.is_smoke() and core.smoke_or(10, 1) == 1
+    monkeypatch.setenv('MARGIN_NOTES_SMOKE', '0'); monkeypatch.setenv('IN_TEST', '1'); assert not core.is_smoke()
+    monkeypatch.delenv('MARGIN_NOTES_SMOKE'); assert core.is_smoke()
+    monkeypatch.delenv('IN_TEST'); assert not core.is_smoke() and core.smoke_or(10, 1) == 10
+
+
+@pytest.mark.parametrize('logits,targets,msg', [
+    (torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), '[0, 3)'),
+    (torch.randn(4, 3), torch.tensor([0, -1, 2, 1]), '[0, 3)'),
+    (torch.randn(4, 3), torch.tensor([0, 1, 2]), '3 entries'),
+    (torch.randn(4), torch.tensor([0, 1, 2, 0]), '(B, K)'),
+    (torch.full((2, 3), float('inf')), torch.tensor([0, 1]), 'NaN or inf'),
+    (torch.randn(2, 3), torch.tensor([0.0, 1.0]), 'integer'),
+    (torch.randint(0, 3, (2, 3)), torch.tensor([0, 1]), 'floating point'),
+])
+def test_check_logits_targets_errors(logits, targets, msg):
+    with pytest.raises(ValueError, match=None) as e: core.check_logits_targets(logits, targets)
+    assert msg in str(e.value)
+
+
+def test_check_class_counts():
+    c = core.check_class_counts(np.array([3, 2, 1]), num_classes=3)
+    assert c.dtype == torch.float64 and c.tolist() == [3.0, 2.0, 1.0]
+    for bad, msg in [([1, 0], 'count <= 0'), ([1, -2], 'count <= 0'), ([], 'non-empty'), ([[1, 2]], '1-d'),
+                     ([1, float('inf')], 'NaN or inf'), (['a'], 'sequence of numbers')]:
+        with pytest.raises(ValueError) as e: core.check_class_counts(bad)
+        assert msg in str(e.value)
+
+
+def test_value_checks_skipped_off_cpu_unless_enabled(monkeypatch):
+    # a tensor claiming to live on an accelerator must not be read (that would force a host sync)
+    monkeypatch.setattr(core, '_check_values', lambda t: core._VALUE_CHECKS['accelerators'])
+    core.check_targets(torch.tensor([5]), 3)  # not read: no error
+    core.set_value_checks(True)
+    try:
+        with pytest.raises(ValueError): core.check_targets(torch.tensor([5]), 3)
+    finally: core.set_value_checks(False)
+
+
+def test_atomic_write_json_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / 'r.json'
+    core.atomic_write_json(p, {'a': 1})
+    with pytest.raises(TypeError): core.atomic_write_json(p, {'a': object()})
+    assert json.loads(p.read_text()) == {'a': 1}
+    assert sorted(f.name for f in tmp_path.iterdir()) == ['r.json']
+
+
+def test_atomic_torch_save_roundtrip(tmp_path):
+    sd = {'w': torch.randn(3)}
+    core.atomic_torch_save(sd, tmp_path / 'c.pt')
+    assert torch.equal(torch.load(tmp_path / 'c.pt')['w'], sd['w'])
+
+
+def test_readme_in_sync_with_index():
+    r = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'make_readme.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_package_imports_top_level_names():
+    import margin_notes
+    assert margin_notes.__version__
+    for name in ['data_root', 'is_smoke', 'check_logits_targets', 'atomic_write_json']:
+        assert hasattr(margin_notes, name), name
