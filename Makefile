@@ -3,6 +3,9 @@
 #   make run    set up .venv, run the book's main job on bundled real data (no download)
 #   make docs   build the Quarto site (needs quarto on PATH; otherwise the offline pre-processing check)
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip on these machines warns about configured local indexes that do not exist; hide only those lines
+PIPQ := 2>&1 | { grep -v '^WARNING: Location' || true; }
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,11 +22,10 @@ install: $(STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python settings.ini setup.py
-	$(BIN)/python -m pip install -q $(TORCH_SPEC) $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q $(TORCH_SPEC) $(TORCH_PIP_ARGS) $(PIPQ)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(PIPQ)
 	touch $(STAMP)
 
 sync-check: install

@@ -5,18 +5,17 @@ import setuptools
 cfg = ConfigParser(delimiters=['='])
 cfg.read('settings.ini', encoding='utf-8')
 c = cfg['DEFAULT']
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
-lic = licenses[c['license']]
+licenses = {'apache2': 'Apache-2.0'}  # SPDX expression
 statuses = ['Planning', 'Pre-Alpha', 'Alpha', 'Beta', 'Production/Stable', 'Mature', 'Inactive']
 requirements = c.get('requirements', '').split()
 dev_requirements = c.get('dev_requirements', '').split()
 setuptools.setup(
     name=c['lib_name'], version=c['version'], description=c['description'],
-    license=lic[0], author=c['author'], author_email=c['author_email'],
+    license=licenses[c['license']], author=c['author'], author_email=c['author_email'],
     keywords=c['keywords'].split(), url=c['git_url'],
     classifiers=['Development Status :: ' + str(c['status']) + ' - ' + statuses[int(c['status'])],
                  'Intended Audience :: ' + c['audience'].title(),
-                 'License :: ' + lic[1], 'Natural Language :: ' + c['language'].title(),
+                 'Natural Language :: ' + c['language'].title(),
                  'Programming Language :: Python :: 3'],
     packages=setuptools.find_packages(include=['margin_notes', 'margin_notes.*']),
     include_package_data=True, install_requires=requirements,
