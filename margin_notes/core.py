@@ -29,15 +29,9 @@ def data_root() -> Path:
 
 def cache_dir(sub: Optional[str] = None, # optional sub-folder, created if missing
              ) -> Path:
-    "Writable folder for derived files (decoded datasets, features, checkpoints)."
+    "Writable folder for derived files: `MARGIN_NOTES_CACHE` if set, else `user_cache_root()/'cache'` (never the data root)."
     env = os.environ.get('MARGIN_NOTES_CACHE')
-    if env: root = Path(env).expanduser()
-    else:
-        root = data_root() / 'cache'
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            if not os.access(root, os.W_OK): raise PermissionError(root)
-        except OSError: root = user_cache_root() / 'cache'
+    root = Path(env).expanduser() if env else user_cache_root() / 'cache'
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,0 +1,130 @@
+"Tests for margin_notes.metrics against naive Python implementations."
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from margin_notes.metrics import (per_class_accuracy, confusion_matrix, difficulty_ranking, difficulty_groups,
+                                  shot_groups, accuracy_report, aggregate_reports, format_mean_std,
+                                  plot_sorted_per_class)
+
+
+def naive_per_class(preds, targets, K):
+    out = []
+    for k in range(K):
+        idx = [i for i, t in enumerate(targets) if t == k]
+        out.append(float('nan') if not idx else sum(preds[i] == k for i in idx) / len(idx))
+    return out
+
+
+@st.composite
+def pred_target(draw):
+    K = draw(st.integers(1, 8)); B = draw(st.integers(0, 40))
+    t = draw(st.lists(st.integers(0, K - 1), min_size=B, max_size=B))
+    p = draw(st.lists(st.integers(0, K - 1), min_size=B, max_size=B))
+    return K, p, t
+
+
+@settings(max_examples=40, deadline=None)
+@given(pred_target())
+def test_per_class_and_confusion_match_naive(ptk):
+    K, p, t = ptk
+    got = per_class_accuracy(torch.tensor(p, dtype=torch.long), torch.tensor(t, dtype=torch.long), K)
+    exp = naive_per_class(p, t, K)
+    for g, e in zip(got.tolist(), exp):
+        assert (math.isnan(g) and math.isnan(e)) or abs(g - e) < 1e-12
+    cm = confusion_matrix(torch.tensor(p, dtype=torch.long), torch.tensor(t, dtype=torch.long), K)
+    for i in range(K):
+        for j in range(K):
+            assert cm[i, j] == sum(1 for a, b in zip(t, p) if a == i and b == j)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match='targets'): per_class_accuracy(torch.tensor([0, 1]), torch.tensor([0, 5]), 3)
+    with pytest.raises(ValueError, match='preds'): per_class_accuracy(torch.tensor([0.5, 1.0]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match='preds'): confusion_matrix(torch.tensor([0, 7]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match='NaN'): difficulty_ranking([0.1, float('nan'), 0.3])
+    with pytest.raises(ValueError, match='permutation'): accuracy_report([0.1, 0.2, 0.3], difficulty_ranking=[0, 0, 1])
+    with pytest.raises(ValueError): aggregate_reports([])
+
+
+def naive_groups(ref):
+    K = len(ref)
+    order = sorted(range(K), key=lambda k: (-ref[k], k))
+    sizes = [K // 3 + (1 if j < K % 3 else 0) for j in range(3)]
+    return order, [sorted(order[sum(sizes[:j]):sum(sizes[:j + 1])]) for j in range(3)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), min_size=3, max_size=60))
+def test_difficulty_groups_naive_with_ties(ref):
+    order, groups = naive_groups(ref)
+    assert difficulty_ranking(torch.tensor(ref)) == order
+    g = difficulty_groups(torch.tensor(ref))
+    assert [g['easy'], g['medium'], g['hard']] == groups
+    assert sorted(sum(groups, [])) == list(range(len(ref)))
+    sizes = [len(x) for x in groups]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_group_sizes_standard():
+    assert [len(v) for v in difficulty_groups(np.random.rand(100)).values()] == [34, 33, 33]
+    assert [len(v) for v in difficulty_groups(np.random.rand(1000)).values()] == [334, 333, 333]
+    assert [len(v) for v in difficulty_groups(np.random.rand(10)).values()] == [4, 3, 3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=50), st.data())
+def test_report_matches_naive(counts, data):
+    K = len(counts)
+    acc = data.draw(st.lists(st.floats(0, 1), min_size=K, max_size=K))
+    rep = accuracy_report(torch.tensor(acc, dtype=torch.float64), counts)
+    assert abs(rep['overall'] - sum(acc) / K) < 1e-9
+    assert rep['worst'] == min(acc) and rep['best'] == max(acc)
+    mu = sum(acc) / K
+    assert abs(rep['std'] - math.sqrt(sum((a - mu) ** 2 for a in acc) / K)) < 1e-9
+    for key, pred in (('many_shot', lambda n: n > 100), ('medium_shot', lambda n: 20 <= n <= 100),
+                      ('few_shot', lambda n: n < 20)):
+        vals = [a for a, n in zip(acc, counts) if pred(n)]
+        if vals: assert abs(rep[key] - sum(vals) / len(vals)) < 1e-9
+        else: assert math.isnan(rep[key])  # empty group: undefined, not 0
+
+
+def test_spec_group_counts():
+    # SPEC §7.1 Many/Medium/Few for CIFAR-LT profiles (counts written out independently here)
+    c100 = [math.floor(500 * (1 / 100) ** (i / 99)) for i in range(100)]
+    g = shot_groups(c100)
+    assert (len(g['many_shot']), len(g['medium_shot']), len(g['few_shot'])) == (35, 35, 30)
+    c10 = [math.floor(5000 * (1 / 100) ** (i / 9)) for i in range(10)]
+    g = shot_groups(c10)
+    assert (len(g['many_shot']), len(g['medium_shot']), len(g['few_shot'])) == (8, 2, 0)
+
+
+def test_report_difficulty_and_weighted_overall():
+    acc = [0.9, 0.1, 0.5, 0.7, 0.3]
+    rep = accuracy_report(acc, difficulty_ranking=difficulty_groups(acc))
+    assert rep['easy'] == pytest.approx(0.8) and rep['medium'] == pytest.approx(0.4) and rep['hard'] == pytest.approx(0.1)
+    rep2 = accuracy_report(acc, test_counts=[1, 1, 1, 1, 6])
+    assert rep2['overall'] == pytest.approx((0.9 + 0.1 + 0.5 + 0.7 + 6 * 0.3) / 10)
+
+
+def test_aggregate_nan_propagates_and_ddof1():
+    reps = [{'overall': 0.5, 'few_shot': float('nan'), 'name': 'x', 'pc': [0.1, 0.2]},
+            {'overall': 0.7, 'few_shot': 0.2, 'name': 'y', 'pc': [0.3, 0.2]}]
+    agg = aggregate_reports(reps)
+    assert agg['overall']['mean'] == pytest.approx(0.6)
+    assert agg['overall']['std'] == pytest.approx(math.sqrt(((0.1) ** 2 + (0.1) ** 2) / 1))
+    assert math.isnan(agg['few_shot']['mean']) and math.isnan(agg['few_shot']['std'])
+    assert 'name' not in agg
+    assert agg['pc']['mean'] == pytest.approx([0.2, 0.2])
+    assert format_mean_std(agg['few_shot']) == '–'
+
+
+def test_plot_runs():
+    import matplotlib; matplotlib.use('Agg')
+    ax = plot_sorted_per_class({'CE': np.random.rand(3, 10), 'MR2': np.random.rand(10)}, order='CE')
+    assert len(ax.lines) == 2
+    y = ax.lines[0].get_ydata()
+    assert all(a >= b for a, b in zip(y[:-1], y[1:]))  # the reference curve is sorted descending
