@@ -55,14 +55,15 @@ run: install
 
 docs: install
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
-	else echo "Quarto is missing (not on PATH): running the offline check nbdev_proc_nbs instead"; \
-	  $(BIN)/nbdev_proc_nbs && test -f _proc/_quarto.yml && echo "docs: _proc/ prepared, _quarto.yml carried"; fi
+	else echo "Quarto is missing (not on PATH): running the offline check (nbdev's docs processing into _proc/) instead"; \
+	  $(BIN)/python scripts/proc_nbs_offline.py; fi
 
 check-site: install
-	MARGIN_NOTES_SMOKE=1 $(BIN)/python scripts/check_site.py
+	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/python scripts/check_site.py $(CHECK_SITE_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/losses.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
-	rm -rf _docs _proc _site .pytest_cache
+	rm -rf _docs _proc _site .pytest_cache _render screenshots

@@ -1,0 +1,310 @@
+"Tests of margin_notes.engine: config round trips, presets, schedules, batches, fit/resume, DRW, post-hoc, suites."
+import csv, json, math, os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from margin_notes import engine as E
+from margin_notes.engine import Config, PRESETS, get_config, apply_overrides, fit, lr_at, build_loss
+
+os.environ.setdefault('MARGIN_NOTES_NO_PROGRESS', '1')
+
+
+def tiny(name='digits-lt-erm', *ov):
+    "A short digits run (a few epochs, small network)."
+    return get_config(name, ['epochs=2', 'model_kwargs={hidden: 32, feature_dim: 16}', 'progress=false', *ov])
+
+
+# ---------------------------------------------------------------- config
+def test_config_roundtrip_json_yaml(tmp_path):
+    c = apply_overrides(Config(), ['loss=mr2', 'loss_kwargs.lam=0.25', 'lwr={threshold: 0.4}', 'amp=null', 'milestones=[3, 4]'])
+    assert c.loss_kwargs == {'lam': 0.25} and c.lwr == {'threshold': 0.4} and c.amp is None and c.milestones == [3, 4]
+    for suf in ('.json', '.yaml'):
+        c.save(tmp_path / f'c{suf}')
+        assert Config.load(tmp_path / f'c{suf}') == c
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(KeyError, match="'lernrate'"): apply_overrides(Config(), ['lernrate=0.1'])
+    with pytest.raises(KeyError, match="'foo'"): Config.from_dict({'foo': 1})
+    with pytest.raises(ValueError, match='key=value'): apply_overrides(Config(), ['epochs'])
+    with pytest.raises(KeyError, match='cifar100-r32-mr2'): get_config('cifar100-r32-mr')
+
+
+def test_override_value_types():
+    c = apply_overrides(Config(), ['epochs=7', 'lr=3e-5', 'channels_last=true', 'posthoc=marc', 'name=x=y'])
+    assert (c.epochs, c.lr, c.channels_last, c.posthoc, c.name) == (7, 3e-5, True, 'marc', 'x=y')
+    assert isinstance(c.epochs, int) and isinstance(c.lr, float)
+
+
+def test_required_presets_exist_and_document_a_source():
+    need = ['cifar100-r32-erm', 'cifar100-r32-mr2', 'cifar100-r32-ldam', 'cifar10lt100-r32-marc', 'cifar100lt100-r32-bs-lwr',
+            'imagenetlt-r50-bs-lwr', 'imagenetlt-r50-bs', 'imagenetlt-x50-marc', 'imagenet-clip-rn50-mr2', 'digits-lt']
+    need += [f'cifar{k}lt100-r32-{m}' for k in (10, 100) for m in ('erm', 'ldam-drw', 'bs', 'la', 'dbm', 'bs-lwr', 'mr2', 'marc')]
+    need += [f'cifar10jpeglt100-r32-{m}' for m in ('erm', 'marc', 'dbm', 'lwr', 'mr2')]
+    for n in need:
+        assert n in PRESETS, n
+        assert PRESETS[n].name == n and len(PRESETS[n].source) > 20
+    clip = PRESETS['imagenet-clip-rn50-mr2']
+    assert (clip.optimizer, clip.lr, clip.weight_decay, clip.epochs, clip.batch_size) == ('adamw', 3e-5, 0.1, 10, 512)
+    ldam = PRESETS['cifar10lt100-r32-ldam-drw']
+    assert (ldam.head, ldam.loss, ldam.drw_start, ldam.milestones, ldam.lr, ldam.weight_decay) == ('cosine', 'ldam', 160, [160, 180], 0.1, 2e-4)
+
+
+def test_marc_preset_epochs_match_iteration_budget():
+    # 13,000 iterations at batch 512 on the LT training set, counted independently
+    for K, IF in ((10, 100), (100, 100), (100, 200)):
+        n = sum(int((50000 // K) * (1 / IF) ** (i / (K - 1))) for i in range(K))
+        ipe = -(-n // 512)
+        assert PRESETS[f'cifar{K}lt{IF}-r32-marc'].epochs == -(-13000 // ipe)
+
+
+@pytest.mark.parametrize('name', [n for n, p in PRESETS.items() if not p.suite])
+def test_every_preset_builds_its_loss(name):
+    "Every preset's loss name and keyword arguments fit the real loss modules."
+    cfg = PRESETS[name]
+    K = 1000 if 'imagenet' in cfg.dataset else (100 if '100' in cfg.dataset.replace('lt100', '') and 'cifar100' in cfg.dataset else 10)
+    counts = [max(1, int(500 * 0.01 ** (i / (K - 1)))) for i in range(K)]
+    loss = build_loss(cfg, counts)
+    out = torch.randn(8, K).clamp(-1, 1) if cfg.head == 'cosine' else torch.randn(8, K)
+    head_w = torch.randn(K, 16, requires_grad=True)
+    val = loss(out, torch.randint(0, K, (8,)), features=torch.randn(8, 16), head_weight=head_w)
+    assert val.dim() == 0 and torch.isfinite(val)
+    if cfg.drw_start is not None: loss.set_class_weight(torch.ones(K))
+
+
+def test_cosine_losses_need_cosine_head():
+    with pytest.raises(ValueError, match="head='cosine'"): build_loss(Config(loss='ldam', head='linear'), [5, 3, 1])
+
+
+# ---------------------------------------------------------------- schedules
+def _naive_ldam_lr(epoch, base=0.1):
+    "The LDAM-DRW release schedule, per epoch (epoch 0-based)."
+    e = epoch + 1
+    if e <= 5: return base * e / 5
+    if e > 180: return base * 1e-4
+    if e > 160: return base * 1e-2
+    return base
+
+
+def test_step_schedule_matches_ldam_release_at_epoch_ends():
+    c = PRESETS['cifar10lt100-r32-ldam-drw']
+    spe = 10
+    for ep in range(200):
+        assert math.isclose(lr_at(c, ep * spe + spe - 1, spe), _naive_ldam_lr(ep), rel_tol=1e-9), ep
+
+
+def test_cosine_with_warmup():
+    c = Config(lr=0.2, schedule='cosine', warmup_epochs=0, warmup_steps=4, warmup_from=0.5, epochs=3, min_lr=0.0)
+    spe = 10
+    lrs = [lr_at(c, s, spe) for s in range(30)]
+    assert lrs[:4] == pytest.approx([0.2 * (0.5 + 0.5 * (s + 1) / 4) for s in range(4)])
+    tw = 0.4
+    for s in range(4, 30):
+        p = (s / spe - tw) / (3 - tw)
+        assert lrs[s] == pytest.approx(0.1 * (1 + math.cos(math.pi * p)))
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+# ---------------------------------------------------------------- batches
+def test_shards_partition_the_global_batch():
+    x, y = torch.randn(50, 4), torch.arange(50)
+    one = list(E._Batches(x, y, 10, 'cpu', generator=torch.Generator().manual_seed(1)))
+    parts = [list(E._Batches(x, y, 10, 'cpu', generator=torch.Generator().manual_seed(1), rank=r, world=2)) for r in (0, 1)]
+    assert len(one) == 5
+    for (x1, y1), (xa, ya), (xb, yb) in zip(one, *parts):
+        assert torch.equal(torch.cat([ya, yb]), y1) and torch.equal(torch.cat([xa, xb]), x1)
+    seen = torch.cat([b for _, b in one])
+    assert sorted(seen.tolist()) == list(range(50))   # one epoch = a permutation (nothing dropped here)
+
+
+def test_augmented_shards_equal_the_augmented_global_batch():
+    d = E._synthetic_images(Config(data_kwargs={'n_max': 12, 'test_per_class': 1, 'size': 8}), 3)
+    cfg = Config(batch_size=8, augment='crop-flip', pipeline='gpu')
+    mk = lambda r, w: list(E.make_batches(d, cfg, 'cpu', True, torch.Generator().manual_seed(2), rank=r, world=w))
+    one, a, b = mk(0, 1), mk(0, 2), mk(1, 2)
+    assert len(one) == 36 // 8
+    for (x1, y1), (xa, ya), (xb, yb) in zip(one, a, b):
+        assert torch.equal(torch.cat([xa, xb]), x1) and torch.equal(torch.cat([ya, yb]), y1)
+    # and augmentation does something: two epochs give different crops of the same images
+    plain = list(E.make_batches(d, cfg.replace(augment='none'), 'cpu', True, torch.Generator().manual_seed(2)))
+    assert any(not torch.equal(x1, x0) for (x1, _), (x0, _) in zip(one, plain))
+
+
+def test_gpu_pipeline_matches_torchvision_pipeline_without_augmentation():
+    d = E._synthetic_images(Config(smoke=True), 4)
+    cfg = Config(batch_size=8, augment='none', num_workers=0)
+    a = E.make_batches(d, cfg.replace(pipeline='gpu'), 'cpu', False)
+    b = E.make_batches(d, cfg.replace(pipeline='dataloader'), 'cpu', False)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(ya, yb)
+        torch.testing.assert_close(xa, xb, atol=1e-5, rtol=1e-5)
+    # training order is the same global permutation in both pipelines
+    ta = E.make_batches(d, cfg.replace(pipeline='gpu'), 'cpu', True, torch.Generator().manual_seed(4))
+    tb = E.make_batches(d, cfg.replace(pipeline='dataloader'), 'cpu', True, torch.Generator().manual_seed(4))
+    assert [y.tolist() for _, y in ta] == [y.tolist() for _, y in tb]
+
+
+def test_digits_subset_depends_on_subsample_seed_only():
+    a, b = E.load_data(Config(imbalance_factor=20)), E.load_data(Config(imbalance_factor=20, seed=9))
+    c = E.load_data(Config(imbalance_factor=20, subsample_seed=9))
+    assert torch.equal(a.train_x, b.train_x) and not torch.equal(a.train_x, c.train_x)
+    assert a.class_counts == c.class_counts and torch.bincount(a.train_y).tolist() == a.class_counts
+    assert a.class_counts[0] / a.class_counts[-1] == pytest.approx(20, rel=0.1)
+    assert torch.bincount(a.test_y).tolist() == [25] * 10
+
+
+# ---------------------------------------------------------------- fit
+def test_fit_writes_outputs(tmp_path):
+    r = fit(tiny(), tmp_path / 'r', verbose=False)
+    files = sorted(p.name for p in (tmp_path / 'r').iterdir())
+    assert files == ['checkpoint.pt', 'config.json', 'metrics.csv', 'results.json']   # no temporaries left
+    saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
+    assert saved['reported'] == 'last epoch' and len(saved['per_class_accuracy']) == 10
+    assert saved['report']['overall'] == pytest.approx(np.mean(saved['per_class_accuracy']))
+    assert Config.from_dict(saved['config']) == tiny()
+    rows = list(csv.DictReader(open(tmp_path / 'r' / 'metrics.csv')))
+    assert [int(r['epoch']) for r in rows] == [1, 2] and all(float(r['train_loss']) > 0 for r in rows)
+    # the per-class accuracy is that of the model in the checkpoint
+    ev = E.evaluate_run(tmp_path / 'r', device='cpu')
+    assert ev['per_class_accuracy'] == saved['per_class_accuracy']
+
+
+def _ckpt(p): return torch.load(p / 'checkpoint.pt', weights_only=False)
+
+
+@pytest.mark.parametrize('name,extra', [('digits-lt-mr2', []), ('digits-lt-bs', ['drw_start=1']), ('digits-lt-bs-lwr', [])])
+def test_resume_is_exact(tmp_path, name, extra):
+    cfg = tiny(name, *extra)
+    fit(cfg, tmp_path / 'a', verbose=False)
+    fit(cfg, tmp_path / 'b', stop_after=1, verbose=False)
+    assert _ckpt(tmp_path / 'b')['epoch'] == 1
+    fit(cfg, tmp_path / 'b', resume=True, verbose=False)
+    a, b = _ckpt(tmp_path / 'a'), _ckpt(tmp_path / 'b')
+    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+    assert a['loss'].keys() == b['loss'].keys()
+    for k in a['loss']: assert torch.equal(a['loss'][k], b['loss'][k]), k
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert torch.equal(sa['momentum_buffer'], sb['momentum_buffer'])
+
+
+def test_resume_differs_from_restart_without_state(tmp_path):
+    "Control: continuing without the saved RNG/optimizer state does not give the same weights (the test above can fail)."
+    cfg = tiny('digits-lt-erm')
+    fit(cfg, tmp_path / 'a', verbose=False)
+    fit(cfg.replace(epochs=1), tmp_path / 'b', verbose=False)
+    ck = _ckpt(tmp_path / 'b'); ck.pop('rng'); ck['optimizer']['state'] = {}
+    torch.save({**ck, 'rng': E._rng_state(torch.Generator().manual_seed(123))}, tmp_path / 'b' / 'checkpoint.pt')
+    fit(cfg, tmp_path / 'b', resume=True, verbose=False)
+    a, b = _ckpt(tmp_path / 'a'), _ckpt(tmp_path / 'b')
+    assert any(not torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+
+
+def test_training_seed_changes_weights_not_data(tmp_path):
+    fit(tiny(), tmp_path / 'a', verbose=False); fit(tiny('digits-lt-erm', 'seed=1'), tmp_path / 'b', verbose=False)
+    a, b = _ckpt(tmp_path / 'a'), _ckpt(tmp_path / 'b')
+    assert any(not torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    ra = json.loads((tmp_path / 'a' / 'results.json').read_text()); rb = json.loads((tmp_path / 'b' / 'results.json').read_text())
+    assert ra['class_counts'] == rb['class_counts']
+
+
+def test_drw_switches_class_weights(tmp_path):
+    from margin_notes.baselines import drw_weights
+    cfg = tiny('digits-lt-erm', 'drw_start=1', 'epochs=2')
+    fit(cfg, tmp_path / 'r', verbose=False)
+    w = _ckpt(tmp_path / 'r')['loss']['base.weight']
+    counts = json.loads((tmp_path / 'r' / 'results.json').read_text())['class_counts']
+    torch.testing.assert_close(w, drw_weights(counts, 0.9999).float())
+    fit(cfg.replace(epochs=1, drw_start=1), tmp_path / 's', verbose=False)   # the switch epoch is not reached
+    assert 'base.weight' not in _ckpt(tmp_path / 's')['loss']
+
+
+def test_no_host_sync_per_training_step(tmp_path, monkeypatch):
+    "The number of host reads per epoch does not grow with the number of steps."
+    import margin_notes.core as core
+    monkeypatch.setattr(core, '_check_values', lambda t: False)   # the library's value checks read CPU tensors on purpose
+    import sys, importlib
+    for mod in ('baselines', 'mr2', 'stats', 'lwr', 'dbm', 'margins'): importlib.import_module(f'margin_notes.{mod}')
+    for name, m in list(sys.modules.items()):
+        if name.startswith('margin_notes') and hasattr(m, '_check_values'): monkeypatch.setattr(m, '_check_values', lambda t: False)
+    counts = {}
+    def counting(name, orig):
+        def f(self, *a, **k):
+            counts[name] = counts.get(name, 0) + 1
+            return orig(self, *a, **k)
+        return f
+    for name in ('item', 'tolist', '__bool__', '__int__', '__float__'):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    d = E.load_data(tiny('digits-lt-mr2'))
+    totals = []
+    for bs in (128, 16):
+        counts.clear()
+        fit(tiny('digits-lt-mr2', f'batch_size={bs}', 'epochs=1', 'eval_every=100'), tmp_path / f'b{bs}', data=d, verbose=False)
+        totals.append(sum(counts.values()))
+    assert len(E.make_batches(d, tiny(), 'cpu', True)) != 0
+    assert totals[0] == totals[1], totals
+
+
+# ---------------------------------------------------------------- post-hoc and suites
+def test_posthoc_la_equals_adjusted_stage1_logits(tmp_path):
+    from margin_notes.baselines import logit_adjust_posthoc
+    fit(tiny(), tmp_path / 'erm', verbose=False)
+    r = E.calibrate_run(tmp_path / 'erm', tmp_path / 'la', method='la', device='cpu')
+    cfg, data, model = E.load_run(tmp_path / 'erm', 'cpu')
+    with torch.no_grad(): out = model(data.test_x)
+    adj = logit_adjust_posthoc(out, torch.tensor(data.class_counts, dtype=torch.float32))
+    from margin_notes.metrics import per_class_accuracy
+    assert r['per_class_accuracy'] == per_class_accuracy(adj.argmax(1), data.test_y, 10).tolist()
+    assert r['stage1']['per_class_accuracy'] == json.loads((tmp_path / 'erm' / 'results.json').read_text())['per_class_accuracy']
+
+
+def test_marc_in_fit_and_on_checkpoint_agree(tmp_path):
+    pytest.importorskip('margin_notes.marc')
+    r1 = fit(tiny('digits-lt-erm', 'posthoc=marc'), tmp_path / 'm', verbose=False)
+    fit(tiny(), tmp_path / 'erm', verbose=False)
+    r2 = E.calibrate_run(tmp_path / 'erm', tmp_path / 'erm-marc', device='cpu')
+    assert r1['posthoc']['method'] == 'marc' and len(r1['posthoc']['omega']) == 10
+    np.testing.assert_allclose(r1['posthoc']['omega'], r2['posthoc']['omega'], rtol=1e-4, atol=1e-5)
+    assert r1['per_class_accuracy'] == r2['per_class_accuracy']
+
+
+def test_suite_runs_every_available_method(tmp_path, capsys):
+    cfg = get_config('digits-lt', ['epochs=1', 'model_kwargs={hidden: 32, feature_dim: 16}', 'progress=false'])
+    s = E.run_config(cfg, tmp_path / 's')
+    out = capsys.readouterr().out
+    labels = [m['label'] for m in cfg.suite]
+    assert set(s['methods']) | set(s['skipped']) == set(labels)
+    for f in ('summary.json', 'summary.csv', 'summary.md', 'per_class.png'): assert (tmp_path / 's' / f).exists()
+    assert 'outputs:' in out and str((tmp_path / 's').resolve()) in out
+    for lab in s['methods']: assert lab in out
+
+
+def test_list_file_datasets_go_through_the_dataloader_path(tmp_path):
+    "ImageNet-LT-style list files (a fake tree in the real format): shuffled training batches and ordered test batches."
+    from margin_notes.data import make_fake_list_tree
+    root = make_fake_list_tree(tmp_path / 'inet', counts=(4, 3, 2), per_class_eval=(1, 2))
+    d = E.load_data(Config(dataset='imagenet-lt', data_kwargs={'root': str(root)}))
+    assert d.kind == 'files' and d.class_counts[:3] == [4, 3, 2]
+    cfg = Config(batch_size=4, num_workers=0)
+    tr = list(E.make_batches(d, cfg, 'cpu', True, torch.Generator().manual_seed(0)))
+    assert len(tr) == 2 and tr[0][0].shape == (4, 3, 224, 224)
+    te = list(E.make_batches(d, cfg, 'cpu', False))
+    assert torch.cat([y for _, y in te]).tolist() == [0, 0, 1, 1, 2, 2]
+    # two processes: each gets half of every global batch, same order as one process
+    parts = [list(E.make_batches(d, cfg, 'cpu', True, torch.Generator().manual_seed(0), rank=r, world=2)) for r in (0, 1)]
+    for (_, y1), (_, ya), (_, yb) in zip(tr, *parts): assert torch.equal(torch.cat([ya, yb]), y1)
+
+
+@pytest.mark.parametrize('pipeline', ['gpu', 'dataloader'])
+def test_image_path_resnet32_channels_last_both_pipelines(tmp_path, pipeline):
+    "The CIFAR path end to end on tiny synthetic images: ResNet-32, cosine head + LDAM-DRW, channels_last, either pipeline."
+    pytest.importorskip('margin_notes.models')
+    cfg = get_config('cifar10lt100-r32-ldam-drw', ['dataset=synthetic-cifar10', 'data_kwargs={n_max: 16, test_per_class: 2, size: 8}',
+                                                   'epochs=2', 'drw_start=1', 'batch_size=8', f'pipeline={pipeline}', 'num_workers=0',
+                                                   'channels_last=true', 'progress=false', 'device=cpu'])
+    r = fit(cfg, tmp_path / pipeline, verbose=False)
+    assert len(r['per_class_accuracy']) == 10 and r['history'][-1]['train_loss'] > 0
+    ck = _ckpt(tmp_path / pipeline)
+    assert 'base.weight' in ck['loss']   # DRW switched on at epoch 1

@@ -1,0 +1,287 @@
+"""Tests for margin_notes.mr2.MR2Loss (chapter 04_mr2)."""
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from margin_notes.margins import optimal_margins
+from margin_notes.mr2 import MR2Loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def naive_mr2(batches, K, cbar, lam, rho, *, p=2.0, T=1.0, scale=1.0, reduction='mean', margin=True,
+              normalize=False):
+    """Float64 loop implementation of MR2 written from SPEC 2.2-2.5; returns the loss of every batch."""
+    mu, sp, init, out = [0.0] * K, [0.0] * K, [False] * K, []
+    usp, uinit = [0.0] * K, [False] * K     # spread of unit-normalised features (rep_normalize)
+    norm = lambda v: sum(abs(a) ** p for a in v) ** (1.0 / p)
+    unit = lambda v: [a / max(math.sqrt(sum(b * b for b in v)), 1e-12) for a in v]
+    for z, y, f in batches:
+        z, y, f = z.double().tolist(), y.tolist(), f.double().tolist()
+        B = len(y)
+        for c in range(K):
+            rows = [f[i] for i in range(B) if y[i] == c]
+            if not rows:
+                continue
+            m = [sum(col) / len(rows) for col in zip(*rows)]
+            u = norm(m) ** 2
+            v = sum(norm([a - b for a, b in zip(r, m)]) ** 2 for r in rows) / len(rows)
+            if init[c]:
+                mu[c], sp[c] = rho * mu[c] + (1 - rho) * u, rho * sp[c] + (1 - rho) * v
+            else:
+                mu[c], sp[c], init[c] = u, v, True
+            urows = [unit(r) for r in rows]
+            um = [sum(col) / len(urows) for col in zip(*urows)]
+            uv = sum(sum((a - b) ** 2 for a, b in zip(r, um)) for r in urows) / len(urows)
+            usp[c], uinit[c] = (rho * usp[c] + (1 - rho) * uv, True) if uinit[c] else (uv, True)
+        seen = [c for c in range(K) if init[c]]
+        root = {c: max((mu[c] + sp[c]) ** (1 / 3), 1e-12) for c in seen}
+        gamma = [cbar * len(seen) * root[c] / sum(root.values()) if init[c] else cbar for c in range(K)]
+        sbar = sum((usp if normalize else sp)[c] for c in seen) / len(seen)
+        feats = [unit(r) for r in f] if normalize else f
+        ces, reps = [], []
+        for i in range(B):
+            row = [a / gamma[y[i]] for a in z[i]]
+            mx = max(row)
+            ces.append(-(row[y[i]] - mx - math.log(sum(math.exp(a - mx) for a in row))))
+            ex = [(sum((a - b) ** 2 for a, b in zip(feats[i], feats[j])) - (2 * sbar if margin else 0.0)) / T
+                  for j in range(B) if j != i and y[j] == y[i]]
+            top = max(ex + [0.0])
+            reps.append(top + math.log(math.exp(-top) + sum(math.exp(e - top) for e in ex)))
+        if reduction == 'mean':
+            rep = sum(reps) / B
+        else:
+            rep = 0.0
+            for c in range(K):
+                members = [reps[i] for i in range(B) if y[i] == c]
+                if len(members) >= 2:
+                    rep += sum(members) / len(members)
+            rep /= K
+        out.append(sum(ces) / B + lam * scale * rep)
+    return out
+
+
+def stream(seed, K, B, D, nb, scale=1.0, absent=()):
+    g = torch.Generator().manual_seed(seed)
+    allowed = torch.tensor([c for c in range(K) if c not in absent] or [0])
+    return [(torch.randn(B, K, generator=g, dtype=torch.float64) * 3,
+             allowed[torch.randint(0, len(allowed), (B,), generator=g)],
+             torch.randn(B, D, generator=g, dtype=torch.float64) * scale) for _ in range(nb)]
+
+
+def run(loss, batches):
+    return [loss(z, y, f).item() for z, y, f in batches]
+
+
+@pytest.mark.parametrize('kw,naive_kw', [
+    (dict(), dict()),
+    (dict(lam=0.0), dict(lam=0.0)),
+    (dict(spread_margin=False, temperature=3.0, rep_scale=0.5), dict(margin=False, T=3.0, scale=0.5)),
+    (dict(rep_reduction='class'), dict(reduction='class')),
+    (dict(p=5), dict(p=5.0)),
+    (dict(rep_normalize=True), dict(normalize=True)),
+])
+def test_matches_naive_loop(kw, naive_kw):
+    K, D = 5, 3
+    batches = stream(0, K, 11, D, 4, absent=(4,))
+    lam = kw.pop('lam', 0.3)
+    loss = MR2Loss(K, mean_margin=1.5, lam=lam, momentum=0.7, **kw).double()
+    nkw = dict(lam=0.3); nkw.update(naive_kw)
+    ref = naive_mr2(batches, K, 1.5, rho=0.7, **nkw)
+    torch.testing.assert_close(torch.tensor(run(loss, batches), dtype=torch.float64),
+                               torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+def test_released_variant_matches_naive():
+    K, D = 4, 6
+    batches = stream(1, K, 10, D, 3, scale=2.0)
+    loss = MR2Loss(K, lam=0.1, variant='released').double()
+    ref = naive_mr2(batches, K, 1.0, 0.1, 0.9, p=5.0, T=10 * D, scale=D / 10, reduction='class', margin=False)
+    torch.testing.assert_close(torch.tensor(run(loss, batches), dtype=torch.float64),
+                               torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    assert loss.stats.p == 5 and not loss.spread_margin and loss.rep_reduction == 'class'
+
+
+@settings(max_examples=25, deadline=None)
+@given(K=st.integers(1, 1000), B=st.integers(1, 20), D=st.integers(1, 4), nb=st.integers(1, 3),
+       seed=st.integers(0, 10_000), lam=st.sampled_from([0.0, 0.05, 1.0]), cbar=st.floats(0.2, 5.0),
+       reduction=st.sampled_from(['mean', 'class']))
+def test_property_matches_naive(K, B, D, nb, seed, lam, cbar, reduction):
+    g = torch.Generator().manual_seed(seed)
+    # few distinct labels: singleton classes and many absent classes both occur
+    labels = torch.randint(0, K, (min(K, 4),), generator=g)
+    batches = []
+    for _ in range(nb):
+        y = labels[torch.randint(0, len(labels), (B,), generator=g)]
+        batches.append((torch.randn(B, K, generator=g, dtype=torch.float64), y,
+                        torch.randn(B, D, generator=g, dtype=torch.float64)))
+    loss = MR2Loss(K, mean_margin=cbar, lam=lam, momentum=0.8, rep_reduction=reduction).double()
+    got = run(loss, batches)
+    ref = naive_mr2(batches, K, cbar, lam, 0.8, reduction=reduction)
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                               rtol=1e-8, atol=1e-8)
+    gam = loss.last['gamma']
+    seen = loss.stats.initialized
+    assert (gam[~seen] == cbar).all()
+    torch.testing.assert_close(gam[seen].mean(), torch.tensor(cbar, dtype=gam.dtype))
+
+
+def test_gamma_is_optimal_margins_of_ema_buffers():
+    K = 8
+    loss = MR2Loss(K, mean_margin=0.7, lam=0.1)
+    for z, y, f in stream(2, K, 16, 5, 5, absent=(2, 6)):
+        loss(z.float(), y, f.float() * 4)
+        st_ = loss.stats
+        expected = optimal_margins(st_.mean_norm_sq + st_.spread, 0.7, mask=st_.initialized)
+        assert torch.equal(loss.last['gamma'], expected)
+        assert torch.equal(loss.gammas(), expected)
+        # and the closed form over the initialised classes, computed here in float64
+        m = st_.initialized
+        A = (st_.mean_norm_sq + st_.spread).double()[m]
+        closed = 0.7 * m.sum() * A ** (1 / 3) / (A ** (1 / 3)).sum()
+        torch.testing.assert_close(loss.last['gamma'][m].double(), closed, rtol=1e-5, atol=1e-6)
+        assert (loss.last['gamma'][~m] == 0.7).all()
+
+
+def test_before_statistics_is_ce_over_cbar():
+    z, y, f = torch.randn(6, 4), torch.tensor([0, 1, 1, 2, 2, 2]), torch.randn(6, 3)
+    fresh = MR2Loss(4, mean_margin=2.5, lam=0.0).eval()
+    torch.testing.assert_close(fresh(z, y, f), F.cross_entropy(z / 2.5, y))
+    assert not fresh.stats.initialized.any()           # eval mode did not update
+    # with lam > 0 in eval mode and no statistics: s-bar = 0, margin 0
+    fresh2 = MR2Loss(4, mean_margin=2.5, lam=0.5).eval()
+    d = torch.cdist(f, f) ** 2
+    rep = torch.stack([torch.logsumexp(torch.cat([d[i, (y == y[i]) & (torch.arange(6) != i)], torch.zeros(1)]), 0)
+                       for i in range(6)]).mean()
+    torch.testing.assert_close(fresh2(z, y, f), F.cross_entropy(z / 2.5, y) + 0.5 * rep, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_zero_equal_statistics_is_plain_ce():
+    f = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [2.0, 0.0], [-2.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    f[4:] /= 2.0                                   # all three classes: mean 0, spread 1
+    z = torch.randn(6, 3)
+    loss = MR2Loss(3, lam=0.0)
+    torch.testing.assert_close(loss(z, y, f), F.cross_entropy(z, y))
+    torch.testing.assert_close(loss.last['gamma'], torch.ones(3))
+
+
+def test_lambda_zero_skips_pairwise_term():
+    loss = MR2Loss(3, lam=0.0)
+    f = torch.randn(5, 4, requires_grad=True)
+    z = torch.randn(5, 3, requires_grad=True)
+    out = loss(z, torch.tensor([0, 0, 1, 1, 2]), f)
+    out.backward()
+    assert f.grad is None and z.grad is not None and loss.last['rep'] == 0
+
+
+def test_singletons_only_give_zero_rep_term():
+    loss = MR2Loss(5, lam=1.0)
+    loss(torch.randn(5, 5), torch.arange(5), torch.randn(5, 3) * 100)
+    assert loss.last['rep'] == 0
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(variant='released'), dict(rep_normalize=True),
+                                dict(rep_reduction='class', temperature=2.0)])
+def test_gradcheck_float64(kw):
+    K, B, D = 3, 7, 4
+    loss = MR2Loss(K, lam=0.5, **kw).double()
+    g = torch.Generator().manual_seed(3)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 0])
+    z0 = torch.randn(B, K, generator=g, dtype=torch.float64)
+    f0 = torch.randn(B, D, generator=g, dtype=torch.float64)
+    loss(z0, y, f0)          # initialise the statistics
+    loss.eval()              # then freeze them, so that repeated calls are the same function
+    z, f = z0.clone().requires_grad_(), (f0 * 0.7).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: loss(a, y, b), (z, f), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_finite_float32(dtype):
+    lin = torch.nn.Linear(16, 10)
+    x = torch.randn(32, 16) * 30
+    y = torch.randint(0, 10, (32,))
+    loss = MR2Loss(10, lam=0.1)
+    with torch.autocast('cpu', dtype=dtype):
+        feats = torch.relu(x @ torch.randn(16, 16).T)
+        out = loss(lin(feats), y, feats)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    assert all(torch.isfinite(v).all() for v in loss.last.values())
+    out.backward()
+    assert torch.isfinite(lin.weight.grad).all()
+
+
+def test_bad_input():
+    loss = MR2Loss(3)
+    z, y, f = torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r'\[0, 3\)'):
+        loss(z, torch.tensor([0, 1, 2, 3]), f)
+    with pytest.raises(ValueError, match='rows'):
+        loss(z, y, f[:3])
+    with pytest.raises(ValueError, match='entries'):
+        loss(z, y[:3], f)
+    with pytest.raises(ValueError, match='NaN'):
+        loss(z, y, f.masked_fill(f > 0, float('nan')))
+    with pytest.raises(ValueError, match='features'):
+        loss(z, y)
+    with pytest.raises(ValueError, match='num_classes'):
+        loss(torch.randn(4, 5), y, f)
+    for kw in (dict(variant='x'), dict(lam=-1), dict(mean_margin=0), dict(temperature=-1.0),
+               dict(rep_reduction='sum'), dict(rep_scale=float('nan'))):
+        with pytest.raises(ValueError):
+            MR2Loss(3, **kw)
+
+
+def test_state_dict_round_trip_continues_identically():
+    K = 6
+    batches = stream(4, K, 12, 5, 6)
+    a = MR2Loss(K, lam=0.2, rep_normalize=True)
+    for z, y, f in batches[:3]:
+        a(z.float(), y, f.float())
+    b = MR2Loss(K, lam=0.2, rep_normalize=True)
+    b.load_state_dict(a.state_dict())
+    assert 'unit_stats.spread' in a.state_dict()
+    for z, y, f in batches[3:]:
+        torch.testing.assert_close(a(z.float(), y, f.float()), b(z.float(), y, f.float()), rtol=0, atol=0)
+
+
+def test_last_holds_detached_tensors():
+    loss = MR2Loss(3, lam=0.1)
+    f = torch.randn(6, 2, requires_grad=True)
+    loss(torch.randn(6, 3, requires_grad=True), torch.tensor([0, 0, 1, 1, 2, 2]), f)
+    assert {'ce', 'rep', 'gamma', 'gamma_mean', 'mean_spread'} <= set(loss.last)
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in loss.last.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_step_has_no_host_sync():
+    loss = MR2Loss(10, lam=0.1).cuda()
+    lin = torch.nn.Linear(8, 10).cuda()
+    x, y = torch.randn(32, 8, device='cuda'), torch.randint(0, 10, (32,), device='cuda')
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for _ in range(2):
+            out = loss(lin(x), y, x)
+            out.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+
+
+def test_benchmark_quick_mode_runs(tmp_path):
+    """benchmarks/losses.py --quick runs end to end and writes its JSON (tiny sizes)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = tmp_path / 'bench.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'losses.py'), '--quick', '--out', str(out)],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+    res = json.loads(out.read_text())
+    assert {'machine', 'loss_fwd_bwd', 'train_step', 'mr2_vs_loop'} <= set(res)
+    assert all(row['max_abs_diff'] < 1e-3 for row in res['mr2_vs_loop'])
