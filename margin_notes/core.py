@@ -132,6 +132,11 @@ def check_class_counts(class_counts, # training images per class, in label order
     return c
 
 # %% ../nbs/00_core.ipynb #24bb332d
+def _default_mode() -> int:
+    "The mode a plain `open(..., 'w')` would give (0o666 less the umask); `mkstemp` alone gives 0o600."
+    um = os.umask(0); os.umask(um)
+    return 0o666 & ~um
+
 def atomic_write_bytes(path, data: bytes):
     "Write `data` to `path` atomically (temporary file in the same folder, then `os.replace`)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,7 @@ def atomic_write_bytes(path, data: bytes):
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, _default_mode()); os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
@@ -161,7 +166,7 @@ def atomic_torch_save(obj: Any, path):
     "`torch.save` to `path` atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.', suffix='.tmp'); os.close(fd)
-    try: torch.save(obj, tmp); os.replace(tmp, path)
+    try: torch.save(obj, tmp); os.chmod(tmp, _default_mode()); os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise

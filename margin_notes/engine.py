@@ -416,21 +416,9 @@ def make_batches(data: _Data, cfg: Config, device, train: bool, generator=None, 
                     rank=rank, world=world, channels_last=cfg.channels_last)
 
 # %% ../nbs/13_engine.ipynb #5f72ff38
-class _CosineHead(nn.Module):
-    "Fallback cosine head (used only when margin_notes.dbm is unavailable)."
-    returns_cosines = True
-    def __init__(self, d, K):
-        super().__init__(); self.weight = nn.Parameter(F.normalize(torch.empty(K, d).uniform_(-1, 1), dim=1))
-    def forward(self, f): return F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
-
 def _make_head(kind: str, d: int, K: int) -> nn.Module:
-    if kind == 'linear': return nn.Linear(d, K)
-    if kind == 'cosine':
-        try:
-            from margin_notes.dbm import CosineClassifier
-            return CosineClassifier(d, K)
-        except ImportError: return _CosineHead(d, K)
-    raise ValueError(f"`head` must be 'linear' or 'cosine', got {kind!r}")
+    from margin_notes.models import build_head
+    return build_head(kind, d, K)
 
 class MLPClassifier(nn.Module):
     "A small MLP (inputs flattened): backbone x -> ReLU features (feature_dim), then a linear or cosine head (chapter 13_engine)."
