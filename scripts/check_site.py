@@ -396,8 +396,9 @@ def main(argv=None):
                 for x in p: print(f'     - {x}')
             else: passed += 1; print(f'ok   {name:24s} {summary}')
     if probs: failed += 1; print(f'FAIL chapter list ({len(probs)} problems, see above)')
-    print(f'{passed} passed, {failed} failed  ({time.time() - t_all:.0f}s; pages in {RENDER.relative_to(ROOT)}/html, '
-          f'screenshots in {SHOTS.relative_to(ROOT)}/)')
+    print(f'check-site took {time.time() - t_all:.0f}s; pages in {RENDER.relative_to(ROOT)}/html, '
+          f'screenshots in {SHOTS.relative_to(ROOT)}/')
+    print(f'check-site: {passed} passed, {failed} failed')
     return 1 if failed else 0
 
 
