@@ -54,6 +54,8 @@ run: install
 	MPLBACKEND=Agg $(BIN)/margin-notes run $(PRESET)
 
 docs: install
+	@# nbdev copies nbs/ into _proc/ by modification time and misses changes behind the nbs/_quarto.yml symlink: start clean
+	rm -rf _proc
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
 	else echo "Quarto is missing (not on PATH): running the offline check (nbdev's docs processing into _proc/) instead"; \
 	  $(BIN)/python scripts/proc_nbs_offline.py; fi
