@@ -29,6 +29,7 @@ N_MAX = {10: 5000, 100: 500}  # CIFAR-10 / CIFAR-100 head-class sizes
 def cifar_lt_counts(num_classes: int, # K
                     imbalance_factor: float, # IF = n_max / n_min (1 gives a balanced set)
                     n_max: Optional[int] = None, # head-class size; default 5000 (K=10) or 500 (K=100)
+                    min_count: Optional[int] = None, # floor for every class (e.g. 1 for small stand-ins); None: an empty class is an error
                    ) -> list:
     "Images per class of the exponential long-tailed profile, in label order (chapter 10_data)."
     if n_max is None:
@@ -39,6 +40,7 @@ def cifar_lt_counts(num_classes: int, # K
     if num_classes == 1: return [int(n_max)]
     r = 1.0 / float(imbalance_factor)
     counts = [int(math.floor(n_max * r ** (i / (num_classes - 1.0)))) for i in range(num_classes)]
+    if min_count is not None: counts = [max(int(min_count), c) for c in counts]
     if min(counts) < 1: raise ValueError(f"n_max={n_max} with IF={imbalance_factor} leaves a class empty")
     return counts
 
@@ -286,7 +288,7 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
         n_max = _LT_NMAX[base] if max_per_class is None else min(_LT_NMAX[base], max_per_class)
         if n_max == _LT_NMAX[base]: counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max)
         else:  # small stand-in: same shape of profile, at least one image per class
-            K = d['num_classes']; counts = [max(1, int(math.floor(n_max * (1.0 / IF) ** (i / max(K - 1, 1))))) for i in range(K)]
+            counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max, min_count=1)
         idx = lt_indices(d['train_labels'], counts, selection=selection, seed=subsample_seed)
         t = torch.from_numpy(idx)
         d['train_images'], d['train_labels'] = d['train_images'][t], d['train_labels'][t]

@@ -258,7 +258,9 @@ class _Data:
     def __init__(self, **kw): self.__dict__.update(kw)
 
 def _lt_profile(n_max: int, num_classes: int, imbalance_factor: float) -> list:
-    return [max(1, int(n_max * imbalance_factor ** (-i / (num_classes - 1)))) for i in range(num_classes)] if num_classes > 1 else [n_max]
+    "`data.cifar_lt_counts` with every class kept (at least one image)."
+    from margin_notes.data import cifar_lt_counts
+    return cifar_lt_counts(num_classes, imbalance_factor, n_max=n_max, min_count=1)
 
 def _digits_data(cfg: Config) -> _Data:
     from sklearn.datasets import load_digits

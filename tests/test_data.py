@@ -221,3 +221,12 @@ def test_gpuloader_cuda():
 
 def test_torchvision_cifar_missing_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match='download=True'): load_dataset('cifar100-lt100', root=str(tmp_path))
+
+
+def test_cifar_lt_counts_min_count_floors_instead_of_raising():
+    from margin_notes.data import cifar_lt_counts
+    with pytest.raises(ValueError, match='empty'): cifar_lt_counts(10, 100, n_max=20)
+    c = cifar_lt_counts(10, 100, n_max=20, min_count=1)
+    assert min(c) == 1 and c[0] == 20 and c == sorted(c, reverse=True)
+    # where no class is empty the floor changes nothing
+    assert cifar_lt_counts(100, 100, min_count=1) == cifar_lt_counts(100, 100)
