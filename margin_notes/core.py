@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #580be303
 from __future__ import annotations
-import json, os, random, tempfile
+import inspect, json, linecache, math, os, random, sys, tempfile, tokenize
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -12,9 +13,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['user_cache_root', 'data_root', 'cache_dir', 'find_data', 'is_smoke', 'smoke_or', 'seed_everything',
-           'set_value_checks', 'check_finite', 'check_targets', 'check_logits_targets', 'check_features',
-           'check_class_counts', 'atomic_write_bytes', 'atomic_write_json', 'atomic_torch_save']
+__all__ = ['LABEL_DTYPES', 'user_cache_root', 'data_root', 'cache_dir', 'find_data', 'is_smoke', 'smoke_or', 'seed_everything',
+           'set_value_checks', 'value_checks', 'check_finite', 'check_targets', 'check_logits_targets', 'check_cosines',
+           'loss_targets', 'check_features', 'check_class_counts', 'check_num_classes', 'check_positive',
+           'KeepBufferPrecision', 'params_doc', 'document_parameters', 'atomic_write_bytes', 'atomic_write_json',
+           'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #4cd67d68
 def user_cache_root() -> Path:
@@ -65,53 +68,107 @@ def seed_everything(seed: int, # seed for Python, NumPy and torch (all devices)
     return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #788a4b07
-_VALUE_CHECKS = {'accelerators': False}
+_VALUE_CHECKS = {'accelerators': False, 'cpu': True}
 
-def set_value_checks(on_accelerators: bool # also check values of CUDA/MPS tensors (forces host syncs)
-                    ):
-    "Switch value checks (label range, NaN/inf) on or off for tensors that are not on the CPU."
-    _VALUE_CHECKS['accelerators'] = bool(on_accelerators)
+def set_value_checks(on_accelerators: Optional[bool] = None, # check values of CUDA/MPS tensors too (forces host syncs); None: unchanged
+                     on_cpu: Optional[bool] = None, # check values of CPU tensors (default on); None: unchanged
+                    ) -> dict:
+    "Switch value checks (label range, NaN/inf, cosine range) on or off; returns the previous settings."
+    old = dict(_VALUE_CHECKS)
+    if on_accelerators is not None: _VALUE_CHECKS['accelerators'] = bool(on_accelerators)
+    if on_cpu is not None: _VALUE_CHECKS['cpu'] = bool(on_cpu)
+    return old
+
+@contextmanager
+def value_checks(on: bool # on or off for CPU and accelerator tensors alike
+                ):
+    "Context manager: value checks on (or off, as on an accelerator) inside the block, previous settings restored after."
+    old = set_value_checks(on, on)
+    try: yield
+    finally: _VALUE_CHECKS.update(old)
 
 def _check_values(t: torch.Tensor) -> bool:
-    return t.device.type == 'cpu' or _VALUE_CHECKS['accelerators']
+    "Whether the values of `t` may be read: never for `meta` tensors (they have none)."
+    kind = t.device.type
+    if kind == 'meta': return False
+    return _VALUE_CHECKS['cpu'] if kind == 'cpu' else _VALUE_CHECKS['accelerators']
 
-def check_finite(x: torch.Tensor, name: str):
+def _not_a_tensor(name: str, x) -> str:
+    hint = ' (convert it with torch.as_tensor)' if type(x).__module__.split('.')[0] == 'numpy' else ''
+    return f"`{name}` must be a torch.Tensor, got {type(x).__name__}{hint}"
+
+def check_finite(x: torch.Tensor, # tensor to check
+                 name: str, # argument name used in the error message
+                ):
     "Raise `ValueError` if `x` holds NaN or inf (values read only where value checks apply)."
     if _check_values(x) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"`{name}` contains NaN or inf values")
 
-def check_targets(targets: torch.Tensor, # integer labels, shape (B,)
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+def check_targets(targets: torch.Tensor, # integer labels, shape (B,), any integer dtype
                   num_classes: int, # K
                   batch: Optional[int] = None, # expected B, if known
-                  name: str = 'targets'):
-    "Check that `targets` is a 1-d integer tensor of length `batch` with labels in `[0, num_classes)`."
-    if not isinstance(targets, torch.Tensor): raise TypeError(f"`{name}` must be a torch.Tensor, got {type(targets).__name__}")
+                  name: str = 'targets', # argument name used in error messages
+                 ) -> torch.Tensor:
+    "Check that `targets` is a 1-d integer tensor of length `batch` with labels in `[0, num_classes)`; return it as int64."
+    if not isinstance(targets, torch.Tensor): raise TypeError(_not_a_tensor(name, targets))
     if targets.dim() != 1: raise ValueError(f"`{name}` must have shape (B,), got {tuple(targets.shape)}")
-    if targets.is_floating_point() or targets.dtype == torch.bool:
-        raise ValueError(f"`{name}` must hold integer class labels, got dtype {targets.dtype}")
+    if targets.dtype not in LABEL_DTYPES:
+        raise ValueError(f"`{name}` must hold integer class labels (int8, uint8, int16, int32 or int64), got dtype {targets.dtype}")
     if batch is not None and targets.shape[0] != batch:
         raise ValueError(f"`{name}` has {targets.shape[0]} entries but the batch has {batch} rows")
     if _check_values(targets) and targets.numel():
         lo, hi = int(targets.min()), int(targets.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"`{name}` must lie in [0, {num_classes}), got labels from {lo} to {hi}")
+    return targets if targets.dtype == torch.int64 else targets.long()
 
 def check_logits_targets(logits: torch.Tensor, # scores, shape (B, K)
                          targets: torch.Tensor, # labels, shape (B,)
-                         name: str = 'logits'):
-    "Validate a `(B, K)` score matrix and its `(B,)` labels; returns `K`."
-    if not isinstance(logits, torch.Tensor): raise TypeError(f"`{name}` must be a torch.Tensor, got {type(logits).__name__}")
+                         name: str = 'logits', # argument name used in error messages
+                         num_classes: Optional[int] = None, # expected K, if known
+                        ) -> int:
+    "Validate a non-empty `(B, K)` score matrix and its `(B,)` labels; returns `K`."
+    if not isinstance(logits, torch.Tensor): raise TypeError(_not_a_tensor(name, logits))
     if logits.dim() != 2: raise ValueError(f"`{name}` must have shape (B, K), got {tuple(logits.shape)}")
     if not logits.is_floating_point(): raise ValueError(f"`{name}` must be floating point, got {logits.dtype}")
+    if logits.shape[0] == 0: raise ValueError(f"`{name}` is an empty batch (shape {tuple(logits.shape)}); a loss needs at least one sample")
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise ValueError(f"`{name}` has {logits.shape[1]} columns, expected num_classes={num_classes}")
     check_targets(targets, logits.shape[1], logits.shape[0])
     check_finite(logits, name)
     return logits.shape[1]
 
+def check_cosines(cosines: torch.Tensor, # the input of a cosine loss, shape (B, K)
+                  owner: str, # the loss's name, for the message (e.g. 'LDAMLoss')
+                  tol: float = 1e-3, # allowed excess over 1 (rounding of a cosine head in low precision)
+                  name: str = 'cosines', # argument name used in the error message
+                 ):
+    "Raise `ValueError` if a cosine loss is fed values outside [-1, 1] (raw logits); read only where value checks apply."
+    if _check_values(cosines) and cosines.numel():
+        top = float(cosines.detach().abs().max())
+        if top > 1 + tol:
+            raise ValueError(f"{owner} expects `{name}` in [-1, 1] from a cosine head (CosineClassifier); got values up to "
+                             f"{top:.3g}: did you pass nn.Linear logits?")
+
+def loss_targets(logits: torch.Tensor, # the loss's scores (B, K): logits, or cosines when `cosine_owner` is given
+                 targets: torch.Tensor, # labels (B,), any integer dtype
+                 num_classes: Optional[int] = None, # expected K, if known
+                 name: str = 'logits', # argument name used in error messages
+                 cosine_owner: Optional[str] = None, # name of a cosine loss: also check the range [-1, 1]
+                ) -> torch.Tensor:
+    "Every input check of a loss in one call (types, shapes, empty batch, K, labels, NaN/inf, cosine range); returns int64 labels."
+    check_logits_targets(logits, targets, name, num_classes)
+    if cosine_owner is not None: check_cosines(logits, cosine_owner, name=name)
+    return targets if targets.dtype == torch.int64 else targets.long()
+
 def check_features(features: torch.Tensor, # penultimate features, shape (B, D)
                    batch: int, # expected B
-                   name: str = 'features'):
+                   name: str = 'features', # argument name used in error messages
+                  ):
     "Validate a `(B, D)` feature matrix."
-    if not isinstance(features, torch.Tensor): raise TypeError(f"`{name}` must be a torch.Tensor, got {type(features).__name__}")
+    if not isinstance(features, torch.Tensor): raise TypeError(_not_a_tensor(name, features))
     if features.dim() != 2: raise ValueError(f"`{name}` must have shape (B, D), got {tuple(features.shape)}")
     if features.shape[0] != batch: raise ValueError(f"`{name}` has {features.shape[0]} rows but the batch has {batch}")
     if not features.is_floating_point(): raise ValueError(f"`{name}` must be floating point, got {features.dtype}")
@@ -119,7 +176,8 @@ def check_features(features: torch.Tensor, # penultimate features, shape (B, D)
 
 def check_class_counts(class_counts, # training images per class, in label order
                        num_classes: Optional[int] = None, # expected K, if known
-                       name: str = 'class_counts') -> torch.Tensor:
+                       name: str = 'class_counts', # argument name used in error messages
+                      ) -> torch.Tensor:
     "Validate class counts (finite, > 0, length K) and return them as a float64 tensor."
     try: c = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
     except Exception as e: raise ValueError(f"`{name}` must be a sequence of numbers: {e}") from None
@@ -130,6 +188,102 @@ def check_class_counts(class_counts, # training images per class, in label order
     bad = (c <= 0).nonzero().flatten().tolist()
     if bad: raise ValueError(f"`{name}` must be positive; class(es) {bad[:10]} have count <= 0")
     return c
+
+def check_num_classes(num_classes, # the value to check
+                      name: str = 'num_classes', # argument name used in the error message
+                     ) -> int:
+    "Return `num_classes` as an int >= 1; `ValueError` for 10.7, 0, True or a string."
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) and not (
+            isinstance(num_classes, (float, np.floating)) and float(num_classes).is_integer()):
+        raise ValueError(f"`{name}` must be a whole number of classes, got {num_classes!r}")
+    if int(num_classes) < 1: raise ValueError(f"`{name}` must be >= 1, got {num_classes}")
+    return int(num_classes)
+
+def check_positive(value, # the value to check
+                   name: str, # argument name used in the error message
+                   allow_zero: bool = False, # accept 0 as well
+                  ) -> float:
+    "Return `value` as a float; `ValueError` unless it is finite and > 0 (>= 0 with `allow_zero`)."
+    try: v = float(value)
+    except (TypeError, ValueError): raise ValueError(f"`{name}` must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"`{name}` must be finite and {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+# %% ../nbs/00_core.ipynb #b2b9786a
+class KeepBufferPrecision:
+    "Mixin for loss modules: `.half()`, `.bfloat16()` or `.to(torch.float16)` move floating buffers but never store them below float32."
+    def _apply(self, fn, recurse=True):
+        old = {k: v for k, v in self._buffers.items() if v is not None and v.is_floating_point()}
+        super()._apply(fn, recurse)
+        for k, v in old.items():
+            new = self._buffers[k]
+            if new is not None and new.is_floating_point() and new.dtype.itemsize < 4:   # fp16/bf16/fp8: keep the old dtype
+                self._buffers[k] = v.to(new.device)
+        return self
+
+# %% ../nbs/00_core.ipynb #8107d738
+def _param_comments(fn) -> dict:
+    "The docments of `fn`: {parameter: comment after it in the signature}, read with `tokenize` from the source lines."
+    code = getattr(fn, '__code__', None)
+    if code is None: return {}
+    lines = linecache.getlines(code.co_filename)
+    if not lines: return {}
+    it = iter(lines[code.co_firstlineno - 1:])
+    out, depth, seen_def, expect, last = {}, 0, False, False, None
+    try:
+        for tok in tokenize.generate_tokens(lambda: next(it, '')):
+            if not seen_def:
+                seen_def = tok.type == tokenize.NAME and tok.string == 'def'
+                continue
+            if tok.type == tokenize.OP and tok.string in '([{':
+                depth += 1; expect = expect or (depth == 1)
+            elif tok.type == tokenize.OP and tok.string in ')]}':
+                depth -= 1
+                if depth == 0: break
+            elif depth == 1 and tok.type == tokenize.OP and tok.string == ',': expect = True
+            elif depth == 1 and tok.type == tokenize.NAME and expect: last, expect = tok.string, False
+            elif depth >= 1 and tok.type == tokenize.COMMENT and last and last not in out:
+                out[last] = tok.string.lstrip('#').strip()
+    except (tokenize.TokenError, IndentationError, SyntaxError): pass
+    return out
+
+def _fmt_annotation(a) -> str:
+    if a is inspect.Parameter.empty: return ''
+    return a if isinstance(a, str) else getattr(a, '__name__', None) or repr(a).replace('typing.', '')
+
+def params_doc(fn) -> str:
+    "A numpy-style 'Parameters' section built from the docments (comments after the parameters) of `fn`; '' if none."
+    comments = _param_comments(fn)
+    if not comments: return ''
+    try: sig = inspect.signature(fn)
+    except (TypeError, ValueError): return ''
+    lines = ['Parameters', '----------']
+    for name, p in sig.parameters.items():
+        if name in ('self', 'cls') or name not in comments: continue
+        star = '*' if p.kind == p.VAR_POSITIONAL else '**' if p.kind == p.VAR_KEYWORD else ''
+        kind = ', '.join(s for s in (_fmt_annotation(p.annotation),
+                                      '' if p.default is p.empty else f"default {p.default!r}") if s)
+        lines += [f"{star}{name} : {kind}" if kind else f"{star}{name}", f"    {comments[name]}"]
+    return '\n'.join(lines) if len(lines) > 2 else ''
+
+def _append_params(obj, fn):
+    sec = params_doc(fn)
+    doc = (obj.__doc__ or '').rstrip()
+    if sec and 'Parameters\n----------' not in doc: obj.__doc__ = doc + '\n\n' + sec if doc else sec
+
+def document_parameters(module_name: str, # a module with `__all__` (a notebook's `__main__` has none: no-op)
+                       ):
+    "Append a numpy-style Parameters section, built from the docments, to the docstring of every public function and class (constructor and public methods) of a module, so that `help()` shows what each argument means."
+    mod = sys.modules.get(module_name)
+    for nm in getattr(mod, '__all__', ()):
+        obj = getattr(mod, nm, None)
+        if inspect.isfunction(obj): _append_params(obj, obj)
+        elif inspect.isclass(obj) and obj.__module__ == module_name:
+            init = obj.__dict__.get('__init__')
+            if inspect.isfunction(init): _append_params(obj, init)
+            for mname, m in vars(obj).items():
+                if inspect.isfunction(m) and (not mname.startswith('_') or mname == 'forward'): _append_params(m, m)
 
 # %% ../nbs/00_core.ipynb #24bb332d
 def _default_mode() -> int:
@@ -171,3 +325,6 @@ def atomic_torch_save(obj: Any, path):
         if os.path.exists(tmp): os.unlink(tmp)
         raise
     return path
+
+# %% ../nbs/00_core.ipynb #5d3f3cd9
+document_parameters(__name__)
