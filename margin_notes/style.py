@@ -17,12 +17,12 @@ BOOK_RC = {
     'xtick.labelsize': 9, 'ytick.labelsize': 9, 'lines.linewidth': 1.8, 'font.family': 'DejaVu Sans',
 }
 
-METHOD_COLORS = {
-    'erm': '#4d4d4d', 'ce': '#4d4d4d', 'focal': '#8c6d31', 'ldam': '#9467bd', 'ldam-drw': '#9467bd',
-    'ce-drw': '#7f7f7f', 'bs': '#1f77b4', 'la': '#17becf', 'marc': '#2ca02c', 'dbm': '#ff7f0e',
-    'lwr': '#e377c2', 'bs-lwr': '#e377c2', 'mr2': '#d62728',
-}
-_FALLBACK = ['#bcbd22', '#8c564b', '#aec7e8', '#98df8a', '#ff9896', '#c5b0d5', '#c49c94']
+from .registry import METHODS, _ALIASES, _key
+
+# the colours live in the method registry (chapter 09_registry); names, aliases and labels all resolve
+METHOD_COLORS = {**{m.name: m.color for m in METHODS.values()}, **{a: METHODS[n].color for a, n in _ALIASES.items()},
+                 **{_key(m.label): m.color for m in METHODS.values()}}
+_FALLBACK = ['#bcbd22', '#8c564b', '#aec7e8', '#98df8a', '#c49c94', '#dbdb8d', '#f7b6d2']
 
 def use_book_style():
     "Apply the book's matplotlib style (chapter 15_style)."
@@ -31,6 +31,6 @@ def use_book_style():
 def method_color(method: str # method name, e.g. 'mr2', 'bs-lwr', 'LDAM-DRW'
                 ) -> str:
     "The book's fixed colour for `method` (case-insensitive; unknown names get a stable fallback)."
-    key = method.lower().replace('_', '-').replace('²', '2')
+    key = _key(method)
     if key in METHOD_COLORS: return METHOD_COLORS[key]
     return _FALLBACK[sum(map(ord, key)) % len(_FALLBACK)]
