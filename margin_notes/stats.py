@@ -4,16 +4,17 @@
 
 # %% ../nbs/03_class_stats.ipynb #a60bb14d
 from __future__ import annotations
+import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.distributed as dist
 
-from .core import check_features, check_targets
+from .core import KeepBufferPrecision, check_features, check_num_classes, check_targets, document_parameters
 
 # %% auto #0
-__all__ = ['ClassStats']
+__all__ = ['ClassStats', 'naive_class_stats']
 
 # %% ../nbs/03_class_stats.ipynb #f5f7006e
 def _class_sums(features: torch.Tensor, # (B, D), already detached and in the accumulation dtype
@@ -26,33 +27,35 @@ def _class_sums(features: torch.Tensor, # (B, D), already detached and in the ac
     return features.new_zeros(num_classes, D + 2).index_add_(0, targets, rows)
 
 # %% ../nbs/03_class_stats.ipynb #8c12be02
-class ClassStats(nn.Module):
-    "Per-class EMA of the squared mean norm and of the spread of features, updated from mini-batches (chapter 03_class_stats)."
+class ClassStats(KeepBufferPrecision, nn.Module):
+    "Per-class EMA of the squared mean norm and of the spread of features, updated from mini-batches; non-finite batch statistics are skipped (chapter 03_class_stats)."
     def __init__(self,
                  num_classes: int, # K
                  momentum: float = 0.9, # EMA decay rho: new = rho * old + (1 - rho) * batch
                  p: float = 2, # norm of the statistics (2: paper; 5: released code)
-                 mode: str = 'scalar', # 'scalar' (EMA of batch scalars, SPEC default) or 'moment' (EMA of mean vectors)
+                 mode: str = 'scalar', # 'scalar' (EMA of batch scalars, the default) or 'moment' (EMA of mean vectors)
                  feature_dim: Optional[int] = None, # d; required for mode='moment', checked when given
                  sync: bool = True, # all-reduce the batch sums when torch.distributed is initialised
                  process_group=None, # group for the all-reduce (None: the default group)
                 ):
         super().__init__()
-        if int(num_classes) < 1: raise ValueError(f"`num_classes` must be >= 1, got {num_classes}")
+        K = check_num_classes(num_classes)
         if not 0.0 <= float(momentum) < 1.0: raise ValueError(f"`momentum` must lie in [0, 1), got {momentum}")
         if not float(p) >= 1.0: raise ValueError(f"`p` must be >= 1 (a norm), got {p}")
         if mode not in ('scalar', 'moment'): raise ValueError(f"`mode` must be 'scalar' or 'moment', got {mode!r}")
         if mode == 'moment' and (feature_dim is None or p != 2):
             raise ValueError("mode='moment' needs `feature_dim` and p=2")
-        self.num_classes, self.momentum, self.p, self.mode = int(num_classes), float(momentum), float(p), mode
+        self.num_classes, self.momentum, self.p, self.mode = K, float(momentum), float(p), mode
         self.feature_dim, self.sync, self.process_group = feature_dim, sync, process_group
-        K = self.num_classes
         self.register_buffer('mean_norm_sq', torch.zeros(K))
         self.register_buffer('spread', torch.zeros(K))
         self.register_buffer('initialized', torch.zeros(K, dtype=torch.bool))
         if mode == 'moment':
             self.register_buffer('mean', torch.zeros(K, int(feature_dim)))
             self.register_buffer('sq_norm', torch.zeros(K))
+        # per-class count of skipped (non-finite) updates; not saved, so old checkpoints still load
+        self.register_buffer('skipped', torch.zeros(K, dtype=torch.long), persistent=False)
+        self.last_skipped = torch.zeros(K, dtype=torch.bool)   # classes skipped by the latest update
 
     def extra_repr(self): return f"num_classes={self.num_classes}, momentum={self.momentum}, p={self.p:g}, mode={self.mode!r}"
 
@@ -75,16 +78,16 @@ class ClassStats(nn.Module):
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.process_group)
         return t
 
-    def _ema(self, old, new, first, present):
+    def _ema(self, old, new, first, ok):
         rho = self.momentum
-        return torch.where(first, new, torch.where(present, rho * old + (1 - rho) * new, old))
+        return torch.where(first, new, torch.where(ok, rho * old + (1 - rho) * new, old))
 
     def update(self,
                features: torch.Tensor, # (B, D) penultimate features (detached here)
-               targets: torch.Tensor, # (B,) integer labels in [0, K)
+               targets: torch.Tensor, # (B,) integer labels in [0, K), any integer dtype
               ):
         "Fold one batch into the running statistics (training mode only; a no-op in eval mode)."
-        check_targets(targets, self.num_classes)
+        targets = check_targets(targets, self.num_classes)
         check_features(features, targets.shape[0])
         if self.feature_dim is not None and features.shape[1] != self.feature_dim:
             raise ValueError(f"`features` has dimension {features.shape[1]}, expected feature_dim={self.feature_dim}")
@@ -93,17 +96,19 @@ class ClassStats(nn.Module):
 
     @torch.no_grad()
     def _update(self, features, targets):
-        "The update without input checks (callers have validated the inputs)."
-        dt = torch.promote_types(self.spread.dtype, torch.float32)
-        f = features.detach().to(dt)
+        "The update without input checks (callers have validated the inputs); classes whose batch statistics are not finite keep their old values."
+        dt = torch.promote_types(self.spread.dtype, torch.float32)   # fp16/bf16 features are squared in float32 or wider
+        f, targets = features.detach().to(dt), targets.long()
         sums = self._all_reduce(_class_sums(f, targets, self.num_classes))
         n, Q, S = sums[:, 0], sums[:, 1], sums[:, 2:]
         present = n > 0
-        first = present & ~self.initialized
         m = S / n.clamp_min(1.0)[:, None]
         if self.mode == 'moment':
-            self.mean.copy_(self._ema(self.mean, m, first[:, None], present[:, None]))
-            self.sq_norm.copy_(self._ema(self.sq_norm, Q / n.clamp_min(1.0), first, present))
+            q = Q / n.clamp_min(1.0)
+            ok = present & torch.isfinite(q) & torch.isfinite(m).all(1)
+            first = ok & ~self.initialized
+            self.mean.copy_(self._ema(self.mean, m, first[:, None], ok[:, None]))
+            self.sq_norm.copy_(self._ema(self.sq_norm, q, first, ok))
             u = (self.mean * self.mean).sum(1)
             self.mean_norm_sq.copy_(u); self.spread.copy_((self.sq_norm - u).clamp_min(0))
         else:
@@ -115,11 +120,52 @@ class ClassStats(nn.Module):
                 r = torch.linalg.vector_norm(f - m[targets], ord=self.p, dim=1) ** 2
                 V = self._all_reduce(f.new_zeros(self.num_classes).index_add_(0, targets, r))
                 v = V / n.clamp_min(1.0)
-            self.mean_norm_sq.copy_(self._ema(self.mean_norm_sq, u, first, present))
-            self.spread.copy_(self._ema(self.spread, v, first, present))
-        self.initialized |= present
+            ok = present & torch.isfinite(u) & torch.isfinite(v) & torch.isfinite(Q)
+            first = ok & ~self.initialized
+            self.mean_norm_sq.copy_(self._ema(self.mean_norm_sq, u, first, ok))
+            self.spread.copy_(self._ema(self.spread, v, first, ok))
+        self.initialized |= ok
+        self.last_skipped = present & ~ok
+        self.skipped += self.last_skipped
 
     def forward(self, features, targets):
         "Same as `update`; returns the variability (K,)."
         self.update(features, targets)
         return self.variability
+
+# %% ../nbs/03_class_stats.ipynb #f6708ec9
+def naive_class_stats(batches, # iterable of (features (B, D), labels (B,)) tensors
+                      num_classes: int, # K
+                      momentum: float, # EMA decay rho
+                      p: float = 2.0, # norm of the statistics
+                      mode: str = 'scalar', # 'scalar' or 'moment'
+                     ) -> tuple:
+    "Reference `ClassStats`: a float64 loop over batches, classes and samples, typed from the definitions; a class whose batch values are not finite is skipped. Returns (mean_norm_sq, spread, initialized) tensors (chapter 03_class_stats)."
+    K, rho = int(num_classes), float(momentum)
+    mu, sp, init, mvec, sqn = [0.0] * K, [0.0] * K, [False] * K, [None] * K, [0.0] * K
+    norm = lambda v: sum(abs(a) ** p for a in v) ** (1.0 / p)
+    for feats, labs in batches:
+        feats, labs = feats.double().tolist(), labs.tolist()
+        for c in range(K):
+            rows = [feats[i] for i in range(len(labs)) if labs[i] == c]
+            if not rows: continue
+            n = len(rows)
+            m = [sum(r[j] for r in rows) / n for j in range(len(rows[0]))]
+            if mode == 'moment':
+                q = sum(sum(a * a for a in r) for r in rows) / n
+                if not all(math.isfinite(a) for a in m + [q]): continue
+                if init[c]:
+                    mvec[c] = [rho * a + (1 - rho) * b for a, b in zip(mvec[c], m)]
+                    sqn[c] = rho * sqn[c] + (1 - rho) * q
+                else: mvec[c], sqn[c], init[c] = m, q, True
+                mu[c] = sum(a * a for a in mvec[c]); sp[c] = max(0.0, sqn[c] - mu[c])
+                continue
+            u = norm(m) ** 2
+            v = sum(norm([a - b for a, b in zip(r, m)]) ** 2 for r in rows) / n
+            if not (math.isfinite(u) and math.isfinite(v)): continue
+            if init[c]: mu[c], sp[c] = rho * mu[c] + (1 - rho) * u, rho * sp[c] + (1 - rho) * v
+            else: mu[c], sp[c], init[c] = u, v, True
+    return torch.tensor(mu, dtype=torch.float64), torch.tensor(sp, dtype=torch.float64), torch.tensor(init)
+
+# %% ../nbs/03_class_stats.ipynb #6e5ed830
+document_parameters(__name__)

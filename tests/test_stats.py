@@ -6,39 +6,8 @@ import torch
 import torch.distributed as dist
 from hypothesis import given, settings, strategies as st
 
-from margin_notes.stats import ClassStats
-
-
-def naive_stream(batches, K, rho, p=2.0, mode='scalar'):
-    """Float64 loop over classes and samples, written from the definitions (SPEC 2.2)."""
-    mu, sp, init = [0.0] * K, [0.0] * K, [False] * K
-    mvec, sqn = [None] * K, [0.0] * K
-    norm = lambda v: sum(abs(a) ** p for a in v) ** (1.0 / p)
-    for feats, labs in batches:
-        feats, labs = feats.double().tolist(), labs.tolist()
-        for c in range(K):
-            rows = [feats[i] for i in range(len(labs)) if labs[i] == c]
-            if not rows:
-                continue
-            n = len(rows)
-            m = [sum(r[j] for r in rows) / n for j in range(len(rows[0]))]
-            if mode == 'moment':
-                q = sum(sum(a * a for a in r) for r in rows) / n
-                if init[c]:
-                    mvec[c] = [rho * a + (1 - rho) * b for a, b in zip(mvec[c], m)]
-                    sqn[c] = rho * sqn[c] + (1 - rho) * q
-                else:
-                    mvec[c], sqn[c], init[c] = m, q, True
-                mu[c] = sum(a * a for a in mvec[c])
-                sp[c] = max(0.0, sqn[c] - mu[c])
-                continue
-            u = norm(m) ** 2
-            v = sum(norm([a - b for a, b in zip(r, m)]) ** 2 for r in rows) / n
-            if init[c]:
-                mu[c], sp[c] = rho * mu[c] + (1 - rho) * u, rho * sp[c] + (1 - rho) * v
-            else:
-                mu[c], sp[c], init[c] = u, v, True
-    return torch.tensor(mu, dtype=torch.float64), torch.tensor(sp, dtype=torch.float64), torch.tensor(init)
+from margin_notes.core import value_checks
+from margin_notes.stats import ClassStats, naive_class_stats as naive_stream
 
 
 def make_stream(seed, K, D, B, nb, absent=(), scale=3.0):
@@ -219,3 +188,38 @@ def test_cuda_update_has_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode('default')
     assert s.initialized.any().item()
+
+
+@pytest.mark.parametrize('mode,p', [('scalar', 2), ('scalar', 5), ('moment', 2)])
+def test_bad_batches_never_enter_the_ema_with_checks_off(mode, p):
+    """NaN, inf and finite-but-overflowing (1e20: its square overflows float32) batches are skipped per class."""
+    K, D = 4, 3
+    clean = make_stream(1, K, D, 12, 4)
+    clean = [(f.float(), y) for f, y in clean]
+    s = ClassStats(K, momentum=0.7, p=p, mode=mode, feature_dim=D)
+    y_bad = torch.arange(12) % K
+    with value_checks(False):                                 # the accelerator path: no host reads
+        s.update(*clean[0])
+        for v in (float('nan'), float('inf'), -float('inf'), 1e20):
+            s.update(torch.full((12, D), v), y_bad)
+            assert s.last_skipped.all()
+            assert torch.isfinite(s.mean_norm_sq).all() and torch.isfinite(s.spread).all()
+        for f, y in clean[1:]:
+            s.update(f, y)
+    mu, sp, init = naive_stream(clean, K, 0.7, p, mode)       # EMA of the clean batches only
+    torch.testing.assert_close(s.mean_norm_sq.double(), mu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s.spread.double(), sp, rtol=1e-5, atol=1e-4)
+    assert s.initialized.tolist() == init.tolist()
+    assert s.skipped.tolist() == [4] * K and 'skipped' not in s.state_dict()
+
+
+def test_one_bad_row_skips_only_its_class_and_fp16_features_do_not_overflow():
+    s = ClassStats(3)
+    f = torch.randn(6, 2); f[1, 1] = float('inf')
+    with value_checks(False):
+        s.update(f, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert s.initialized.tolist() == [True, False, True] and s.last_skipped.tolist() == [False, True, False]
+    # fp16 features of size 300 (squared norm 9e4 > fp16 max 65504) are squared in float32
+    s16 = ClassStats(1).update(torch.full((4, 2), 300.0, dtype=torch.float16), torch.zeros(4, dtype=torch.uint8))
+    torch.testing.assert_close(s16.mean_norm_sq, torch.tensor([1.8e5]))
+    assert ClassStats(2).half().spread.dtype == torch.float32
