@@ -11,18 +11,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_features, check_logits_targets
+from .core import (KeepBufferPrecision, check_features, check_num_classes, check_positive, document_parameters,
+                               loss_targets)
 from .margins import optimal_margins
 from .stats import ClassStats
 
 # %% auto #0
-__all__ = ['MR2Loss']
+__all__ = ['MR2Loss', 'naive_mr2_loss']
 
 # %% ../nbs/04_mr2.ipynb #0e765185
 _VARIANTS = {
     'paper':    dict(p=2, temperature=1.0, rep_scale=1.0, rep_reduction='mean', spread_margin=True),
     'released': dict(p=5, temperature='10d', rep_scale='d/10', rep_reduction='class', spread_margin=False),
 }
+
 
 def _resolve(value, dim: int, name: str) -> float:
     if value == '10d': return 10.0 * dim
@@ -50,15 +52,15 @@ def _rep_margin_terms(features: torch.Tensor, # (B, D) float32 features (normali
     return mx + torch.log(s)
 
 # %% ../nbs/04_mr2.ipynb #8ba151af
-class MR2Loss(nn.Module):
-    "MR² loss: CE on logits divided by the optimal class margins plus lam times the representation-margin loss (chapter 04_mr2)."
+class MR2Loss(KeepBufferPrecision, nn.Module):
+    "MR² loss: CE on logits divided by the optimal class margins plus lam times the representation-margin loss; needs a linear head's logits and the penultimate features (chapter 04_mr2)."
     def __init__(self,
                  num_classes: int, # K
                  mean_margin: float = 1.0, # c-bar: the mean of the margins gamma
                  lam: float = 0.1, # weight of the representation-margin term (0 skips it)
                  momentum: float = 0.9, # EMA decay of the class statistics
                  *,
-                 variant: str = 'paper', # 'paper' or 'released' (SPEC 2.7); the knobs below override it
+                 variant: str = 'paper', # 'paper' or 'released' (the authors' code, chapter 22); the knobs below override it
                  p: Optional[float] = None, # norm of the statistics (paper 2, released 5)
                  temperature: Union[float, str, None] = None, # T of the exponent; '10d' = 10 * feature dim
                  rep_scale: Union[float, str, None] = None, # factor on the representation term; 'd/10'
@@ -72,6 +74,7 @@ class MR2Loss(nn.Module):
                  process_group=None, # process group for that all-reduce
                 ):
         super().__init__()
+        num_classes, eps = check_num_classes(num_classes), check_positive(eps, 'eps')
         if variant not in _VARIANTS: raise ValueError(f"`variant` must be one of {list(_VARIANTS)}, got {variant!r}")
         cfg = dict(_VARIANTS[variant])
         for k, v in dict(p=p, temperature=temperature, rep_scale=rep_scale, rep_reduction=rep_reduction,
@@ -86,7 +89,7 @@ class MR2Loss(nn.Module):
             v = cfg[k]
             if not (v in ('10d', 'd/10') or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)):
                 raise ValueError(f"`{k}` must be a positive number, '10d' or 'd/10', got {v!r}")
-        self.num_classes, self.mean_margin, self.lam, self.eps = int(num_classes), float(mean_margin), float(lam), eps
+        self.num_classes, self.mean_margin, self.lam, self.eps = num_classes, float(mean_margin), float(lam), eps
         self.variant, self.rep_normalize = variant, bool(rep_normalize)
         self.temperature, self.rep_scale = cfg['temperature'], cfg['rep_scale']
         self.rep_reduction, self.spread_margin = cfg['rep_reduction'], bool(cfg['spread_margin'])
@@ -106,12 +109,12 @@ class MR2Loss(nn.Module):
         return optimal_margins(self.stats.variability, self.mean_margin, mask=self.stats.initialized, eps=self.eps)
 
     def forward(self,
-                logits: torch.Tensor, # (B, K) linear logits
-                targets: torch.Tensor, # (B,) labels
+                logits: torch.Tensor, # (B, K) logits of a linear head
+                targets: torch.Tensor, # (B,) labels, any integer dtype
                 features: Optional[torch.Tensor] = None, # (B, D) raw penultimate features (required)
                ) -> torch.Tensor:
-        K = check_logits_targets(logits, targets)
-        if K != self.num_classes: raise ValueError(f"`logits` has {K} columns, expected num_classes={self.num_classes}")
+        targets = loss_targets(logits, targets, self.num_classes)
+        K = self.num_classes
         if features is None: raise ValueError("MR2Loss needs `features` (the penultimate features, shape (B, D))")
         check_features(features, logits.shape[0])
         with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -137,5 +140,69 @@ class MR2Loss(nn.Module):
             else:
                 sbar, rep, loss = self.stats.mean_spread(), ce.new_zeros(()), ce
         self.last = {'ce': ce.detach(), 'rep': rep.detach(), 'gamma': gamma.detach(),
-                     'gamma_mean': gamma.detach().mean(), 'mean_spread': sbar.detach()}
+                     'gamma_mean': gamma.detach().mean(), 'mean_spread': sbar.detach(),
+                     'skipped': self.stats.last_skipped.sum()}   # classes whose non-finite statistics were skipped
         return loss
+
+# %% ../nbs/04_mr2.ipynb #c298f18d
+def naive_mr2_loss(batches, # iterable of (logits (B, K), labels (B,), features (B, D)) tensors, in training order
+                   num_classes: int, # K
+                   mean_margin: float = 1.0, # c-bar
+                   lam: float = 0.1, # weight of the representation term
+                   momentum: float = 0.9, # EMA decay rho
+                   *,
+                   p: float = 2.0, # norm of the statistics
+                   temperature: float = 1.0, # T: the exponent is (d_ij - margin) / T
+                   rep_scale: float = 1.0, # factor on the representation term
+                   rep_reduction: str = 'mean', # 'mean' or 'class'
+                   spread_margin: bool = True, # subtract 2 s-bar in the exponent
+                   rep_normalize: bool = False, # distances and s-bar on L2-normalised features
+                  ) -> list:
+    "Reference MR² in training mode: float64 loops typed from the equations of chapters 02-04, independent of the vectorised code; returns the loss of every batch (chapter 04_mr2)."
+    K, rho = int(num_classes), float(momentum)
+    mu, sp, init = [0.0] * K, [0.0] * K, [False] * K
+    usp, uinit = [0.0] * K, [False] * K     # spread of unit-normalised features (rep_normalize)
+    norm = lambda v: sum(abs(a) ** p for a in v) ** (1.0 / p)
+    unit = lambda v: [a / max(math.sqrt(sum(b * b for b in v)), 1e-12) for a in v]
+    out = []
+    for z, y, f in batches:
+        z, y, f = z.double().tolist(), y.tolist(), f.double().tolist()
+        B = len(y)
+        for c in range(K):                                   # the EMA update first (released order)
+            rows = [f[i] for i in range(B) if y[i] == c]
+            if not rows: continue
+            m = [sum(col) / len(rows) for col in zip(*rows)]
+            u = norm(m) ** 2
+            v = sum(norm([a - b for a, b in zip(r, m)]) ** 2 for r in rows) / len(rows)
+            if init[c]: mu[c], sp[c] = rho * mu[c] + (1 - rho) * u, rho * sp[c] + (1 - rho) * v
+            else: mu[c], sp[c], init[c] = u, v, True
+            urows = [unit(r) for r in rows]
+            um = [sum(col) / len(urows) for col in zip(*urows)]
+            uv = sum(sum((a - b) ** 2 for a, b in zip(r, um)) for r in urows) / len(urows)
+            usp[c], uinit[c] = (rho * usp[c] + (1 - rho) * uv, True) if uinit[c] else (uv, True)
+        seen = [c for c in range(K) if init[c]]
+        root = {c: max((mu[c] + sp[c]) ** (1 / 3), 1e-12) for c in seen}
+        gamma = [mean_margin * len(seen) * root[c] / sum(root.values()) if init[c] else mean_margin for c in range(K)]
+        sbar = sum((usp if rep_normalize else sp)[c] for c in seen) / len(seen)
+        feats = [unit(r) for r in f] if rep_normalize else f
+        ces, reps = [], []
+        for i in range(B):
+            row = [a / gamma[y[i]] for a in z[i]]
+            mx = max(row)
+            ces.append(-(row[y[i]] - mx - math.log(sum(math.exp(a - mx) for a in row))))
+            ex = [(sum((a - b) ** 2 for a, b in zip(feats[i], feats[j])) - (2 * sbar if spread_margin else 0.0)) / temperature
+                  for j in range(B) if j != i and y[j] == y[i]]
+            top = max(ex + [0.0])
+            reps.append(top + math.log(math.exp(-top) + sum(math.exp(e - top) for e in ex)))
+        if rep_reduction == 'mean': rep = sum(reps) / B
+        else:
+            rep = 0.0
+            for c in range(K):
+                members = [reps[i] for i in range(B) if y[i] == c]
+                if len(members) >= 2: rep += sum(members) / len(members)
+            rep /= K
+        out.append(sum(ces) / B + lam * rep_scale * rep)
+    return out
+
+# %% ../nbs/04_mr2.ipynb #72ca9382
+document_parameters(__name__)

@@ -11,61 +11,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from margin_notes.margins import optimal_margins
-from margin_notes.mr2 import MR2Loss
+from margin_notes.core import value_checks
+from margin_notes.mr2 import MR2Loss, naive_mr2_loss as naive_mr2
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def naive_mr2(batches, K, cbar, lam, rho, *, p=2.0, T=1.0, scale=1.0, reduction='mean', margin=True,
-              normalize=False):
-    """Float64 loop implementation of MR2 written from SPEC 2.2-2.5; returns the loss of every batch."""
-    mu, sp, init, out = [0.0] * K, [0.0] * K, [False] * K, []
-    usp, uinit = [0.0] * K, [False] * K     # spread of unit-normalised features (rep_normalize)
-    norm = lambda v: sum(abs(a) ** p for a in v) ** (1.0 / p)
-    unit = lambda v: [a / max(math.sqrt(sum(b * b for b in v)), 1e-12) for a in v]
-    for z, y, f in batches:
-        z, y, f = z.double().tolist(), y.tolist(), f.double().tolist()
-        B = len(y)
-        for c in range(K):
-            rows = [f[i] for i in range(B) if y[i] == c]
-            if not rows:
-                continue
-            m = [sum(col) / len(rows) for col in zip(*rows)]
-            u = norm(m) ** 2
-            v = sum(norm([a - b for a, b in zip(r, m)]) ** 2 for r in rows) / len(rows)
-            if init[c]:
-                mu[c], sp[c] = rho * mu[c] + (1 - rho) * u, rho * sp[c] + (1 - rho) * v
-            else:
-                mu[c], sp[c], init[c] = u, v, True
-            urows = [unit(r) for r in rows]
-            um = [sum(col) / len(urows) for col in zip(*urows)]
-            uv = sum(sum((a - b) ** 2 for a, b in zip(r, um)) for r in urows) / len(urows)
-            usp[c], uinit[c] = (rho * usp[c] + (1 - rho) * uv, True) if uinit[c] else (uv, True)
-        seen = [c for c in range(K) if init[c]]
-        root = {c: max((mu[c] + sp[c]) ** (1 / 3), 1e-12) for c in seen}
-        gamma = [cbar * len(seen) * root[c] / sum(root.values()) if init[c] else cbar for c in range(K)]
-        sbar = sum((usp if normalize else sp)[c] for c in seen) / len(seen)
-        feats = [unit(r) for r in f] if normalize else f
-        ces, reps = [], []
-        for i in range(B):
-            row = [a / gamma[y[i]] for a in z[i]]
-            mx = max(row)
-            ces.append(-(row[y[i]] - mx - math.log(sum(math.exp(a - mx) for a in row))))
-            ex = [(sum((a - b) ** 2 for a, b in zip(feats[i], feats[j])) - (2 * sbar if margin else 0.0)) / T
-                  for j in range(B) if j != i and y[j] == y[i]]
-            top = max(ex + [0.0])
-            reps.append(top + math.log(math.exp(-top) + sum(math.exp(e - top) for e in ex)))
-        if reduction == 'mean':
-            rep = sum(reps) / B
-        else:
-            rep = 0.0
-            for c in range(K):
-                members = [reps[i] for i in range(B) if y[i] == c]
-                if len(members) >= 2:
-                    rep += sum(members) / len(members)
-            rep /= K
-        out.append(sum(ces) / B + lam * scale * rep)
-    return out
 
 
 def stream(seed, K, B, D, nb, scale=1.0, absent=()):
@@ -83,10 +32,10 @@ def run(loss, batches):
 @pytest.mark.parametrize('kw,naive_kw', [
     (dict(), dict()),
     (dict(lam=0.0), dict(lam=0.0)),
-    (dict(spread_margin=False, temperature=3.0, rep_scale=0.5), dict(margin=False, T=3.0, scale=0.5)),
-    (dict(rep_reduction='class'), dict(reduction='class')),
+    (dict(spread_margin=False, temperature=3.0, rep_scale=0.5), dict(spread_margin=False, temperature=3.0, rep_scale=0.5)),
+    (dict(rep_reduction='class'), dict(rep_reduction='class')),
     (dict(p=5), dict(p=5.0)),
-    (dict(rep_normalize=True), dict(normalize=True)),
+    (dict(rep_normalize=True), dict(rep_normalize=True)),
 ])
 def test_matches_naive_loop(kw, naive_kw):
     K, D = 5, 3
@@ -94,7 +43,7 @@ def test_matches_naive_loop(kw, naive_kw):
     lam = kw.pop('lam', 0.3)
     loss = MR2Loss(K, mean_margin=1.5, lam=lam, momentum=0.7, **kw).double()
     nkw = dict(lam=0.3); nkw.update(naive_kw)
-    ref = naive_mr2(batches, K, 1.5, rho=0.7, **nkw)
+    ref = naive_mr2(batches, K, 1.5, momentum=0.7, **nkw)
     torch.testing.assert_close(torch.tensor(run(loss, batches), dtype=torch.float64),
                                torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-9)
 
@@ -103,7 +52,8 @@ def test_released_variant_matches_naive():
     K, D = 4, 6
     batches = stream(1, K, 10, D, 3, scale=2.0)
     loss = MR2Loss(K, lam=0.1, variant='released').double()
-    ref = naive_mr2(batches, K, 1.0, 0.1, 0.9, p=5.0, T=10 * D, scale=D / 10, reduction='class', margin=False)
+    ref = naive_mr2(batches, K, 1.0, 0.1, 0.9, p=5.0, temperature=10 * D, rep_scale=D / 10, rep_reduction='class',
+                    spread_margin=False)
     torch.testing.assert_close(torch.tensor(run(loss, batches), dtype=torch.float64),
                                torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-9)
     assert loss.stats.p == 5 and not loss.spread_margin and loss.rep_reduction == 'class'
@@ -124,7 +74,7 @@ def test_property_matches_naive(K, B, D, nb, seed, lam, cbar, reduction):
                         torch.randn(B, D, generator=g, dtype=torch.float64)))
     loss = MR2Loss(K, mean_margin=cbar, lam=lam, momentum=0.8, rep_reduction=reduction).double()
     got = run(loss, batches)
-    ref = naive_mr2(batches, K, cbar, lam, 0.8, reduction=reduction)
+    ref = naive_mr2(batches, K, cbar, lam, 0.8, rep_reduction=reduction)
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
                                rtol=1e-8, atol=1e-8)
     gam = loss.last['gamma']
@@ -234,9 +184,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match='num_classes'):
         loss(torch.randn(4, 5), y, f)
     for kw in (dict(variant='x'), dict(lam=-1), dict(mean_margin=0), dict(temperature=-1.0),
-               dict(rep_reduction='sum'), dict(rep_scale=float('nan'))):
+               dict(rep_reduction='sum'), dict(rep_scale=float('nan')), dict(eps=0.0), dict(eps=-1e-3)):
         with pytest.raises(ValueError):
             MR2Loss(3, **kw)
+    with pytest.raises(ValueError, match='whole number'):
+        MR2Loss(10.7)
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -256,7 +208,7 @@ def test_last_holds_detached_tensors():
     loss = MR2Loss(3, lam=0.1)
     f = torch.randn(6, 2, requires_grad=True)
     loss(torch.randn(6, 3, requires_grad=True), torch.tensor([0, 0, 1, 1, 2, 2]), f)
-    assert {'ce', 'rep', 'gamma', 'gamma_mean', 'mean_spread'} <= set(loss.last)
+    assert {'ce', 'rep', 'gamma', 'gamma_mean', 'mean_spread', 'skipped'} <= set(loss.last)
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in loss.last.values())
 
 
@@ -285,3 +237,32 @@ def test_benchmark_quick_mode_runs(tmp_path):
     res = json.loads(out.read_text())
     assert {'machine', 'loss_fwd_bwd', 'train_step', 'mr2_vs_loop'} <= set(res)
     assert all(row['max_abs_diff'] < 1e-3 for row in res['mr2_vs_loop'])
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), 1e20])
+def test_bad_feature_batch_does_not_poison_later_losses(bad):
+    """Checks off (the GPU path): a NaN / inf / overflowing (1e20, squared beyond float32) batch, then clean batches.
+    Every later loss and gamma is finite and equals the float64 reference run on the clean batches alone."""
+    K, D = 4, 3
+    clean = [(z.float(), y, f.float()) for z, y, f in stream(7, K, 10, D, 4)]
+    loss = MR2Loss(K, mean_margin=1.2, lam=0.3, momentum=0.8)
+    got = []
+    with value_checks(False):
+        got.append(loss(*clean[0]).item())
+        z, y, _ = clean[0]
+        loss(z, y, torch.full((10, D), bad))
+        assert int(loss.last['skipped']) == len(set(y.tolist()))
+        for z, y, f in clean[1:]:
+            got.append(loss(z, y, f).item())
+            assert torch.isfinite(loss.last['gamma']).all() and int(loss.last['skipped']) == 0
+    ref = naive_mr2(clean, K, 1.2, 0.3, 0.8)
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_half_keeps_float32_statistics():
+    loss = MR2Loss(3).half()
+    assert loss.stats.spread.dtype == torch.float32
+    out = loss(torch.randn(6, 3, dtype=torch.float16), torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.int32),
+               torch.full((6, 2), 300.0, dtype=torch.float16))          # squared norms 1.8e5 > fp16 max
+    assert torch.isfinite(loss.stats.variability).all() and torch.isfinite(loss.last['ce'])
