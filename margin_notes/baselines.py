@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_class_counts, check_finite, check_logits_targets
+from .core import (KeepBufferPrecision, check_class_counts, check_finite, check_num_classes, check_positive,
+                               document_parameters, loss_targets)
 
 # %% auto #0
 __all__ = ['CELoss', 'BalancedSoftmaxLoss', 'LogitAdjustedLoss', 'logit_adjust_posthoc', 'ldam_margins', 'LDAMLoss', 'FocalLoss',
@@ -28,11 +29,11 @@ def _weighted_mean(per_sample: torch.Tensor, targets: torch.Tensor, weight: Opti
     w = weight.to(per_sample.dtype)[targets]
     return (w * per_sample).sum() / w.sum()
 
-class _ClassWeighted(nn.Module):
+class _ClassWeighted(KeepBufferPrecision, nn.Module):
     "Base for losses with an optional per-class weight buffer `weight` (chapter 05_baselines)."
     def __init__(self, weight=None, num_classes: Optional[int] = None):
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes = None if num_classes is None else check_num_classes(num_classes)
         self.register_buffer('_anchor', torch.empty(0), persistent=False)   # follows .to(device)
         self.register_buffer('weight', None)
         self.set_class_weight(weight)
@@ -58,24 +59,23 @@ class _ClassWeighted(nn.Module):
         else: self.weight = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
-    def _check(self, logits, targets):
-        K = check_logits_targets(logits, targets)
-        if self.num_classes is not None and K != self.num_classes:
-            raise ValueError(f"`logits` has {K} columns, expected num_classes={self.num_classes}")
-        if self.weight is not None and self.weight.numel() != K:
-            raise ValueError(f"`weight` has {self.weight.numel()} entries but `logits` has {K} columns")
-        return K
+    def _check(self, logits, targets, cosine_owner=None, name='logits'):
+        "All input checks (chapter 00_core's `loss_targets`); returns the labels as int64."
+        targets = loss_targets(logits, targets, self.num_classes, name=name, cosine_owner=cosine_owner)
+        if self.weight is not None and self.weight.numel() != logits.shape[1]:
+            raise ValueError(f"`weight` has {self.weight.numel()} entries but `{name}` has {logits.shape[1]} columns")
+        return targets
 
 # %% ../nbs/05_baselines.ipynb #be34b523
 class CELoss(_ClassWeighted):
-    "Softmax cross-entropy with optional per-class weights (weighted mean reduction) (chapter 05_baselines)."
+    "Softmax cross-entropy with optional per-class weights (weighted mean reduction); takes a linear head's logits (chapter 05_baselines)."
     def __init__(self, weight=None, # None or (K,) per-class weights
                  num_classes: Optional[int] = None, # K, checked when given
                 ):
         super().__init__(weight, num_classes)
 
     def forward(self, logits, targets, features=None):
-        self._check(logits, targets)
+        targets = self._check(logits, targets)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return F.cross_entropy(logits.to(_float_dtype(logits)), targets,
                                    weight=None if self.weight is None else self.weight.to(_float_dtype(logits)))
@@ -86,7 +86,7 @@ def _log_prior(class_counts, num_classes=None, eps: float = 0.0) -> torch.Tensor
     return torch.log(c / c.sum() + eps)
 
 class BalancedSoftmaxLoss(_ClassWeighted):
-    "Balanced Softmax: cross-entropy on logits + log prior (chapter 05_baselines)."
+    "Balanced Softmax: cross-entropy on logits + log prior; takes a linear head's logits (chapter 05_baselines)."
     def __init__(self, class_counts, # (K,) training images per class
                  weight=None, # None or (K,) per-class weights
                 ):
@@ -95,14 +95,14 @@ class BalancedSoftmaxLoss(_ClassWeighted):
         self.register_buffer('log_prior', lp)   # float64; cast to the compute dtype in forward
 
     def forward(self, logits, targets, features=None):
-        self._check(logits, targets)
+        targets = self._check(logits, targets)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             dt = _float_dtype(logits)
             per = F.cross_entropy(logits.to(dt) + self.log_prior.to(dt), targets, reduction='none')
             return _weighted_mean(per, targets, self.weight)
 
 class LogitAdjustedLoss(_ClassWeighted):
-    "Logit-adjusted loss: cross-entropy on logits + tau * log(prior + 1e-12) (chapter 05_baselines)."
+    "Logit-adjusted loss: cross-entropy on logits + tau * log(prior + 1e-12); takes a linear head's logits (chapter 05_baselines)."
     def __init__(self, class_counts, # (K,) training images per class
                  tau: float = 1.0, # strength of the adjustment
                  weight=None, # None or (K,) per-class weights
@@ -114,7 +114,7 @@ class LogitAdjustedLoss(_ClassWeighted):
         self.register_buffer('log_prior', lp)   # float64; cast to the compute dtype in forward
 
     def forward(self, logits, targets, features=None):
-        self._check(logits, targets)
+        targets = self._check(logits, targets)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             dt = _float_dtype(logits)
             per = F.cross_entropy(logits.to(dt) + self.tau * self.log_prior.to(dt), targets, reduction='none')
@@ -125,8 +125,8 @@ def logit_adjust_posthoc(logits: torch.Tensor, # (B, K) raw logits of a model tr
                          tau: float = 1.0, # strength of the adjustment
                         ) -> torch.Tensor:
     "Post-hoc logit adjustment: logits - tau * log(prior + 1e-12); predict with argmax (chapter 05_baselines)."
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"`logits` must be a (B, K) tensor, got {getattr(logits, 'shape', type(logits))}")
+    if not isinstance(logits, torch.Tensor): raise TypeError(f"`logits` must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 2: raise ValueError(f"`logits` must be a (B, K) tensor, got shape {tuple(logits.shape)}")
     lp = _log_prior(class_counts, logits.shape[1], eps=1e-12)
     return logits - tau * lp.to(device=logits.device, dtype=_float_dtype(logits))
 
@@ -140,21 +140,25 @@ def ldam_margins(class_counts, # (K,) training images per class
     return m * (float(max_margin) / m.max())
 
 class LDAMLoss(_ClassWeighted):
-    "LDAM: cross-entropy on scale * (cosines - m_y at the target), m_j proportional to n_j^(-1/4) (chapter 05_baselines)."
+    "LDAM: cross-entropy on scale * (cosines - m_y at the target), m_j proportional to n_j^(-1/4); needs the cosines of a cosine head (`CosineClassifier`, chapter 07), not logits (chapter 05_baselines)."
     def __init__(self, class_counts, # (K,) training images per class
                  max_margin: float = 0.5, # margin of the rarest class
                  scale: float = 30.0, # s: multiplies the cosines
                  weight=None, # None or (K,) per-class weights (DRW)
                 ):
-        if not (math.isfinite(float(max_margin)) and max_margin >= 0): raise ValueError(f"`max_margin` must be >= 0, got {max_margin}")
+        if not (math.isfinite(float(max_margin)) and 0 <= max_margin <= 2):
+            raise ValueError(f"`max_margin` must lie in [0, 2] (a difference of cosines), got {max_margin}")
         if not (math.isfinite(float(scale)) and scale > 0): raise ValueError(f"`scale` must be > 0, got {scale}")
         m = ldam_margins(class_counts, max_margin)
         super().__init__(weight, m.numel())
         self.max_margin, self.scale = float(max_margin), float(scale)
         self.register_buffer('margins', m)     # float64; cast in forward
 
-    def forward(self, cosines, targets, features=None):
-        self._check(cosines, targets)
+    def forward(self, cosines, # (B, K) cosines in [-1, 1] from a cosine head
+                targets, # (B,) labels, any integer dtype
+                features=None, # ignored (uniform loss signature)
+               ):
+        targets = self._check(cosines, targets, cosine_owner='LDAMLoss', name='cosines')
         with torch.autocast(device_type=cosines.device.type, enabled=False):
             dt = _float_dtype(cosines)
             x = cosines.to(dt)
@@ -164,7 +168,7 @@ class LDAMLoss(_ClassWeighted):
 
 # %% ../nbs/05_baselines.ipynb #e9c22b04
 class FocalLoss(_ClassWeighted):
-    "Focal loss (1 - p_y)^gamma * CE, weighted mean over the batch (chapter 05_baselines)."
+    "Focal loss (1 - p_y)^gamma * CE, weighted mean over the batch; takes a linear head's logits (chapter 05_baselines)."
     def __init__(self, gamma: float = 1.0, # focusing parameter (0: plain CE)
                  weight=None, # None or (K,) per-class weights
                  num_classes: Optional[int] = None, # K, checked when given
@@ -174,7 +178,7 @@ class FocalLoss(_ClassWeighted):
         self.gamma = float(gamma)
 
     def forward(self, logits, targets, features=None):
-        self._check(logits, targets)
+        targets = self._check(logits, targets)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             ce = F.cross_entropy(logits.to(_float_dtype(logits)), targets, reduction='none')
             per = (-torch.expm1(-ce)).clamp_min(0) ** self.gamma * ce if self.gamma != 0 else ce
@@ -191,12 +195,22 @@ def drw_weights(class_counts, # (K,) training images per class
     w = (1.0 - beta) / -torch.expm1(c * math.log(beta))     # 1 - beta^n, accurate for beta near 1
     return w * (c.numel() / w.sum())
 
-def drw_class_weights_at(epoch: int, # current epoch (0-based)
+def drw_class_weights_at(epoch: float, # current epoch (0-based; fractional allowed)
                          class_counts, # (K,) training images per class
-                         start_epoch: int = 160, # first epoch with re-weighting
+                         start_epoch: Optional[float] = None, # first epoch with re-weighting (e.g. 160 of 200)
                          beta: float = 0.9999, # effective-number parameter
+                         *,
+                         start_frac: Optional[float] = None, # or: the start as a fraction of the run (0.8 = LDAM-DRW's 160/200)
+                         total_epochs: Optional[float] = None, # length of the run; needed with `start_frac`
                         ) -> torch.Tensor:
-    "DRW schedule: uniform weights before `start_epoch`, `drw_weights` from it on; float64 (K,) (chapter 05_baselines)."
+    "DRW schedule: uniform weights before the start, `drw_weights` from it on; float64 (K,). The start is required (chapter 05_baselines)."
+    if (start_epoch is None) == (start_frac is None):
+        raise ValueError("give the DRW start as exactly one of `start_epoch` (e.g. 160 of 200 epochs) or "
+                         "`start_frac` with `total_epochs` (e.g. start_frac=0.8)")
+    if start_frac is not None:
+        if total_epochs is None: raise ValueError("`start_frac` needs `total_epochs`")
+        if not 0.0 <= float(start_frac) <= 1.0: raise ValueError(f"`start_frac` must lie in [0, 1], got {start_frac}")
+        start_epoch = float(start_frac) * check_positive(total_epochs, 'total_epochs')
     return drw_weights(class_counts, beta if epoch >= start_epoch else 0.0)
 
 # %% ../nbs/05_baselines.ipynb #056a289d
@@ -226,3 +240,6 @@ def warmup_cosine_lr(epoch: float, # epoch (0-based; fractional allowed)
         return base_lr * (start_factor + (1 - start_factor) * epoch / warmup_epochs)
     t = min(1.0, (epoch - warmup_epochs) / (total_epochs - warmup_epochs))
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
+
+# %% ../nbs/05_baselines.ipynb #fa450270
+document_parameters(__name__)

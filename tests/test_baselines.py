@@ -122,7 +122,7 @@ def test_special_cases():
 def test_ldam_margins_and_posthoc():
     m = ldam_margins([10000, 625, 16], max_margin=0.5)
     torch.testing.assert_close(m, torch.tensor([0.5 * 0.2, 0.5 * 0.4, 0.5], dtype=torch.float64))
-    z = torch.randn(4, 3)
+    z = torch.rand(4, 3) * 2 - 1
     counts = torch.tensor([50.0, 25.0, 25.0])
     torch.testing.assert_close(logit_adjust_posthoc(z, counts, tau=2.0),
                                z - 2.0 * torch.log(counts / 100 + 1e-12).float())
@@ -157,7 +157,7 @@ def test_autocast_finite(kind, dtype):
 @pytest.mark.parametrize('kind', KINDS)
 def test_bad_input(kind):
     loss = build(kind, [5, 3, 1])
-    z, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    z, y = torch.rand(4, 3) * 2 - 1, torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match=r'\[0, 3\)'):
         loss(z, torch.tensor([0, 1, 3, 0]))
     with pytest.raises(ValueError, match='entries'):
@@ -192,13 +192,13 @@ def test_weight_length_checked_against_counts():
 def test_weight_buffer_state_dict_round_trip(kind):
     counts = [100, 10, 1]
     a = build(kind, counts)
-    w = drw_class_weights_at(170, counts)
+    w = drw_class_weights_at(170, counts, start_epoch=160)
     a.set_class_weight(w)
     assert 'weight' in a.state_dict() and a.weight.dtype == torch.float32
     b = build(kind, counts)
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(b.weight, w.float())
-    z, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 1])
+    z, y = torch.rand(5, 3) * 2 - 1, torch.tensor([0, 1, 2, 2, 1])
     torch.testing.assert_close(a(z, y), b(z, y))
     b.load_state_dict(build(kind, counts).state_dict())
     assert b.weight is None
@@ -215,9 +215,16 @@ def test_drw_weights():
     assert torch.all(w[1:] > w[:-1])
     torch.testing.assert_close(drw_weights(counts, beta=0.0), torch.ones(10, dtype=torch.float64))
     for e in (0, 100, 159):
-        torch.testing.assert_close(drw_class_weights_at(e, counts), torch.ones(10, dtype=torch.float64))
+        torch.testing.assert_close(drw_class_weights_at(e, counts, 160), torch.ones(10, dtype=torch.float64))
     for e in (160, 199):
-        torch.testing.assert_close(drw_class_weights_at(e, counts), w)
+        torch.testing.assert_close(drw_class_weights_at(e, counts, 160), w)
+    # the same recipe as a fraction of a short run: 0.8 of 10 epochs
+    torch.testing.assert_close(drw_class_weights_at(7, counts, start_frac=0.8, total_epochs=10), torch.ones(10, dtype=torch.float64))
+    torch.testing.assert_close(drw_class_weights_at(8, counts, start_frac=0.8, total_epochs=10), w)
+    for kw, msg in [(dict(), 'start_epoch'), (dict(start_epoch=5, start_frac=0.5, total_epochs=10), 'exactly one'),
+                    (dict(start_frac=0.8), 'total_epochs'), (dict(start_frac=1.5, total_epochs=10), 'start_frac')]:
+        with pytest.raises(ValueError, match=msg):
+            drw_class_weights_at(3, counts, **kw)
     torch.testing.assert_close(drw_class_weights_at(10, counts, start_epoch=10, beta=0.99), drw_weights(counts, 0.99))
     with pytest.raises(ValueError, match='beta'):
         drw_weights(counts, beta=1.0)
@@ -243,7 +250,7 @@ def test_schedules():
 
 def test_module_device_and_features_ignored():
     loss = BalancedSoftmaxLoss([10, 5, 1]).set_class_weight([1.0, 2.0, 3.0])
-    z, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    z, y = torch.rand(4, 3) * 2 - 1, torch.tensor([0, 1, 2, 1])
     torch.testing.assert_close(loss(z, y, features=torch.randn(4, 7)), loss(z, y))
     loss = loss.to(torch.device('cpu'))
     assert loss.weight.device.type == 'cpu' and loss._anchor.device.type == 'cpu'
