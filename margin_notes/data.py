@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .registry import import_extra
 from .core import cache_dir, data_root, find_data, is_smoke, smoke_or, atomic_torch_save, check_class_counts
 
 # %% auto #0
@@ -20,8 +21,8 @@ __all__ = ['N_MAX', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 
            'FMNIST_DIRS', 'cifar_lt_counts', 'lt_indices', 'class_groups', 'DataBundle', 'cifar10_jpeg_arrays',
            'read_idx', 'load_dataset', 'read_list_file', 'ListFileDataset', 'ListBundle', 'load_list_dataset',
            'make_fake_list_tree', 'crop_flip', 'random_crop_flip', 'GPULoader', 'TensorImageDataset',
-           'small_image_transform', 'imagenet_transform', 'make_loader', 'augmentation_stats', 'coordinate_probe',
-           'channel_stats']
+           'small_image_transform', 'imagenet_transform', 'ShardedLoader', 'make_loader', 'augmentation_stats',
+           'coordinate_probe', 'channel_stats']
 
 # %% ../nbs/10_data.ipynb #9d483d0a
 N_MAX = {10: 5000, 100: 500}  # CIFAR-10 / CIFAR-100 head-class sizes
@@ -109,7 +110,7 @@ class DataBundle:
 def _synthetic(num_classes=10, image_shape=(3, 32, 32), class_counts=None, imbalance_factor=None, n_max=100,
                test_per_class=20, seed=0, noise=60.0):
     if class_counts is None:
-        class_counts = cifar_lt_counts(num_classes, imbalance_factor or 1, n_max=n_max)
+        class_counts = cifar_lt_counts(num_classes, imbalance_factor or 1, n_max=n_max, min_count=1)
     class_counts = [int(c) for c in check_class_counts(class_counts, num_classes).tolist()]
     g = torch.Generator().manual_seed(seed)
     templates = torch.rand((num_classes, *image_shape), generator=g) * 255
@@ -210,8 +211,7 @@ def _fmnist():
                 num_classes=10, classes=FMNIST_CLASSES, mean=(0.2860,), std=(0.3530,))
 
 def _digits(test_per_class=50):
-    from sklearn.datasets import load_digits
-    d = load_digits()
+    d = import_extra('sklearn.datasets').load_digits()
     x = torch.from_numpy(np.round(d.images * 255.0 / 16.0).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
     test = torch.zeros(len(y), dtype=torch.bool)
@@ -260,7 +260,7 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
                  max_per_class: Optional[int] = None, # cap the per-class pool (smoke runs)
                  download: bool = False, # allow torchvision to download CIFAR
                  root: Optional[str] = None, # CIFAR folder, or the image root of ImageNet-LT / Places-LT
-                 **kwargs, # synthetic: num_classes, image_shape, class_counts, n_max, test_per_class, seed; list files: list_dir, ...
+                 **kwargs, # synthetic: num_classes, image_shape, class_counts, n_max, test_per_class, seed; digits: test_per_class; list files: list_dir, ...
                 ):
     "Load a dataset as a `DataBundle` (uint8 images in memory) or, for ImageNet-LT/Places-LT, a `ListBundle` (chapter 10_data)."
     key = name.lower().replace('-', '_')
@@ -280,7 +280,7 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
                  num_classes=10, classes=a['classes'], mean=CIFAR_MEAN, std=CIFAR_STD)
     elif base in ('cifar10', 'cifar100'): d = _torchvision_cifar(10 if base == 'cifar10' else 100, download, root)
     elif base == 'fmnist': d = _fmnist()
-    elif base == 'digits': d = _digits()
+    elif base == 'digits': d = _digits(**kwargs)
     if max_per_class is not None and base != 'synthetic': d = _cap_per_class(d, max_per_class); info['max_per_class'] = max_per_class
     label, short = _LABELS[base], base
     idx = None
@@ -404,11 +404,14 @@ def random_crop_flip(x: torch.Tensor, # images (B, C, H, W)
                      generator: Optional[torch.Generator] = None, # seeded generator on x's device
                     ) -> torch.Tensor:
     "Random crop with zero padding and random horizontal flip, per sample, on x's device (chapter 10_data)."
-    B = x.shape[0]
-    oy = torch.randint(0, 2 * pad + 1, (B,), device=x.device, generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (B,), device=x.device, generator=generator)
-    f = (torch.rand(B, device=x.device, generator=generator) < 0.5) if flip else torch.zeros(B, dtype=torch.bool, device=x.device)
-    return crop_flip(x, pad, oy, ox, f)
+    return crop_flip(x, pad, *_crop_flip_draws(x.shape[0], pad, flip, x.device, generator))
+
+def _crop_flip_draws(B: int, pad: int, flip: bool, device, generator=None) -> tuple:
+    "Row offsets, column offsets and flips of B random crops (in this order from `generator`)."
+    oy = torch.randint(0, 2 * pad + 1, (B,), device=device, generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (B,), device=device, generator=generator)
+    f = (torch.rand(B, device=device, generator=generator) < 0.5) if flip else torch.zeros(B, dtype=torch.bool, device=device)
+    return oy, ox, f
 
 # %% ../nbs/10_data.ipynb #0a146de8
 class GPULoader:
@@ -426,6 +429,9 @@ class GPULoader:
                  device=None, # where images live and batches are made (default: images' device)
                  seed: int = 0, # seed of the loader's own generator
                  channels_last: bool = False, # return batches in channels_last memory format
+                 generator: Optional[torch.Generator] = None, # use this generator (on `device`) instead of a seeded one
+                 rank: int = 0, # this process's index under data parallelism
+                 world: int = 1, # number of processes: each takes its slice of every shuffled global batch
                 ):
         self.device = torch.device(device) if device is not None else images.device
         if images.dtype != torch.uint8 or images.dim() != 4: raise ValueError(f"`images` must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -439,7 +445,10 @@ class GPULoader:
         self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last, self.channels_last = drop_last, channels_last
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.generator = generator if generator is not None else torch.Generator(device=self.device).manual_seed(seed)
+        if not 0 <= rank < world: raise ValueError(f"`rank` must lie in [0, {world}), got {rank}")
+        if world > 1 and self.shuffle and batch_size % world: raise ValueError(f"batch_size {batch_size} is not divisible by the {world} processes")
+        self.rank, self.world = rank, world
 
     def __len__(self):
         n = self.images.shape[0]
@@ -448,11 +457,17 @@ class GPULoader:
     def __iter__(self):
         n = self.images.shape[0]
         order = torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle else None
+        shard = order is not None and self.world > 1
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
+            B = sl.stop - sl.start
+            lo, hi = (self.rank * B // self.world, (self.rank + 1) * B // self.world) if shard else (0, B)
             if order is None: x, y = self.images[sl], self.labels[sl]
-            else: idx = order[sl]; x, y = self.images[idx], self.labels[idx]
-            if self.train and (self.pad or self.flip): x = random_crop_flip(x, self.pad, self.flip, self.generator)
+            else: idx = order[sl][lo:hi]; x, y = self.images[idx], self.labels[idx]
+            if self.train and (self.pad or self.flip):
+                # drawn for the whole global batch and sliced: P processes augment exactly as one would
+                oy, ox, f = _crop_flip_draws(B, self.pad, self.flip, self.device, self.generator)
+                x = crop_flip(x, self.pad, oy[lo:hi], ox[lo:hi], f[lo:hi])
             x = torch.addcmul(self.shift, x.float(), self.scale)
             if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
@@ -493,8 +508,40 @@ def imagenet_transform(train=True, size=224, resize=256, color_jitter: float = 0
     else: ops = [T.Resize(resize), T.CenterCrop(size)]
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
+class ShardedLoader:
+    "DataLoader batches whose shuffled global order comes from a given generator, split over processes, moved to `device` (chapter 10_data)."
+    def __init__(self, dataset, # a map-style Dataset returning (tensor, label)
+                 batch_size: int, # global batch size
+                 train: bool = True, # shuffle (and drop the last incomplete batch)
+                 generator: Optional[torch.Generator] = None, # source of the permutation (default: seeded with `seed`)
+                 num_workers: int = 2, # DataLoader workers
+                 device=None, # where batches go (default: CPU)
+                 rank: int = 0, world: int = 1, # data-parallel slice of every global batch
+                 channels_last: bool = False, # channels_last memory format
+                 seed: int = 0, # seed of the default generator
+                 drop_last: Optional[bool] = None): # default: same as `train`
+        self.ds, self.bs, self.train, self.nw = dataset, int(batch_size), train, num_workers
+        self.device = torch.device(device) if device is not None else torch.device('cpu')
+        self.g = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.rank, self.world, self.cl = rank, world, channels_last
+        self.drop_last = train if drop_last is None else drop_last
+        if world > 1 and train and self.bs % world: raise ValueError(f"batch_size {self.bs} is not divisible by the {world} processes")
+    def __len__(self): return len(self.ds) // self.bs if self.drop_last else math.ceil(len(self.ds) / self.bs)
+    def __iter__(self):
+        n, loc = len(self.ds), self.bs // self.world
+        if self.train:
+            perm = torch.randperm(n, generator=self.g, device=self.g.device).tolist()
+            batches = [perm[i * self.bs + self.rank * loc: i * self.bs + (self.rank + 1) * loc] for i in range(len(self))]
+        else: batches = [list(range(i * self.bs, min(n, (i + 1) * self.bs))) for i in range(len(self))]
+        dl = torch.utils.data.DataLoader(self.ds, batch_sampler=batches, num_workers=self.nw,
+                                         pin_memory=self.device.type == 'cuda', persistent_workers=False)
+        for xb, yb in dl:
+            xb = xb.to(self.device, non_blocking=True)
+            if self.cl: xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, yb.to(self.device, non_blocking=True)
+
 def make_loader(data, # a DataBundle, a ListBundle split (ListFileDataset), or a Dataset
-                batch_size: int = 128, # images per batch
+                batch_size: int = 128, # images per batch (the global batch under data parallelism)
                 train: bool = True, # training (augment, shuffle) or evaluation
                 device=None, # device of the batches
                 gpu_resident: Optional[bool] = None, # GPULoader for in-memory data (default: True for a DataBundle)
@@ -502,22 +549,28 @@ def make_loader(data, # a DataBundle, a ListBundle split (ListFileDataset), or a
                 seed: int = 0, # loader seed
                 drop_last: Optional[bool] = None, # default: same as `train`
                 transform=None, # DataLoader path: override the transform
-                pad: int = 4, # crop padding for small images
+                pad: int = 4, # crop padding for small images (0: no crop)
+                flip: bool = True, # random horizontal flips for small images
+                split: Optional[str] = None, # DataBundle: 'train' or 'test' (default: 'train' when `train`, else 'test')
+                generator: Optional[torch.Generator] = None, # source of shuffling and augmentation (default: seeded with `seed`)
+                rank: int = 0, world: int = 1, # data-parallel slice of every global batch
+                channels_last: bool = False, # batches in channels_last memory format
                ):
-    "A `GPULoader` for in-memory small images, else a `DataLoader` with torchvision transforms (chapter 10_data)."
+    "The library's one loader: a `GPULoader` for in-memory images, else a `ShardedLoader` over torchvision transforms (chapter 10_data)."
     drop_last = train if drop_last is None else drop_last
     if isinstance(data, DataBundle):
-        x, y = (data.train_images, data.train_labels) if train else (data.test_images, data.test_labels)
+        split = split or ('train' if train else 'test')
+        x, y = (data.train_images, data.train_labels) if split == 'train' else (data.test_images, data.test_labels)
         if gpu_resident is None or gpu_resident:
-            return GPULoader(x, y, batch_size, data.mean, data.std, train=train, pad=pad, drop_last=drop_last,
-                             device=device if device is not None else 'cpu', seed=seed)
-        data = TensorImageDataset(x, y, transform or small_image_transform(data.mean, data.std, train=train, pad=pad))
-    elif isinstance(data, ListFileDataset) and data.transform is None:
-        data.transform = transform or imagenet_transform(train)
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=train, drop_last=drop_last, generator=g,
-                                       num_workers=num_workers, pin_memory=device is not None and torch.device(device).type == 'cuda',
-                                       persistent_workers=num_workers > 0)
+            return GPULoader(x, y, batch_size, data.mean, data.std, train=train, pad=pad, flip=flip, drop_last=drop_last,
+                             device=device if device is not None else 'cpu', seed=seed, generator=generator,
+                             rank=rank, world=world, channels_last=channels_last)
+        data = TensorImageDataset(x, y, transform or small_image_transform(data.mean, data.std, train=train, pad=pad, flip=flip))
+    elif isinstance(data, ListFileDataset) and (data.transform is None or transform is not None):
+        import copy
+        data = copy.copy(data); data.transform = transform or imagenet_transform(train)
+    return ShardedLoader(data, batch_size, train=train, generator=generator, num_workers=num_workers, device=device,
+                         rank=rank, world=world, channels_last=channels_last, seed=seed, drop_last=drop_last)
 
 # %% ../nbs/10_data.ipynb #3e8ccad7
 def augmentation_stats(batches, # iterable of (x, y) normalised float batches of the coordinate probe
