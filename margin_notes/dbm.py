@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_logits_targets, check_class_counts, check_features, check_finite
+from .core import (KeepBufferPrecision, check_class_counts, check_features, check_finite, check_num_classes,
+                               document_parameters, loss_targets)
 
 # %% auto #0
 __all__ = ['CosineClassifier', 'dbm_class_margins', 'DBMLoss', 'DBMComposite']
@@ -27,9 +28,8 @@ class CosineClassifier(nn.Module):
                  eps: float = 1e-12, # guard for zero-norm features or weights
                 ):
         super().__init__()
-        if int(in_features) < 1 or int(num_classes) < 1:
-            raise ValueError(f"`in_features` and `num_classes` must be >= 1, got {in_features}, {num_classes}")
-        self.in_features, self.num_classes, self.eps = int(in_features), int(num_classes), float(eps)
+        self.in_features = check_num_classes(in_features, 'in_features')
+        self.num_classes, self.eps = check_num_classes(num_classes), float(eps)
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.in_features))
         self.reset_parameters()
 
@@ -69,8 +69,8 @@ def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
     "float16/bfloat16 → float32; float32/float64 unchanged (so float64 gradchecks stay float64)."
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
-class DBMLoss(nn.Module):
-    "Difficulty-aware balancing margin loss on cosines: class + hard-positive instance margin, then CE or BS (chapter 07_dbm)."
+class DBMLoss(KeepBufferPrecision, nn.Module):
+    "Difficulty-aware balancing margin loss on cosines: class + hard-positive instance margin, then CE or BS; needs the cosines of a cosine head (`CosineClassifier`), not logits (chapter 07_dbm)."
     def __init__(self,
                  class_counts, # training images per class, in label order (K,)
                  scale: float = 32.0, # s: logits are s * cosine (32 on CIFAR, 30 on ImageNet-LT)
@@ -82,7 +82,7 @@ class DBMLoss(nn.Module):
                  reference: str = 'min', # class-margin reference count: 'min' (ours) or 'last_index' (release)
                  detach_difficulty: bool = False, # stop the gradient through d_I (paper silent; release: no)
                  pi_fallback: bool = False, # use cos(t) - m sin(m) where t + m > pi (ArcFace-style)
-                 eps: float = 1e-6, # cosines clamped to [-1+eps, 1-eps] before arccos
+                 eps: float = 1e-6, # the target cosine is clamped to [-1+eps, 1-eps] before arccos
                  weight=None, # optional per-class weights (K,), e.g. DRW; see `set_class_weight`
                 ):
         super().__init__()
@@ -95,6 +95,8 @@ class DBMLoss(nn.Module):
         if not (math.isfinite(instance_weight) and instance_weight >= 0):
             raise ValueError(f"`instance_weight` must be finite and >= 0, got {instance_weight}")
         if not (0 < eps < 0.1): raise ValueError(f"`eps` must lie in (0, 0.1), got {eps}")
+        if not (math.isfinite(margin) and 0 <= margin <= math.pi):
+            raise ValueError(f"`margin` is an angle in radians and must lie in [0, pi], got {margin}")
         self.num_classes, self.scale, self.margin, self.tau = counts.numel(), float(scale), float(margin), float(tau)
         self.base, self.instance_weight, self.hard_only = base, float(instance_weight), bool(hard_only)
         self.reference, self.detach_difficulty = reference, bool(detach_difficulty)
@@ -120,13 +122,12 @@ class DBMLoss(nn.Module):
                         targets: torch.Tensor, # labels (B,)
                        ) -> torch.Tensor:
         "The float32 logits fed to the cross-entropy: s*cos with the target angle widened, plus log prior for 'bs'."
-        check_logits_targets(cosines, targets, 'cosines')
+        t = loss_targets(cosines, targets, name='cosines', cosine_owner='DBMLoss')
         if cosines.shape[1] != self.num_classes:
             raise ValueError(f"`cosines` has {cosines.shape[1]} columns but class_counts has {self.num_classes} classes")
         with torch.autocast(device_type=cosines.device.type, enabled=False):
-            c = _at_least_f32(cosines).clamp(-1 + self.eps, 1 - self.eps)
-            t = targets.long()
-            c_y = c.gather(1, t[:, None]).squeeze(1)
+            c = _at_least_f32(cosines)                                    # non-target cosines: unclamped
+            c_y = c.gather(1, t[:, None]).squeeze(1).clamp(-1 + self.eps, 1 - self.eps)   # only the target goes through arccos
             theta = torch.acos(c_y)
             m_c = self.class_margin[t]
             m = m_c
@@ -147,7 +148,7 @@ class DBMLoss(nn.Module):
         return z
 
     def forward(self, cosines: torch.Tensor, # cosines (B, K) from a cosine head, in [-1, 1]
-                targets: torch.Tensor, # labels (B,)
+                targets: torch.Tensor, # labels (B,), any integer dtype
                 features: Optional[torch.Tensor] = None, # ignored (uniform loss signature)
                ) -> torch.Tensor:
         z = self.margined_logits(cosines, targets)
@@ -185,3 +186,6 @@ class DBMComposite(nn.Module):
         loss = self.base(z, targets, features=features)
         self.last = {**self.dbm.last, **(getattr(self.base, 'last', None) or {})}
         return loss
+
+# %% ../nbs/07_dbm.ipynb #fb5215d8
+document_parameters(__name__)

@@ -224,3 +224,27 @@ def test_composite_with_bs_equals_dbm_bs_and_margin_zero_is_base():
     comp.set_class_weight([1., 2., 3., 4., 5.])
     ref = DBMLoss(COUNTS); ref.set_class_weight([1., 2., 3., 4., 5.])
     torch.testing.assert_close(comp(cos, y), ref(cos, y), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_non_target_cosines_keep_their_gradient_near_plus_minus_one(dtype):
+    """Only the target cosine is clamped: d loss / d cos_j = s * softmax_j(z) for every j != y, even at |cos_j| = 1."""
+    counts = [50, 20, 5, 2]
+    cos = torch.tensor([[0.1, 1.0, -1.0, 0.9999], [0.998, 0.3, -0.999, 1.0]], dtype=dtype, requires_grad=True)
+    y = torch.tensor([0, 2])
+    loss = DBMLoss(counts, scale=16.0)
+    loss(cos, y).backward()
+    z = loss.margined_logits(cos.detach(), y)
+    p = torch.softmax(z.double(), 1)
+    mask = torch.ones_like(p, dtype=torch.bool).scatter(1, y[:, None], False)
+    expected = (16.0 * p / 2)[mask]                     # mean over B = 2 rows
+    got = cos.grad.double()[mask]
+    assert (got != 0).all()
+    torch.testing.assert_close(got, expected, rtol=2e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-6)
+
+
+def test_dbm_refuses_linear_logits_and_meaningless_margins():
+    with pytest.raises(ValueError, match='cosine head'):
+        DBMLoss([5, 3, 1])(torch.nn.Linear(4, 3)(torch.randn(8, 4) * 3), torch.randint(0, 3, (8,)))
+    with pytest.raises(ValueError, match='pi'):
+        DBMLoss([5, 3, 1], margin=3.5)
