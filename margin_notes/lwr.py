@@ -4,14 +4,14 @@
 
 # %% ../nbs/08_lwr.ipynb #23056cfb
 from __future__ import annotations
-import math
+import math, warnings
 from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_finite
+from .core import KeepBufferPrecision, check_finite, check_positive, document_parameters
 
 # %% auto #0
 __all__ = ['LWRegularizer', 'lwr_lambda', 'LWRLoss', 'with_lwr']
@@ -29,7 +29,8 @@ class LWRegularizer(nn.Module):
         if not math.isfinite(threshold): raise ValueError(f"`threshold` must be finite, got {threshold}")
         if reduction not in ('sum', 'mean'): raise ValueError(f"`reduction` must be 'sum' or 'mean', got {reduction!r}")
         if not (math.isfinite(lwr_weight) and lwr_weight >= 0): raise ValueError(f"`lwr_weight` must be finite and >= 0, got {lwr_weight}")
-        self.threshold, self.reduction, self.lwr_weight, self.eps = float(threshold), reduction, float(lwr_weight), float(eps)
+        self.threshold, self.reduction, self.lwr_weight = float(threshold), reduction, float(lwr_weight)
+        self.eps = check_positive(eps, 'eps')
         self.last = {}
 
     def similarities(self, weight: torch.Tensor # class weight rows (K, D)
@@ -82,8 +83,8 @@ def lwr_lambda(progress, # fraction of training done, t/T (float or tensor); cli
 # %% ../nbs/08_lwr.ipynb #d28df728
 _SCHEDULES = ('poly2', 'constant')
 
-class LWRLoss(nn.Module):
-    "Any loss plus $\\lambda(t)$ times the logit weight repulsion of a head's weight rows (chapter 08_lwr)."
+class LWRLoss(KeepBufferPrecision, nn.Module):
+    "Any loss plus $\\lambda(t)$ times the logit weight repulsion of a head's weight rows; the trainer must call `set_progress(t/T)` (warns once if it never does) (chapter 08_lwr)."
     def __init__(self,
                  base: nn.Module, # the classification loss, called as base(out, targets, features=...)
                  head, # module with a `.weight` (K, D) (e.g. nn.Linear, CosineClassifier) or the weight tensor itself
@@ -104,6 +105,7 @@ class LWRLoss(nn.Module):
         self.reg = LWRegularizer(threshold, reduction=reduction, lwr_weight=lwr_weight)
         self.schedule, self.proj = schedule, bool(proj)
         self.register_buffer('progress', torch.zeros(()))
+        self._progress_set = False   # set by set_progress or by loading a checkpoint; else warn once in training
         self.last = {}
 
     def head_weight(self) -> torch.Tensor:
@@ -117,6 +119,11 @@ class LWRLoss(nn.Module):
         if not isinstance(progress, torch.Tensor) and not math.isfinite(float(progress)):
             raise ValueError(f"`progress` must be finite, got {progress}")
         self.progress.fill_(progress)
+        self._progress_set = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + 'progress' in state_dict: self._progress_set = True
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_class_weight(self, w=None):
         "Forward per-class weights (e.g. DRW) to the base loss."
@@ -132,8 +139,18 @@ class LWRLoss(nn.Module):
                 features: Optional[torch.Tensor] = None, # passed on to the base loss
                ) -> torch.Tensor:
         W = self.head_weight()
-        if out.dim() != 2 or W.shape[0] != out.shape[1]:
-            raise ValueError(f"head weight has {W.shape[0]} rows but `out` has shape {tuple(out.shape)}; expected (B, {W.shape[0]})")
+        if not isinstance(out, torch.Tensor): raise TypeError(f"`out` must be a torch.Tensor, got {type(out).__name__}")
+        if out.dim() != 2: raise ValueError(f"`out` must have shape (B, K), got {tuple(out.shape)}")
+        if W.shape[0] != out.shape[1]:
+            hint = " (it looks transposed: pass the (K, D) rows, e.g. nn.Linear's weight)" if W.shape[1] == out.shape[1] else ""
+            raise ValueError(f"head weight has shape {tuple(W.shape)} but `out` has {out.shape[1]} classes; expected ({out.shape[1]}, D){hint}")
+        if isinstance(features, torch.Tensor) and features.dim() == 2 and features.shape[1] != W.shape[1]:
+            raise ValueError(f"head weight has shape {tuple(W.shape)} but `features` have dimension {features.shape[1]}; "
+                             f"expected ({W.shape[0]}, {features.shape[1]}) (is the weight transposed?)")
+        if self.training and self.schedule == 'poly2' and not self._progress_set:
+            warnings.warn("LWRLoss: set_progress(t/T) was never called, so lambda(t) stays at 1 for the whole run; the trainer "
+                          "(engine) drives it, a hand-written loop must call loss.set_progress(step / total_steps)", stacklevel=2)
+            self._progress_set = True   # once per instance
         base_loss = self.base(out, targets, features=features) if features is not None else self.base(out, targets)
         r = self.reg(W)
         if self.proj and W.requires_grad and torch.is_grad_enabled():
@@ -163,3 +180,6 @@ def with_lwr(base: nn.Module, # any loss of the library
             ) -> LWRLoss:
     "Wrap `base` so that it adds $\\lambda(t)R^\\theta$ of `head`'s weight rows (chapter 08_lwr)."
     return LWRLoss(base, head, **kwargs)
+
+# %% ../nbs/08_lwr.ipynb #98b6cd6b
+document_parameters(__name__)

@@ -224,5 +224,32 @@ def test_wrapper_bad_inputs():
     with pytest.raises(ValueError, match='weight'): LWRLoss(_CE(), nn.ReLU())
     with pytest.raises(ValueError, match='schedule'): LWRLoss(_CE(), head, schedule='linear')
     loss = LWRLoss(_CE(), head)
-    with pytest.raises(ValueError, match='rows'): loss(torch.randn(10, 5), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match='head weight has shape'): loss(torch.randn(10, 5), torch.zeros(10, dtype=torch.long))
     with pytest.raises(ValueError, match='finite'): loss.set_progress(float('nan'))
+
+
+def test_forgotten_set_progress_warns_once_per_instance_in_training_only():
+    import warnings
+    head = torch.nn.Linear(6, 4)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    base = torch.nn.CrossEntropyLoss()
+    lw = LWRLoss(base, head)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        lw.eval(); lw(head(x), y)                      # eval: no warning
+        lw.train(); lw(head(x), y); lw(head(x), y)     # training: exactly one
+        LWRLoss(base, head, schedule='constant')(head(x), y)   # nothing to drive
+        driven = LWRLoss(base, head); driven.set_progress(0.3); driven(head(x), y)
+        resumed = LWRLoss(base, head); resumed.load_state_dict(driven.state_dict()); resumed(head(x), y)
+    msgs = [str(w.message) for w in caught if 'set_progress' in str(w.message)]
+    assert len(msgs) == 1, msgs
+
+
+def test_transposed_head_weight_is_refused():
+    head = torch.nn.Linear(6, 4)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    with pytest.raises(ValueError, match='transposed'):
+        LWRLoss(torch.nn.CrossEntropyLoss(), head.weight.detach().T)(head(x), y)
+    square = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match='transposed'):       # (D, K) with D == K: caught through the features
+        LWRLoss(torch.nn.CrossEntropyLoss(), torch.randn(4, 6))(square(torch.randn(8, 4)), y, features=torch.randn(8, 4))
