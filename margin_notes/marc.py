@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_logits_targets, check_class_counts, check_finite, check_features
+from .core import (KeepBufferPrecision, check_class_counts, check_features, check_finite, check_logits_targets,
+                               document_parameters, loss_targets)
 
 # %% auto #0
 __all__ = ['marc_class_weights', 'MARCLoss', 'MARC', 'marc_logits', 'MARCFit', 'fit_marc', 'marc_stage2']
@@ -35,8 +36,8 @@ def _weighted_ce(logits, targets, weight, reduction):
     if reduction == 'batch_mean': return (u * ce).mean()
     return (u * ce).sum()
 
-class MARCLoss(nn.Module):
-    "MARC's class-reweighted cross-entropy on (calibrated) logits, weights $U_y$ with exponent gamma (chapter 06_marc)."
+class MARCLoss(KeepBufferPrecision, nn.Module):
+    "MARC's class-reweighted cross-entropy on (calibrated) logits, weights $U_y$ with exponent gamma; takes logits (a linear head, or s*cos of a cosine head through `MARC`) (chapter 06_marc)."
     def __init__(self,
                  class_counts, # training images per class (K,)
                  gamma: float = 1.2, # reweighting exponent
@@ -48,14 +49,15 @@ class MARCLoss(nn.Module):
         self.num_classes, self.gamma, self.reduction, self.last = self.weight.numel(), float(gamma), reduction, {}
 
     def forward(self, logits: torch.Tensor, # (calibrated) logits (B, K)
-                targets: torch.Tensor, # labels (B,)
+                targets: torch.Tensor, # labels (B,), any integer dtype
                 features: Optional[torch.Tensor] = None, # ignored (uniform loss signature)
                ) -> torch.Tensor:
-        K = check_logits_targets(logits, targets)
-        if K != self.num_classes: raise ValueError(f"`logits` has {K} columns but class_counts has {self.num_classes} classes")
+        if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != self.num_classes:
+            raise ValueError(f"`logits` has {logits.shape[1]} columns but class_counts has {self.num_classes} classes")
+        targets = loss_targets(logits, targets)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-            loss = _weighted_ce(z, targets.long(), self.weight, self.reduction)
+            loss = _weighted_ce(z, targets, self.weight, self.reduction)
         self.last = {'loss': loss.detach()}
         return loss
 
@@ -264,3 +266,6 @@ def marc_stage2(model: nn.Module, # stage-1 model with .backbone (x -> features)
     finally: model.train(was)
     _sync(dev)
     return MARCFit(marc.omega.detach().clone(), marc.beta.detach().clone(), float('nan'), it, time.perf_counter() - t0)
+
+# %% ../nbs/06_marc.ipynb #04423dd5
+document_parameters(__name__)
