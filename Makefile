@@ -1,7 +1,11 @@
 # margin_notes: everything a fresh clone needs goes through these targets.
 #   make test   set up .venv, check notebooks and modules are in sync, run every chapter (smoke) and pytest
 #   make run    set up .venv, run the book's main job on bundled real data (no download)
-#   make docs   build the Quarto site (needs quarto on PATH; otherwise the offline pre-processing check)
+#   make docs      build the Quarto site into _docs/ (quarto from PATH, else QUARTO_INSTALLER); executes no chapter.
+#                  MATHJAX=local points the pages at Debian's libjs-mathjax (offline reading); default: the CDN
+#   make outputs   execute every chapter in the full configuration (slow/gpu cells skipped) and write the
+#                  outputs into the notebooks, which are committed with them (CHAPTERS="04_mr2 06_marc" for some)
+#   make check-site  make docs, then check every rendered page in headless Chromium
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 # pip on these machines warns about configured local indexes that do not exist; hide only those lines
@@ -16,8 +20,14 @@ TORCH_PIP_ARGS ?=
 PRESET ?= digits-lt
 STAMP := $(VENV)/.installed-stamp
 NBDEV_WORKERS ?= 2
+# Quarto: `quarto` on PATH, else this offline installer (it prints the directory of `quarto`) when it exists
+QUARTO_INSTALLER ?= ../shared/tools/quarto/install.sh
+MATHJAX ?= cdn
+CHAPTERS ?=
+# the data root of `make outputs` (the chapters' full configuration reads real data)
+DATA ?= $(if $(MARGIN_NOTES_DATA),$(MARGIN_NOTES_DATA),../shared/data)
 
-.PHONY: install test test-nbs test-py sync-check run docs check-site bench clean
+.PHONY: install test test-nbs test-py sync-check check-outputs run docs outputs check-site bench clean
 install: $(STAMP)
 
 $(BIN)/python:
@@ -43,9 +53,14 @@ test-nbs: install
 test-py: install
 	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
 
+# committed outputs: no traceback, stderr, smoke-run marker or machine path (scripts/execute_book.py --check)
+check-outputs: install
+	$(BIN)/python scripts/execute_book.py --check
+
 test: install
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory sync-check && \
+	$(MAKE) --no-print-directory check-outputs && \
 	$(MAKE) --no-print-directory test-nbs && \
 	echo "make test: chapters done in $$(( $$(date +%s) - start )) s" && \
 	$(MAKE) --no-print-directory test-py
@@ -54,14 +69,23 @@ run: install
 	MPLBACKEND=Agg $(BIN)/margin-notes run $(PRESET)
 
 docs: install
-	@# nbdev copies nbs/ into _proc/ by modification time and misses changes behind the nbs/_quarto.yml symlink: start clean
-	rm -rf _proc
-	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
-	else echo "Quarto is missing (not on PATH): running the offline check (nbdev's docs processing into _proc/) instead"; \
-	  $(BIN)/python scripts/proc_nbs_offline.py; fi
+	@bindir=""; \
+	if ! command -v quarto >/dev/null 2>&1; then \
+	  if [ -x "$(QUARTO_INSTALLER)" ]; then \
+	    echo "quarto is not on PATH: installing it with $(QUARTO_INSTALLER)"; \
+	    bindir="$$($(QUARTO_INSTALLER) --print-bin-dir)" || { echo "make docs: the Quarto install ($(QUARTO_INSTALLER)) failed"; exit 1; }; \
+	  else \
+	    echo "make docs: Quarto is not on PATH. Install Quarto >= 1.7 (https://quarto.org/docs/get-started/)," \
+	         "or point QUARTO_INSTALLER at an installer that prints the directory of quarto."; exit 1; \
+	  fi; \
+	fi; \
+	PATH="$${bindir:+$$bindir:}$$PATH" $(BIN)/python scripts/build_docs.py --mathjax $(MATHJAX)
 
-check-site: install
-	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/python scripts/check_site.py $(CHECK_SITE_ARGS)
+outputs: install
+	MARGIN_NOTES_DATA="$(DATA)" nice $(BIN)/python scripts/execute_book.py $(CHAPTERS)
+
+check-site: docs
+	$(BIN)/python scripts/check_site.py --no-build $(CHECK_SITE_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/losses.py

@@ -120,7 +120,11 @@ def full_env() -> dict:
     for k in ('MARGIN_NOTES_SMOKE', 'IN_TEST', 'MPLBACKEND'): env.pop(k, None)
     if not env.get('MARGIN_NOTES_DATA'):
         d = ROOT.parent / 'shared' / 'data'
-        if d.is_dir(): env['MARGIN_NOTES_DATA'] = str(d.resolve())
+        if d.is_dir(): env['MARGIN_NOTES_DATA'] = str(d)
+    if env.get('MARGIN_NOTES_DATA'):   # the kernels run in nbs/: make a relative root absolute
+        d = Path(env['MARGIN_NOTES_DATA']).resolve()
+        if not d.is_dir(): print(f'execute_book: warning: the data root {d} does not exist', file=sys.stderr)
+        env['MARGIN_NOTES_DATA'] = str(d)
     env['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
     env.setdefault('PYDEVD_DISABLE_FILE_VALIDATION', '1')
     return env

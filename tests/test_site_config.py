@@ -1,5 +1,5 @@
 """The book's site configuration: _quarto.yml, its symlink in nbs/, settings.ini, the chapter list, workflows."""
-import configparser, re, sys
+import configparser, json, re, shutil, sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +37,11 @@ def test_symlink_resolves_to_top_level():
 def test_settings_ini():
     cp = configparser.ConfigParser(); cp.read(ROOT / 'settings.ini')
     d = cp['DEFAULT']
+    # the docs build executes no chapter: nbdev's exec_show_docs is off, show_doc cells come from the library
+    assert 'exec_show_docs' in [x.strip() for x in d['skip_procs'].split(',')]
+    assert 'docs_procs:show_doc_outputs' in d['procs'].split()
+    # notebooks are committed with their outputs: nbdev_clean must keep them
+    assert d.getboolean('clear_all') is False
     assert d['tst_flags'].split() == ['notest', 'slow', 'gpu']
     assert d.getboolean('custom_sidebar') is True, 'the sidebar lives in _quarto.yml, nbdev must not write sidebar.yml'
     assert d['nbs_path'] == 'nbs' and d['doc_path'] == '_docs'
@@ -107,8 +112,9 @@ def test_workflows_parse():
     assert any('make test' in s for s in steps) and any('setup-python' in s for s in steps)
     assert on(deploy)['push']['branches'] == ['main']
     steps = [s.get('run', '') + s.get('uses', '') for j in deploy['jobs'].values() for s in j['steps']]
-    for want in ('quarto-dev/quarto-actions/setup', 'nbdev_docs', 'upload-pages-artifact', 'deploy-pages'):
+    for want in ('quarto-dev/quarto-actions/setup', 'upload-pages-artifact', 'deploy-pages'):
         assert any(want in s for s in steps), want
+    assert any(w in s for s in steps for w in ('make docs', 'build_docs.py', 'nbdev_docs'))
     assert deploy['permissions']['pages'] == 'write' and deploy['permissions']['id-token'] == 'write'
 
 
@@ -141,40 +147,159 @@ def test_fold_filter(cfg, tmp_path):
     assert folds == ['true', None, 'false', None]
 
 
+
+# ---------------------------------------------------------------- the docs build and the output policy
+import execute_book, docs_procs  # noqa: E402
+
+
+def _nb(cells):
+    import nbformat
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+def test_show_doc_processor_executes_nothing(tmp_path):
+    "Docs processing renders show_doc from the library and runs no other cell (nbdev's exec_show_docs would)."
+    from nbformat.v4 import new_code_cell, new_markdown_cell
+    from execnb.nbio import dict2nb
+    from nbdev.processors import FilterDefaults
+    nb = _nb([new_markdown_cell('# T\n\n> s'), new_code_cell('#| default_exp core'),
+              new_code_cell('#| export\ndef is_smoke(): pass'),
+              new_code_cell("import os\nraise RuntimeError('a docs build ran a chapter cell')"),
+              new_code_cell('show_doc(find_data)')])
+    names = [p.__name__ if hasattr(p, '__name__') else type(p).__name__ for p in FilterDefaults().procs()]
+    assert 'exec_show_docs' not in names and 'show_doc_outputs' in names
+    nb = dict2nb(json.loads(json.dumps(nb)))
+    nb.path_ = str(tmp_path / 'x.ipynb')
+    FilterDefaults()(nb)
+    md = {c.idx_: ''.join(o['data']['text/markdown']) for c in nb.cells for o in c.get('outputs', [])}
+    assert any('is_smoke' in m for m in md.values()), md      # the show_doc nbdev inserted, from margin_notes.core
+    assert any('find_data' in m for m in md.values()), md     # the author's show_doc
+    raising = [c for c in nb.cells if 'RuntimeError' in c.source]
+    assert raising and not raising[0].get('outputs'), 'the docs build executed a chapter cell'
+
+
+def test_show_doc_processor_refuses_code(tmp_path):
+    from execnb.nbio import dict2nb
+    from nbformat.v4 import new_code_cell
+    nb = dict2nb(json.loads(json.dumps(_nb([new_code_cell('#| default_exp core'), new_code_cell('x = 1\nshow_doc(is_smoke)')]))))
+    proc = docs_procs.show_doc_outputs(nb)
+    proc.begin()
+    with pytest.raises(ValueError, match='other code'): proc(nb.cells[1])
+
+
+def _out(kind, **kw):
+    from nbformat.v4 import new_output
+    return new_output(kind, **kw)
+
+
+def test_execute_book_refusals(monkeypatch):
+    "The output policy: errors, tracebacks, stderr, smoke markers, machine paths and slow-cell outputs are refused."
+    from nbformat.v4 import new_code_cell
+    monkeypatch.setenv('MARGIN_NOTES_DATA', '/some/data/root')
+    good = _nb([new_code_cell('print(1)', outputs=[_out('stream', name='stdout', text='acc 0.982\n')]),
+                new_code_cell('#| slow\ntrain()')])
+    assert execute_book.problems('good', good) == []
+    cases = {
+        'error output': _out('error', ename='ValueError', evalue='boom', traceback=['x']),
+        'traceback': _out('stream', name='stdout', text='Traceback (most recent call last):\n  File "x", line 1\n'),
+        'stderr stream': _out('stream', name='stderr', text='something odd\n'),
+        'smoke-run marker': _out('display_data', data={'text/markdown': '**smoke run**: 2 epochs'}),
+        'machine path': _out('stream', name='stdout', text='reading /some/data/root/cifar\n'),
+        'memory address': _out('execute_result', data={'text/plain': '<Foo at 0x7f3a2b1c9d00>'}, execution_count=1),
+    }
+    for why, o in cases.items():
+        probs = execute_book.problems('ch', _nb([new_code_cell('f()', outputs=[o])]))
+        assert any(why in p for p in probs) and all('ch cell 0' in p for p in probs), (why, probs)
+    slow = _nb([new_code_cell('#| gpu\ntrain()', outputs=[_out('stream', name='stdout', text='x')])])
+    assert any('slow/#| gpu' in p for p in execute_book.problems('ch', slow))
+
+
+def test_execute_book_strips_only_noise():
+    from nbformat.v4 import new_code_cell
+    nb = _nb([new_code_cell('f()', outputs=[
+        _out('stream', name='stderr', text='/x/y.py:3: UserWarning: deprecated\n  warnings.warn(msg)\n'),
+        _out('stream', name='stderr', text='100%|██████| 10/10 [00:01<00:00, 9.1 it/s]\r'),
+        _out('stream', name='stderr', text='ERROR: data not found\n'),
+        _out('stream', name='stdout', text='ok\n')])])
+    log = execute_book.strip_noise('ch', nb)
+    assert len(log) == 2
+    kept = [o.get('text') for o in nb.cells[0].outputs]
+    assert kept == ['ERROR: data not found\n', 'ok\n']
+    assert any('stderr' in p for p in execute_book.problems('ch', nb))
+
+
+def test_execute_book_skips_slow_and_gpu():
+    from nbformat.v4 import new_code_cell
+    assert execute_book.skipped(new_code_cell('#| slow\nx'))
+    assert execute_book.skipped(new_code_cell('#| gpu\nx'))
+    assert execute_book.skipped(new_code_cell('#| eval: false\nx'))
+    assert not execute_book.skipped(new_code_cell('#| export\nx'))
+    assert not execute_book.skipped(new_code_cell('x  # slow'))
+
+
+def test_expectations_count_outputs_and_orphan_prose():
+    from nbformat.v4 import new_code_cell, new_markdown_cell
+    png = _out('display_data', data={'image/png': 'iVBOR', 'text/plain': 'fig'})
+    tab = _out('execute_result', data={'text/html': '<table><tr><td>1</td></tr></table>'}, execution_count=1)
+    mdt = _out('display_data', data={'text/markdown': '| a | b |\n|---|---|\n| 1 | 2 |\n'})
+    nb = _nb([new_markdown_cell('The table below compares them.'), new_code_cell('t', outputs=[tab, mdt]),
+              new_markdown_cell('The figure shows the curves.'), new_code_cell('f', outputs=[png]),
+              new_markdown_cell('The following table lists the runs.'), new_code_cell('#| slow\nrun()')])
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / 'x.ipynb'; p.write_text(json.dumps(nb))
+        e = check_site.expectations(p)
+    assert (e['images'], e['tables']) == (1, 2)
+    assert len(e['orphans']) == 1 and 'following table' in e['orphans'][0]
+
+
+def test_link_problems(tmp_path):
+    (tmp_path / 'a.html').write_text('<main><h2 id="sec">x</h2></main>')
+    (tmp_path / 'b.html').write_text('<main></main>')
+    base = check_site.site_url()
+    links = ['a.html#sec', 'b.html', '#', 'https://example.org/x', f'{base}a.html#sec',
+             'c.html', 'a.html#nope', f'{base}b.html#_project_against']
+    probs = check_site.link_problems(tmp_path / 'b.html', links, tmp_path, {})
+    assert len(probs) == 3, probs
+    assert any("'c.html'" in p for p in probs) and any("'nope'" in p for p in probs)
+    assert any('_project_against' in p for p in probs)
+
+
 def _have_browser():
-    try: check_site.chromium(); check_site.mathjax_url(); return True
-    except SystemExit: return False
+    return bool(shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')) \
+        and (check_site.MATHJAX_DIR / 'MathJax.js').exists()
+
+
+PAGE = """<!DOCTYPE html><html><head><script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml-full.js" type="text/javascript"></script>
+<style>main {{ width: 600px; }} pre {{ overflow: auto; }}</style></head>
+<body><main>{body}</main></body></html>"""
 
 
 @pytest.mark.skipif(not _have_browser(), reason='needs chromium and libjs-mathjax')
-def test_render_check_catches_bad_pages(tmp_path):
-    "check_site's assertions fire on a broken formula, an undecodable figure and an error output, not on a good page."
-    import base64, io, nbformat
-    from nbformat.v4 import new_notebook, new_markdown_cell, new_code_cell, new_output
+def test_browser_checks_fire(tmp_path):
+    "The probe in Chromium catches raw TeX, undecodable figures, wide outputs, stderr; a good page passes."
+    import base64, io
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(2, 1)); ax.plot([0, 1]); buf = io.BytesIO(); fig.savefig(buf, format='png'); plt.close(fig)
     png = base64.b64encode(buf.getvalue()).decode()
-
-    def page(md, outputs):
-        nb = new_notebook(cells=[new_markdown_cell(md), new_code_cell('x', outputs=outputs)])
-        p = tmp_path / f'nb{len(list(tmp_path.glob("*.ipynb")))}.ipynb'
-        nbformat.write(nb, p)
-        return p, check_site.to_html(p, p.with_suffix('.html'))
-
-    pages = [
-        page(r'Euler: $e^{i\pi}+1=0$ and $$\sum_{k=1}^K \frac{A_k}{\gamma_k^2}$$',
-             [new_output('display_data', data={'image/png': png, 'text/plain': 'fig'})]),
-        page(r'A broken formula: $\frac{1}{$ and an unknown macro $\nosuchmacro{x}$', []),
-        page('no math', [new_output('display_data', data={'image/png': 'iVBORw0KGgoAAAAbroken' * 20})]),
-        page('no math', [new_output('error', ename='ValueError', evalue='boom', traceback=['Traceback ...'])]),
-    ]
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(4) as pool:  # one browser per page, side by side
-        seen = list(pool.map(lambda pi: check_site.browse(pi[0].with_suffix('.html'), None, 10000, 90), pages))
-    assert all(not err for _, err in seen), seen
-    good, bad_math, bad_img, err = [check_site.problems(info, probe, 'executed')
-                                    for (_, info), (probe, _) in zip(pages, seen)]
-    assert good == []
-    assert any('MathJax' in p for p in bad_math), bad_math
-    assert any('image outputs' in p for p in bad_img), bad_img
-    assert any('ValueError' in p for p in err), err
+    pages = {
+        'good': r'<p>Euler <span class="math inline">\(e^{i\pi}+1=0\)</span></p>'
+                f'<div class="cell-output-display"><img src="data:image/png;base64,{png}"></div>'
+                '<div class="cell-output-display"><table><tr><td>1</td></tr></table></div>',
+        'bad': r'<p>broken <span class="math inline">\(\frac{1}{\)</span> and <span class="math inline">\(\nosuchmacro{x}\)</span></p>'
+               '<div class="cell-output-display"><img src="data:image/png;base64,iVBORw0KGgoAAAAbroken"></div>'
+               '<div class="cell-output cell-output-stdout"><pre>' + 'x' * 400 + '</pre></div>'
+               '<div class="cell-output-display"><table style="width:900px"><tr><td>wide</td></tr></table></div>'
+               '<div class="cell-output cell-output-stderr"><pre>UserWarning: smoke run</pre></div>',
+    }
+    for k, body in pages.items(): (tmp_path / f'{k}.html').write_text(PAGE.format(body=body))
+    srv, url = check_site.serve(tmp_path)
+    try:
+        (good, e1), (bad, e2) = [check_site.browse(f'{url}/{k}.html', 10000, 90) for k in pages]
+    finally: srv.shutdown()
+    assert not e1 and not e2, (e1, e2)
+    exp = {'images': 1, 'tables': 1, 'orphans': []}
+    assert check_site.page_problems(exp, good) == [], good
+    probs = '\n'.join(check_site.page_problems(exp, bad))
+    for want in ('did not decode', 'wider than the text column', 'stderr', 'smoke-run marker', 'MathJax errors'):
+        assert want in probs, (want, probs)
