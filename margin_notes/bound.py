@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['empirical_margin_risk', 'class_variability', 'rademacher_linear_bound', 'rademacher_linear_mc', 'complexity_term',
-           'margin_bound']
+           'margin_bound', 'class_complexity_terms']
 
 # %% ../nbs/01_bound.ipynb #2f9ee6ef
 def _np64(x, name: str) -> np.ndarray:
@@ -27,7 +27,7 @@ def empirical_margin_risk(logits, # scores z, shape (N, K)
                           margins, # class-wise margins γ, shape (K,), > 0
                           reduction: str = 'mean', # 'mean' or 'none' (per-sample losses)
                          ):
-    "The margin cross-entropy −log softmax(z/γ_y)_y of MR², averaged over samples (chapter 01_bound)."
+    "The margin cross-entropy `−log softmax(z/γ_y)_y` of MR², averaged over samples (chapter 01_bound)."
     z = torch.as_tensor(_np64(logits, 'logits')); y = torch.as_tensor(np.asarray(targets)).long()
     g = torch.as_tensor(_np64(margins, 'margins'))
     if z.dim() != 2 or y.shape != (z.shape[0],) or g.shape != (z.shape[1],):
@@ -43,7 +43,7 @@ def class_variability(features, # feature matrix φ(x_i), shape (N, d), numpy or
                       targets, # integer labels, shape (N,)
                       num_classes: Optional[int] = None, # K (default: max label + 1)
                      ):
-    "Per-class (‖μ̂_k‖², ‖ŝ_k‖²) as float64 numpy arrays of shape (K,); NaN for empty classes (chapter 01_bound)."
+    "Per-class `(‖μ̂_k‖², ‖ŝ_k‖²)` as float64 numpy arrays of shape (K,); NaN for empty classes (chapter 01_bound)."
     X = _np64(features, 'features'); y = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets)
     if X.ndim != 2: raise ValueError(f"`features` must have shape (N, d), got {X.shape}")
     if y.shape != (X.shape[0],) or not np.issubdtype(y.dtype, np.integer):
@@ -78,7 +78,7 @@ def rademacher_linear_bound(features, # φ(x_i), shape (N, d)
                             Lambda: float = 1.0, # norm bound ‖w‖ ≤ Λ
                             weights=None, # optional per-sample weights, shape (N,) (e.g. 1/γ_{y_i})
                            ) -> float:
-    "Closed-form bound Λ √(Σ_i ‖w_i φ_i‖²) / N on the empirical Rademacher complexity of the linear class (chapter 01_bound)."
+    "Closed-form bound `Λ √(Σ_i ‖w_i φ_i‖²) / N` on the empirical Rademacher complexity of the linear class (chapter 01_bound)."
     _check_Lambda(Lambda); X = _features_weights(features, weights)
     return float(Lambda * np.sqrt((X ** 2).sum()) / X.shape[0])
 
@@ -89,7 +89,7 @@ def rademacher_linear_mc(features, # φ(x_i), shape (N, d)
                          seed: int = 0, # seed of the sign draws
                          return_se: bool = False, # also return the Monte-Carlo standard error
                         ):
-    "Monte-Carlo estimate of (Λ/N) E_σ ‖Σ_i σ_i w_i φ_i‖, the empirical Rademacher complexity of the linear class (chapter 01_bound)."
+    "Monte-Carlo estimate of `(Λ/N) E_σ ‖Σ_i σ_i w_i φ_i‖`, the empirical Rademacher complexity of the linear class (chapter 01_bound)."
     _check_Lambda(Lambda); X = _features_weights(features, weights)
     if int(num_draws) < 2: raise ValueError(f"`num_draws` must be >= 2, got {num_draws}")
     rng = np.random.default_rng(seed); N = X.shape[0]; vals = []
@@ -118,7 +118,7 @@ def complexity_term(variability, # A_k = ‖μ̂_k‖² + ‖ŝ_k‖², shape (K
                     num_samples: int, # training-set size N
                     constant: str = 'paper', # 'paper': 4√2 Λ K/√N; 'sketch': 4√K Λ/(ln 2 √N) (this chapter's derivation)
                    ):
-    "Theorem 1's complexity term c(K) Λ/√N · √(Σ_k A_k/γ_k²); numpy → float, torch → 0-d tensor (chapter 01_bound)."
+    "Theorem 1's complexity term `c(K) Λ/√N · √(Σ_k A_k/γ_k²)`; numpy → float, torch → 0-d tensor (chapter 01_bound)."
     _check_Lambda(Lambda)
     if not (isinstance(num_samples, (int, np.integer)) and num_samples >= 1):
         raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
@@ -149,8 +149,25 @@ def margin_bound(empirical_risk, # empirical margin cross-entropy (mean of ℓ_�
                  num_samples: int, # training-set size N
                  constant: str = 'paper', # see `complexity_term`
                 ):
-    "Theorem 1's right-hand side without its O(1/√N) term: R̂/ln 2 + complexity_term (chapter 01_bound)."
+    "Theorem 1's right-hand side without its `O(1/√N)` term: `R̂/ln 2 + complexity_term` (chapter 01_bound)."
     if not isinstance(empirical_risk, torch.Tensor):
         r = float(empirical_risk)
         if not (np.isfinite(r) and r >= 0): raise ValueError(f"`empirical_risk` must be finite and >= 0, got {r}")
     return empirical_risk / _LN2 + complexity_term(variability, margins, Lambda, num_samples=num_samples, constant=constant)
+
+# %% ../nbs/01_bound.ipynb
+def class_complexity_terms(variability, # A_k, shape (K,), >= 0
+                           margins, # γ_k > 0, shape (K,)
+                           class_counts, # N_k, training samples per class, shape (K,), >= 1
+                           Lambda: float = 1.0, # norm bound on each class weight
+                          ) -> np.ndarray:
+    "Per-class complexity terms `4 K Λ √A_k / (ln 2 γ_k √N_k)` of the per-class bound, float64 (K,) (chapter 01_bound)."
+    _check_Lambda(Lambda)
+    A, g, n = _np64(variability, 'variability'), _np64(margins, 'margins'), _np64(class_counts, 'class_counts')
+    if A.ndim != 1 or A.shape != g.shape or A.shape != n.shape or A.size == 0:
+        raise ValueError(f"`variability`, `margins` and `class_counts` must all have shape (K,), got {A.shape}, {g.shape}, {n.shape}")
+    if not (np.isfinite(A).all() and (A >= 0).all()): raise ValueError("`variability` must be finite and >= 0")
+    if not (np.isfinite(g).all() and (g > 0).all()): raise ValueError("`margins` must be finite and > 0")
+    if not (np.isfinite(n).all() and (n >= 1).all()): raise ValueError("`class_counts` must be finite and >= 1")
+    K = A.shape[0]
+    return 4 * K * Lambda * np.sqrt(A) / (_LN2 * g * np.sqrt(n))

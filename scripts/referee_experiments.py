@@ -1,0 +1,450 @@
+"""The experiments behind chapters 20, 21 and 23 and the defaults measurement (results/cpu_features, results/fmnist_lt,
+results/premise, results/defaults).
+
+    python scripts/referee_experiments.py premise|probe|fmnist|defaults|mr2stat [--smoke OUT_DIR]
+
+Every run is seeded (training seeds 0-4; subsample seed 0). Held-out data: the validation images are a fixed slice of
+the official test split that is never scored (CIFAR-10 (JPEG): test images 300-399 of every class, the scored test set
+being images 0-299; Fashion-MNIST: the last 200 test images of every class, the scored test set being the first 800).
+Difficulty groups (Easy/Medium/Hard) come from ERM's per-class accuracy on that validation slice; every
+hyper-parameter choice (lambda, tau, weight decay, label smoothing) is made on it. `--smoke OUT_DIR` runs a tiny
+version and writes to OUT_DIR, never to results/.
+"""
+from __future__ import annotations
+import argparse, json, math, os, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault('MARGIN_NOTES_DATA', str(ROOT.parent / 'shared' / 'data'))
+
+import margin_notes.probe as P
+from margin_notes.core import atomic_write_json, seed_everything
+from margin_notes.diagnose import diagnose, STATISTICS
+from margin_notes.metrics import accuracy_report, aggregate_reports, difficulty_groups, per_class_accuracy
+from margin_notes.mr2 import MR2Loss
+from margin_notes.margins import optimal_margins
+
+SEEDS = (0, 1, 2, 3, 4)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# losses the library does not name: label smoothing (regularisation control) and MR² with another class statistic
+
+class LabelSmoothingCE(nn.Module):
+    "Cross-entropy with label smoothing eps (the regularisation control)."
+    def __init__(self, eps: float): super().__init__(); self.eps = float(eps); self.last = {}
+    def forward(self, logits, targets, features=None): return F.cross_entropy(logits, targets, label_smoothing=self.eps)
+
+class StatMR2Loss(MR2Loss):
+    """MR² whose margins follow another per-class statistic of the same EMA (book's own option, chapter 23):
+    'spread' (gamma ∝ spread^(1/3), translation-invariant) or 'A_c' (centred second moment, needs stats_mode='moment')."""
+    def __init__(self, num_classes, stat='spread', **kw):
+        if stat == 'A_c': kw.setdefault('stats_mode', 'moment')
+        super().__init__(num_classes, **kw); self.stat = stat
+    def gammas(self):
+        s = self.stats
+        if self.stat == 'spread': v = s.spread
+        elif self.stat == 'A_c':
+            init = s.initialized.to(s.mean.dtype)
+            c = (s.mean * init[:, None]).sum(0) / init.sum().clamp_min(1)      # mean of the class means
+            v = ((s.mean - c) ** 2).sum(1) + s.spread
+        else: raise ValueError(f"unknown statistic {self.stat!r}")
+        return optimal_margins(v, self.mean_margin, mask=s.initialized, eps=self.eps)
+
+_orig_make_loss = P.make_method_loss
+def _make_loss(method, class_counts, head, loss_kwargs=None):
+    kw = dict(loss_kwargs or {})
+    if method == 'erm' and 'label_smoothing' in kw: return LabelSmoothingCE(kw['label_smoothing'])
+    if method == 'mr2' and 'margin_stat' in kw:
+        stat = kw.pop('margin_stat')
+        if stat == 'A_c': kw['feature_dim'] = head.weight.shape[1]
+        return StatMR2Loss(len(class_counts), stat=stat, **kw)
+    return _orig_make_loss(method, class_counts, head, kw)
+P.make_method_loss = _make_loss    # fit_method looks the name up at call time
+
+# ----------------------------------------------------------------------------------------------------------------------
+# a grid with validation: per-class accuracy on the scored test set and on the validation slice, per run
+
+def _features_of(probe, inputs, bs=2048):
+    m = probe.model; m.eval(); tf = probe.transform or (lambda x: x.float())
+    with torch.no_grad(): return torch.cat([m.backbone(tf(inputs[i:i + bs])) for i in range(0, len(inputs), bs)])
+
+def run_grid(make_model, xtr, ytr, xte, yte, xva, yva, configs, seeds, counts, stats_for=('erm',),
+             log=lambda *a: print(*a, flush=True), **fit_kw):
+    """configs: list of (label, method, loss_kwargs, fit_overrides, posthoc_taus or None).
+    Returns runs[label] = [{'seed', 'per_class', 'val_per_class', 'seconds', ...}]; for labels in stats_for also the
+    diagnosis (per-class statistics of the training features vs test error)."""
+    K = len(counts); runs, erm = {}, {}
+    for label, method, kw, over, taus in configs:
+        runs[label] = []
+        for seed in seeds:
+            t0 = time.time()
+            base = erm.get(seed) if method in ('la-posthoc', 'marc') else None
+            p = P.fit_method(make_model, xtr, ytr, method, seed=seed, class_counts=counts, loss_kwargs=kw, erm_probe=base,
+                             **{**fit_kw, **over})
+            if label == 'erm': erm[seed] = p
+            rec = {'seed': seed, 'seconds': p.seconds}
+            if taus:   # post-hoc logit adjustment: every tau, chosen later on validation
+                from margin_notes.baselines import logit_adjust_posthoc
+                raw_te, raw_va = _raw_scores(p, xte), _raw_scores(p, xva)
+                rec['tau'] = {}
+                for t in taus:
+                    rec['tau'][str(t)] = {
+                        'per_class': per_class_accuracy(logit_adjust_posthoc(raw_te, counts, tau=t).argmax(1), yte, K).tolist(),
+                        'val_per_class': per_class_accuracy(logit_adjust_posthoc(raw_va, counts, tau=t).argmax(1), yva, K).tolist()}
+                rec.update(rec['tau']['1.0'])
+            else:
+                rec['per_class'] = per_class_accuracy(p.scores(xte).argmax(1), yte, K).tolist()
+                rec['val_per_class'] = per_class_accuracy(p.scores(xva).argmax(1), yva, K).tolist()
+            rec['final_train'] = {k: v for k, v in (p.history[-1] if p.history else {}).items() if k != 'epoch'}
+            if label in stats_for:
+                d = diagnose(_features_of(p, xtr), ytr, yte, p.scores(xte), class_counts=counts, num_classes=K, bootstrap=0)
+                rec['diagnosis'] = d
+            runs[label].append(rec)
+            log(f"{label:24s} seed {seed}: test {100 * np.mean(rec['per_class']):5.1f}  val {100 * np.mean(rec['val_per_class']):5.1f}"
+                f"  ({time.time() - t0:.1f} s)")
+    return runs
+
+def _raw_scores(p, x, bs=2048):
+    m = p.model; m.eval(); tf = p.transform or (lambda z: z.float())
+    with torch.no_grad(): return torch.cat([m(tf(x[i:i + bs])) for i in range(0, len(x), bs)])
+
+def select_on_val(runs, candidates, key='overall'):
+    "The candidate label with the best mean validation overall accuracy."
+    return max(candidates, key=lambda l: np.mean([np.mean(r['val_per_class']) for r in runs[l]]))
+
+def summarise(runs, counts, difficulty):
+    out = {}
+    for label, rs in runs.items():
+        for r in rs:
+            r['report'] = accuracy_report(torch.tensor(r['per_class']), counts, difficulty)
+        out[label] = aggregate_reports([r['report'] for r in rs])
+        out[label]['seconds_per_run'] = float(np.mean([r['seconds'] for r in rs]))
+        out[label]['val_overall'] = float(np.mean([np.mean(r['val_per_class']) for r in rs]))
+    return out
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CIFAR-10 (JPEG) probe features (chapter 20): scored test = test images 0-299 per class, validation = 300-399
+
+def probe_data(smoke=False):
+    settings = P.cifar10_probe_settings(500, (100,))
+    if smoke:
+        settings = {'balanced': [8] * 10, 'lt100': [16, 13, 11, 9, 8, 6, 5, 5, 4, 4]}
+        f = P.cifar10_probe_features(settings, size=64, test_per_class=8, pool_per_class=16, cache=False, verbose=False)
+        n_test = 5
+    else:
+        f = P.cifar10_probe_features(settings, size=64, test_per_class=400); n_test = 300
+    y = f['test_labels']
+    rank = torch.zeros_like(y)
+    for k in range(10): rank[y == k] = torch.arange(int((y == k).sum()))
+    te, va = rank < n_test, rank >= n_test
+    return f, (f['test_features'][te], y[te]), (f['test_features'][va], y[va])
+
+PROBE_FIT = dict(epochs=30, batch_size=256, lr=0.05)
+
+def run_probe(out_dir, smoke=False):
+    feats, (xte, yte), (xva, yva) = probe_data(smoke)
+    fit = dict(PROBE_FIT) if not smoke else dict(epochs=2, batch_size=32, lr=0.05)
+    seeds = SEEDS if not smoke else (0, 1)
+    pca, hidden = (128, 128) if not smoke else (16, 16)
+    mr2 = [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-3', 'mr2', dict(lam=1e-3), {}, None),
+           ('mr2 λ=1e-2', 'mr2', dict(lam=1e-2), {}, None), ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
+           ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
+           ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None),
+           ('mr2 spread-margins λ=0', 'mr2', dict(lam=0.0, margin_stat='spread'), {}, None)]
+    reg = [(f'erm wd={wd:g}', 'erm', {}, dict(weight_decay=wd), None) for wd in (1e-3, 2e-3, 5e-3)] + \
+          [(f'erm ls={e:g}', 'erm', dict(label_smoothing=e), {}, None) for e in (0.05, 0.1, 0.2)]
+    grids = {
+        'balanced': [('erm', 'erm', {}, {}, None)] + reg + [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'marc', 'dbm', 'lwr')] + mr2,
+        'lt100': [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] +
+                 [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] +
+                 [('dbm base=ce', 'dbm', dict(base='ce'), {}, None)] + [c for c in mr2 if 'spread' not in c[0]],
+    }
+    for name, configs in grids.items():
+        xtr, ytr, counts = P.probe_setting(feats, name)
+        t0 = time.time()
+        proj = P.fit_pca(xtr, pca)
+        Xtr, Xte, Xva = proj(xtr), proj(xte), proj(xva)
+        D, K = Xtr.shape[1], 10
+        def make_model(h, scale): return P.ProbeNet(D, K, hidden=hidden, head=h, cosine_scale=scale).fit_standardization(Xtr)
+        runs = run_grid(make_model, Xtr, ytr, Xte, yte, Xva, yva, configs, seeds, counts, **fit)
+        save_setting(out_dir / f"{name}.json", runs, counts, configs, dict(
+            setting=name, data='CIFAR-10 (JPEG)' + ('' if name == 'balanced' else '-LT, IF 100'), class_counts=counts,
+            n_train=len(ytr), n_test=len(yte), n_val=len(yva), subsample_seed=0, smoke=smoke,
+            backbone='EfficientNet-Lite0 (ImageNet weights, timm tf_efficientnet_lite0)', input_size=64, pca=pca,
+            pca_explained=proj.explained, hidden=hidden, optimizer='SGD momentum 0.9, half-cosine lr', **fit,
+            default_weight_decay=5e-4, seeds=list(seeds), encode=feats['info'], wall_seconds=time.time() - t0,
+            validation='CIFAR-10 (JPEG) test images 300-399 of every class (never scored); scored test: images 0-299',
+            device=f"CPU, {torch.get_num_threads()} thread(s) on a shared 2-core machine", torch=torch.__version__,
+            date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
+
+def save_setting(path, runs, counts, configs, meta):
+    erm_val = torch.tensor([r['val_per_class'] for r in runs['erm']])
+    difficulty = difficulty_groups(erm_val)            # from ERM on the validation slice, never from the scored test set
+    sel = {}
+    mr2c = [c[0] for c in configs if c[1] == 'mr2' and 'spread' not in c[0]]
+    if mr2c: sel['mr2'] = select_on_val(runs, mr2c)
+    regc = [c[0] for c in configs if c[0] == 'erm' or c[0].startswith('erm wd') or c[0].startswith('erm ls')]
+    if len(regc) > 1: sel['erm+reg'] = select_on_val(runs, regc)
+    if 'la-posthoc' in runs:       # tau chosen on validation, then its test accuracy reported
+        taus = list(runs['la-posthoc'][0]['tau'])
+        best = max(taus, key=lambda t: np.mean([np.mean(r['tau'][t]['val_per_class']) for r in runs['la-posthoc']]))
+        sel['la-posthoc tau'] = float(best)
+        runs['la-posthoc (τ val)'] = [{**r, **r['tau'][best]} for r in runs['la-posthoc']]
+    for k, v in list(sel.items()):
+        if k in ('mr2', 'erm+reg'): runs[f"{k} (val-selected: {v})"] = runs[v]
+    summary = summarise(runs, counts, difficulty)
+    atomic_write_json(path, {'runs': runs, 'summary': summary, 'difficulty_groups': difficulty, 'class_counts': list(counts),
+                             'seeds': meta['seeds'], 'selected': sel,
+                             'methods': [dict(label=c[0], method=c[1], loss_kwargs=c[2], fit=c[3]) for c in configs],
+                             'meta': meta})
+    print(f"wrote {path}", flush=True)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST (chapter 21): the small CNN; scored test = first 800 test images per class, validation = last 200
+
+class SmallCNN(nn.Module):
+    "conv(16, stride 2)-conv(32, stride 2)-fc(128)-ReLU feature extractor and a linear or cosine head (chapter 21)."
+    def __init__(self, num_classes=10, head='linear', cosine_scale=1.0, feature_dim=128):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Flatten(), nn.Linear(32 * 7 * 7, feature_dim), nn.ReLU())
+        self.head = P.make_scaled_head(feature_dim, num_classes, head, cosine_scale)
+        self.feature_dim = feature_dim
+    def forward(self, x): return self.head(self.backbone(x))
+
+def image_transform(mean, std):
+    m, s = float(mean[0]), float(std[0])
+    return lambda x: (x.float() / 255.0 - m) / s
+
+def fmnist(imbalance_factor=None, smoke=False, n_val=200):
+    from margin_notes.data import load_dataset
+    d = load_dataset('fmnist', imbalance_factor=imbalance_factor, subsample_seed=0, max_per_class=60 if smoke else None)
+    y = d.test_labels; rank = torch.zeros_like(y)
+    for k in range(10): rank[y == k] = torch.arange(int((y == k).sum()))
+    n_k = int((y == 0).sum()); nv = n_val if not smoke else 20
+    te, va = rank < n_k - nv, rank >= n_k - nv
+    return d, (d.test_images[te], y[te]), (d.test_images[va], y[va])
+
+FMNIST_FIT = dict(epochs=10, batch_size=128, lr=0.05)
+
+def run_fmnist(out_dir, smoke=False):
+    d, (xte, yte), (xva, yva) = fmnist(100, smoke)
+    fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
+    seeds = SEEDS if not smoke else (0, 1)
+    configs = [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] + \
+              [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] + \
+              [('dbm base=ce', 'dbm', dict(base='ce'), {}, None),
+               ('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-3', 'mr2', dict(lam=1e-3), {}, None),
+               ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
+               ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
+               ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None)]
+    t0 = time.time()
+    counts = list(d.class_counts)
+    runs = run_grid(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, xte, yte, xva, yva, configs, seeds,
+                    counts, transform=image_transform(d.mean, d.std), **fit)
+    save_setting(out_dir / 'grid.json', runs, counts, configs, dict(
+        data=d.label, dataset=d.name, class_counts=counts, n_train=len(d.train_labels), n_test=len(yte), n_val=len(yva),
+        subsample_seed=0, imbalance_factor=100, model='SmallCNN conv16/2-conv32/2-fc128', smoke=smoke, **fit,
+        optimizer='SGD momentum 0.9, wd 5e-4, half-cosine lr', seeds=list(seeds), wall_seconds=time.time() - t0,
+        validation='Fashion-MNIST test images 800-999 of every class (file order; never scored); scored test: images 0-799',
+        device=f"CPU, {torch.get_num_threads()} thread(s) on a shared 2-core machine", torch=torch.__version__,
+        date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the premise (chapter 23): per-class statistics of ERM models vs their per-class error
+
+def _diag_summary(ds):
+    "Across-seed mean and t-interval of each statistic's Spearman rho, plus the per-seed values."
+    from scipy.stats import t as tdist
+    out = {}
+    for s in STATISTICS + ('count',):
+        v = np.array([next(c['spearman_vs_error'] for c in d['correlations'] if c['statistic'] == s) for d in ds])
+        v = v[np.isfinite(v)]
+        if len(v) >= 2:
+            h = tdist.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+            out[s] = {'mean': float(v.mean()), 'ci_low': float(v.mean() - h), 'ci_high': float(v.mean() + h), 'per_seed': v.tolist()}
+        else: out[s] = {'mean': float(v.mean()) if len(v) else float('nan'), 'ci_low': float('nan'), 'ci_high': float('nan'),
+                        'per_seed': v.tolist()}
+    return out
+
+def _per_class_mean(ds):
+    keys = ('acc',) + STATISTICS + tuple(f'gamma_{s}' for s in STATISTICS)
+    return [{**{'class': ds[0]['per_class'][k]['class'], 'count': ds[0]['per_class'][k]['count']},
+             **{key: float(np.mean([d['per_class'][k][key] for d in ds])) for key in keys}} for k in range(len(ds[0]['per_class']))]
+
+def premise_entry(name, ds, classes, note):
+    for d in ds:
+        for k, r in enumerate(d['per_class']): r['class'] = classes[k]
+    return {'name': name, 'note': note, 'seeds': len(ds), 'correlations': _diag_summary(ds), 'per_class': _per_class_mean(ds),
+            'overall_accuracy': float(np.mean([d['overall_accuracy'] for d in ds])),
+            'spread_share': float(np.mean([d['spread_share'] for d in ds])), 'per_seed': ds}
+
+def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True)):
+    from margin_notes.data import CIFAR10_CLASSES, FMNIST_CLASSES
+    seeds = SEEDS if not smoke else (0, 1)
+    entries, t_all = [], time.time()
+    # (a) the reference ResNet-32 (balanced CIFAR-10, real images) on CIFAR-10 (JPEG)
+    from margin_notes.core import find_data
+    w = find_data('weights/resnet32-d509ac18.th')
+    if w is not None:
+        from margin_notes.models import resnet32, predict
+        from margin_notes.data import cifar10_jpeg_arrays, CIFAR_MEAN, CIFAR_STD
+        a = cifar10_jpeg_arrays(max_per_class=20 if smoke else None)
+        (xtr, ytr), (xte, yte) = a['train'], a['test']
+        n = 10 if smoke else 2000
+        g = torch.Generator().manual_seed(0)
+        keep = torch.cat([torch.nonzero(ytr == k).flatten()[torch.randperm(int((ytr == k).sum()), generator=g)[:n]] for k in range(10)])
+        model = resnet32(10, weights=w).eval()
+        t0 = time.time()
+        m = torch.tensor(CIFAR_MEAN).view(1, -1, 1, 1); s = torch.tensor(CIFAR_STD).view(1, -1, 1, 1)
+        with torch.no_grad():
+            ftr = torch.cat([model.backbone((xtr[keep][i:i + 500].float() / 255 - m) / s) for i in range(0, len(keep), 500)])
+            fte = torch.cat([model.backbone((xte[i:i + 500].float() / 255 - m) / s) for i in range(0, len(xte), 500)])
+            pte = model.head(fte).argmax(1)
+        d = diagnose(ftr, ytr[keep], yte, pte, num_classes=10, bootstrap=200 if not smoke else 5)
+        e = premise_entry('resnet32-cifar10', [d], CIFAR10_CLASSES, (
+            f"reference ResNet-32 trained on real balanced CIFAR-10; statistics from {len(keep):,} training images "
+            f"({n}/class, seeded subsample), error on the {len(yte):,} CIFAR-10 (JPEG) test images; one model: the interval "
+            "is a bootstrap over images"))
+        e['bootstrap_ci'] = {c['statistic']: [c['ci_low'], c['ci_high']] for c in d['correlations']}
+        entries.append(e); log(f"resnet32: {time.time() - t0:.0f} s, acc {100 * d['overall_accuracy']:.1f}")
+    # (c) Fashion-MNIST, the chapter-21 CNN, balanced and LT IF 100
+    for IF in (None, 100):
+        d, (xte, yte), _ = fmnist(IF, smoke)
+        ds = []
+        for seed in seeds:
+            fit = dict(FMNIST_FIT, epochs=5 if IF is None else 10) if not smoke else dict(epochs=1, batch_size=32)
+            p = P.fit_method(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, 'erm', seed=seed,
+                             class_counts=d.class_counts, transform=image_transform(d.mean, d.std), **fit)
+            ds.append(diagnose(_features_of(p, d.train_images), d.train_labels, yte, p.scores(xte),
+                               class_counts=d.class_counts, num_classes=10, bootstrap=0))
+        nm = 'fmnist-balanced' if IF is None else 'fmnist-lt100'
+        entries.append(premise_entry(nm, ds, FMNIST_CLASSES, f"chapter 21's CNN, ERM, {fit['epochs']} epochs, Fashion-MNIST "
+                                     + ('balanced (6,000/class)' if IF is None else 'LT, IF 100') + "; error on the scored 8,000 test images"))
+        log(f"{nm} done")
+    # (d) scikit-learn digits: an MLP (64-128-64, ReLU), ERM
+    from margin_notes.data import load_dataset
+    dg = load_dataset('digits')
+    class MLP(nn.Module):
+        def __init__(self, head, scale):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
+            self.head = P.make_scaled_head(64, 10, head, scale)
+        def forward(self, x): return self.head(self.backbone(x))
+    ds = []
+    for seed in seeds:
+        tf = image_transform(dg.mean, dg.std)
+        p = P.fit_method(lambda h, s: MLP(h, s), dg.train_images, dg.train_labels, 'erm', seed=seed, transform=tf,
+                         epochs=40 if not smoke else 2, batch_size=64, lr=0.05)
+        ds.append(diagnose(_features_of(p, dg.train_images), dg.train_labels, dg.test_labels, p.scores(dg.test_images),
+                           num_classes=10, bootstrap=0))
+    entries.append(premise_entry('digits', ds, [str(k) for k in range(10)],
+                                 "scikit-learn digits, MLP 64-128-64, ERM 40 epochs; 50 held-out images per class"))
+    # (b) EfficientNet-Lite0 probe (chapter 20): the ERM probe's adapter features, and the frozen backbone features
+    if find_data('cifar10-jpeg.tar.gz') is not None:
+        feats, (xte, yte), (xva, yva) = probe_data(smoke)
+        for name in ('balanced', 'lt100'):
+            xtr, ytr, counts = P.probe_setting(feats, name)
+            proj = P.fit_pca(xtr, 128 if not smoke else 16)
+            Xtr, Xte = proj(xtr), proj(xte)
+            def make_model(h, sc): return P.ProbeNet(Xtr.shape[1], 10, hidden=128 if not smoke else 16, head=h,
+                                                     cosine_scale=sc).fit_standardization(Xtr)
+            ds, raw = [], []
+            for seed in seeds:
+                p = P.fit_method(make_model, Xtr, ytr, 'erm', seed=seed, class_counts=counts,
+                                 **(PROBE_FIT if not smoke else dict(epochs=2, batch_size=32)))
+                sc = p.scores(Xte)
+                ds.append(diagnose(_features_of(p, Xtr), ytr, yte, sc, class_counts=counts, num_classes=10, bootstrap=0))
+                raw.append(diagnose(xtr, ytr, yte, sc, class_counts=counts, num_classes=10, bootstrap=0))
+            lab = 'balanced' if name == 'balanced' else 'LT, IF 100'
+            entries.append(premise_entry(f'effnet-probe-{name}', ds, CIFAR10_CLASSES,
+                                         f"EfficientNet-Lite0 probe (chapter 20), {lab}: the ERM probe's 128-d adapter features"))
+            entries.append(premise_entry(f'effnet-backbone-{name}', raw, CIFAR10_CLASSES,
+                                         f"EfficientNet-Lite0 probe (chapter 20), {lab}: the frozen 1,280-d backbone features, "
+                                         "error of the same ERM probes"))
+            log(f"effnet {name} done")
+    atomic_write_json(out_dir / 'premise.json', {'entries': entries, 'seeds': list(seeds), 'smoke': smoke,
+                                                 'wall_seconds': time.time() - t_all,
+                                                 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
+    log(f"wrote {out_dir / 'premise.json'}")
+
+# ----------------------------------------------------------------------------------------------------------------------
+# defaults, tried as a new user would: own small CNN, Fashion-MNIST-LT IF 50, 3 epochs, 3 seeds
+
+class UserCNN(nn.Module):
+    "A plain CNN a user might write: conv16-pool-conv32-pool-fc128, then a linear or cosine (DBM) head."
+    def __init__(self, cosine=False):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU())
+        if cosine:
+            from margin_notes.dbm import CosineClassifier
+            self.head = CosineClassifier(128, 10)
+        else: self.head = nn.Linear(128, 10)
+    def forward(self, x):
+        f = self.backbone(x); return f, self.head(f)
+
+def run_defaults(out_dir, smoke=False):
+    from margin_notes.data import load_dataset
+    from margin_notes.dbm import DBMLoss
+    d = load_dataset('fmnist', imbalance_factor=50, subsample_seed=0, max_per_class=60 if smoke else None)
+    counts = list(d.class_counts); K = 10
+    tf = image_transform(d.mean, d.std)
+    cfgs = [('CE', False, lambda: nn.CrossEntropyLoss()),
+            ('MR2Loss(K, lam=0.1, variant="paper")', False, lambda: MR2Loss(K, lam=0.1, variant='paper')),
+            ('MR2Loss(K, lam=0.1, variant="released")', False, lambda: MR2Loss(K, lam=0.1, variant='released')),
+            ('MR2Loss(K, lam=0.1, rep_normalize=True)', False, lambda: MR2Loss(K, lam=0.1, variant='paper', rep_normalize=True)),
+            ('MR2Loss(K, lam=0.01, variant="paper")', False, lambda: MR2Loss(K, lam=0.01, variant='paper')),
+            ('DBMLoss(counts, base="ce")', True, lambda: DBMLoss(counts, base='ce')),
+            ('DBMLoss(counts, base="bs")', True, lambda: DBMLoss(counts, base='bs'))]
+    seeds = (0, 1, 2) if not smoke else (0,)
+    epochs = 3 if not smoke else 1
+    res, t_all = {}, time.time()
+    for label, cos, mk in cfgs:
+        res[label] = []
+        for seed in seeds:
+            seed_everything(seed); g = torch.Generator().manual_seed(seed)
+            net, loss = UserCNN(cos), mk()
+            rep = repr(loss)
+            opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+            N = len(d.train_labels); t0 = time.time()
+            for ep in range(epochs):
+                net.train(); loss.train()
+                perm = torch.randperm(N, generator=g)
+                for i in range(0, N, 128):
+                    idx = perm[i:i + 128]; x, y = tf(d.train_images[idx]), d.train_labels[idx]
+                    f, out = net(x)
+                    l = loss(out, y) if isinstance(loss, nn.CrossEntropyLoss) else loss(out, y, features=f)
+                    opt.zero_grad(); l.backward(); opt.step()
+            net.eval()
+            with torch.no_grad(): pred = torch.cat([net(tf(d.test_images[i:i + 2000]))[1].argmax(1) for i in range(0, len(d.test_labels), 2000)])
+            acc = per_class_accuracy(pred, d.test_labels, K)
+            res[label].append({'seed': seed, 'per_class': acc.tolist(), 'overall': float(acc.mean()), 'seconds': time.time() - t0,
+                               'loss_repr': rep})
+            print(f"{label:40s} seed {seed}: {100 * acc.mean():5.1f} %  worst {100 * acc.min():5.1f}", flush=True)
+    atomic_write_json(out_dir / 'defaults.json', {'results': res, 'class_counts': counts, 'data': d.label, 'epochs': epochs,
+                                                  'seeds': list(seeds), 'smoke': smoke,
+                                                  'model': 'conv16-pool-conv32-pool-fc128 (linear head; CosineClassifier for DBM)',
+                                                  'optimizer': 'SGD lr 0.05 (constant), momentum 0.9, wd 5e-4, batch 128',
+                                                  'test': 'Fashion-MNIST test set, 10,000 images', 'wall_seconds': time.time() - t_all,
+                                                  'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
+    print(f"wrote {out_dir / 'defaults.json'}")
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('what', choices=['premise', 'probe', 'fmnist', 'defaults'])
+    ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
+    a = ap.parse_args()
+    smoke = a.smoke is not None
+    out = Path(a.smoke) if smoke else ROOT / 'results' / {'premise': 'premise', 'probe': 'cpu_features', 'fmnist': 'fmnist_lt',
+                                                          'defaults': 'defaults'}[a.what]
+    out.mkdir(parents=True, exist_ok=True)
+    {'premise': run_premise, 'probe': run_probe, 'fmnist': run_fmnist, 'defaults': run_defaults}[a.what](out, smoke=smoke)
