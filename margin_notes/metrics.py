@@ -82,12 +82,13 @@ def difficulty_groups(reference_per_class_acc, # (K,) reference accuracies, or (
 
 # %% ../nbs/12_metrics.ipynb #18d6cadd
 def shot_groups(class_counts, # training images per class (K,)
-                many: int = 100, # Many: count > many
-                few: int = 20, # Few: count < few; Medium in between (inclusive)
+                many: int = 100, # Many: count > many (100: the CIFAR-LT / ImageNet-LT convention)
+                few: int = 20, # Few: count < few (20: the same convention); Medium in between, inclusive
                ) -> dict:
     "Class indices of the Many/Medium/Few groups by training count: {'many_shot': [...], 'medium_shot': [...], 'few_shot': [...]} (chapter 12_metrics)."
     from margin_notes.core import check_class_counts
     c = check_class_counts(class_counts).numpy()
+    if not few <= many: raise ValueError(f"need few <= many, got few={few}, many={many}")
     return {'many_shot': np.flatnonzero(c > many).tolist(),
             'medium_shot': np.flatnonzero((c >= few) & (c <= many)).tolist(),
             'few_shot': np.flatnonzero(c < few).tolist()}
@@ -100,6 +101,8 @@ def accuracy_report(per_class_acc, # per-class accuracies (K,), fractions in [0,
                     class_counts=None, # training counts (K,) for Many/Medium/Few
                     difficulty_ranking=None, # dict from `difficulty_groups`, or class indices easiest first
                     test_counts=None, # test images per class (K,); overall is then sample-weighted
+                    many: int = 100, # Many: training count > many (100: the CIFAR-LT / ImageNet-LT convention)
+                    few: int = 20, # Few: training count < few (20: the same convention)
                    ) -> dict:
     "Overall, worst, best, std across classes, Easy/Medium/Hard and Many/Medium/Few (NaN for an empty group) (chapter 12_metrics)."
     acc = torch.as_tensor(per_class_acc).detach().cpu().double().numpy()
@@ -127,7 +130,7 @@ def accuracy_report(per_class_acc, # per-class accuracies (K,), fractions in [0,
     if class_counts is not None:
         from margin_notes.core import check_class_counts
         check_class_counts(class_counts, K)
-        for k, idx in shot_groups(class_counts).items(): rep[k] = _group_mean(acc, idx)
+        for k, idx in shot_groups(class_counts, many, few).items(): rep[k] = _group_mean(acc, idx)
     return rep
 
 # %% ../nbs/12_metrics.ipynb #43f8031e
@@ -184,3 +187,7 @@ def plot_sorted_per_class(results: Mapping, # method name -> per-class accuracy 
     if title: ax.set_title(title)
     ax.legend()
     return ax
+
+# %% ../nbs/12_metrics.ipynb #74e1ef1f
+from .core import document_parameters
+document_parameters(__name__)

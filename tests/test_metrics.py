@@ -128,3 +128,19 @@ def test_plot_runs():
     assert len(ax.lines) == 2
     y = ax.lines[0].get_ydata()
     assert all(a >= b for a, b in zip(y[:-1], y[1:]))  # the reference curve is sorted descending
+
+
+def test_shot_thresholds_are_parameters_fashion_mnist_like():
+    """CIFAR/ImageNet-LT defaults (Many > 100, Few < 20) leave Few empty on Fashion-MNIST-LT counts (6000 -> 60);
+    thresholds scaled to the dataset give all three groups, and accuracy_report passes them on."""
+    fm = [int(6000 * 100 ** (-k / 9)) for k in range(10)]
+    acc = torch.linspace(0.9, 0.45, 10, dtype=torch.float64)
+    default = accuracy_report(acc, fm)
+    assert math.isnan(default['few_shot'])
+    g = shot_groups(fm, many=1000, few=200)
+    assert g == {'many_shot': [0, 1, 2, 3], 'medium_shot': [4, 5, 6], 'few_shot': [7, 8, 9]}
+    rep = accuracy_report(acc, fm, many=1000, few=200)
+    for k, idx in g.items():
+        assert rep[k] == pytest.approx(sum(acc[i].item() for i in idx) / len(idx))
+    with pytest.raises(ValueError, match='few <= many'):
+        shot_groups(fm, many=10, few=20)
