@@ -4,35 +4,55 @@
 
 # %% ../nbs/14_cli.ipynb #7e04db1c
 from __future__ import annotations
-import argparse, json, sys, textwrap
+import argparse, json, os, shlex, sys, textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
 # %% auto #0
-__all__ = ['collect_results', 'main']
+__all__ = ['main']
 
 # %% ../nbs/14_cli.ipynb #a1a4deac
-def _preset_lines(width: int = 100) -> str:
-    from margin_notes.engine import PRESETS
-    return '\n'.join(f"  {n}" + (' (suite)' if p.suite else '') for n, p in PRESETS.items())
+def _set_hint(tokens: Sequence[str]) -> str:
+    "'--set a=1 b=2' for unknown flags such as ['--epochs', '5', '--lr', '0.1']."
+    pairs, i = [], 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t.startswith('--'):
+            k, _, v = t[2:].partition('=')
+            if not v and i + 1 < len(tokens) and not tokens[i + 1].startswith('--'): v = tokens[i + 1]; i += 1
+            pairs.append(f"{k.replace('-', '_')}={v or '...'}")
+        i += 1
+    return f" (use --set {' '.join(pairs)})" if pairs else ''
+
+class _Parser(argparse.ArgumentParser):
+    "An ArgumentParser whose errors are one line (with a --set hint for unknown flags), exit status 2."
+    def error(self, message):
+        hint = ''
+        if message.startswith('unrecognized arguments:'): hint = _set_hint(message.split(':', 1)[1].split())
+        print(f"{self.prog}: error: {message}{hint}", file=sys.stderr)
+        raise SystemExit(2)
 
 def _parser() -> argparse.ArgumentParser:
-    epi = "presets:\n" + _preset_lines() + "\n\n`margin-notes list -v` shows the recipe behind each preset."
-    p = argparse.ArgumentParser(prog='margin-notes', formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Margins for class-wise accuracy disparity and long-tailed recognition: "
-                                            "train, evaluate, calibrate and report.", epilog=epi)
+    epi = "`margin-notes list` lists the presets, `margin-notes list -v` the recipe behind each."
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog='margin-notes', formatter_class=fmt, epilog=epi,
+                description="Margins for class-wise accuracy disparity and long-tailed recognition: train, evaluate, calibrate and report.")
     sub = p.add_subparsers(dest='command', metavar='{run,eval,calibrate,report,list}')
-    r = sub.add_parser('run', help='train a preset or a config file', epilog=epi, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser('run', help='train a preset or a config file', epilog=epi, formatter_class=fmt)
     r.add_argument('config', help='a preset name or a .json/.yaml config file')
     r.add_argument('--set', dest='overrides', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
-                   help='override config fields, e.g. --set epochs=10 loss_kwargs.lam=0.2')
+                   help='override config fields, e.g. --set epochs=10 loss_kwargs.lam=0.2 report.many=1000')
     r.add_argument('--out', default=None, help='output folder (default: runs/<name>)')
-    r.add_argument('--resume', action='store_true', help='continue from the checkpoint in the output folder')
+    r.add_argument('--resume', action='store_true', help='continue from the checkpoint in the output folder (same config)')
+    r.add_argument('--force', action='store_true', help='with --resume: continue even if the config differs from the saved one')
     r.add_argument('--smoke', action='store_true', help='tiny sizes (2 epochs, small or synthetic data)')
     r.add_argument('--no-progress', action='store_true', help='no progress bar')
-    r.add_argument('--dry-run', action='store_true', help='print the resolved config and exit')
+    r.add_argument('--dry-run', action='store_true', help='check and print the resolved config, then exit')
+    groups = dict(type=float, default=None, metavar='N')
     e = sub.add_parser('eval', help='evaluate the checkpoint of a run folder on its test set')
     e.add_argument('run_dir'); e.add_argument('--device', default='auto'); e.add_argument('--json', action='store_true', help='print JSON')
+    e.add_argument('--many', help='Many: more training images than N (default: the run\'s report.many, CIFAR-LT 100)', **groups)
+    e.add_argument('--few', help='Few: fewer training images than N (default: the run\'s report.few, CIFAR-LT 20)', **groups)
     c = sub.add_parser('calibrate', help='post-hoc MARC (or LA) on the checkpoint of a run folder')
     c.add_argument('run_dir'); c.add_argument('--method', default='marc', choices=['marc', 'la'])
     c.add_argument('--out', default=None, help='output folder (default: <run_dir>-<method>)')
@@ -42,63 +62,62 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser('report', help='markdown table + sorted per-class figure from results folders')
     rp.add_argument('dirs', nargs='+', help='run folders (results.json) or suite folders (summary.json)')
     rp.add_argument('--out', default='runs/report', help='where report.md and per_class.png go (default: runs/report)')
+    rp.add_argument('--many', help='Many: more training images than N (default: as saved, CIFAR-LT 100)', **groups)
+    rp.add_argument('--few', help='Few: fewer training images than N (default: as saved, CIFAR-LT 20)', **groups)
     ls = sub.add_parser('list', help='list the presets'); ls.add_argument('-v', '--verbose', action='store_true')
     return p
 
 # %% ../nbs/14_cli.ipynb #5da01ec6
+def _resume_command(a, out: Path) -> str:
+    argv = ['margin-notes', 'run', a.config, *(['--set', *a.overrides] if a.overrides else []), '--out', str(out), '--resume']
+    return shlex.join(argv + (['--smoke'] if a.smoke else []) + (['--no-progress'] if a.no_progress else []))
+
 def _cmd_run(a) -> int:
-    from margin_notes.engine import get_config, run_config
+    from margin_notes.config import get_config, validate_config
     ov = list(a.overrides)
     if a.smoke: ov.append('smoke=true')
     if a.no_progress: ov.append('progress=false')
-    cfg = get_config(a.config, ov)
+    cfg = validate_config(get_config(a.config, ov))
     if a.dry_run: print(json.dumps(cfg.to_dict(), indent=2)); return 0
     out = Path(a.out) if a.out else Path('runs') / cfg.name
     print(f"margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else ''), flush=True)
-    run_config(cfg, out, resume=a.resume)
+    from margin_notes.engine import run_config, TrainingInterrupted
+    try: run_config(cfg, out, resume=a.resume, force=a.force)
+    except KeyboardInterrupt as e:
+        done = f"after {e.epochs_done} of {e.epochs} epochs of {e.out_dir}" if isinstance(e, TrainingInterrupted) else "before an epoch was saved"
+        print(f"margin-notes run: interrupted {done}; resume with: {_resume_command(a, out)}", file=sys.stderr)
+        return 130
     return 0
 
+def _groups(a, saved: dict) -> dict:
+    return {'many': a.many if a.many is not None else saved.get('many', 100), 'few': a.few if a.few is not None else saved.get('few', 20)}
+
 def _cmd_eval(a) -> int:
-    from margin_notes.engine import evaluate_run, summary_table
-    r = evaluate_run(a.run_dir, device=a.device)
+    from margin_notes.engine import evaluate_run
+    from margin_notes.report import summary_table
+    r = evaluate_run(a.run_dir, device=a.device, many=a.many, few=a.few)
     if a.json: print(json.dumps(r, indent=2))
     else: print(summary_table({r['name']: r}))
     return 0
 
 def _cmd_calibrate(a) -> int:
-    from margin_notes.engine import calibrate_run, summary_table, _parse_value
-    kw = {}
-    for o in a.overrides:
-        if '=' not in o: raise ValueError(f"option {o!r} must look like key=value")
-        k, v = o.split('=', 1); kw[k.strip()] = _parse_value(v.strip())
-    r = calibrate_run(a.run_dir, a.out, method=a.method, device=a.device, **kw)
+    from margin_notes.config import parse_overrides
+    from margin_notes.engine import calibrate_run
+    from margin_notes.report import summary_table
+    r = calibrate_run(a.run_dir, a.out, method=a.method, device=a.device, **dict(parse_overrides(a.overrides)))
     out = Path(a.out) if a.out else Path(a.run_dir).with_name(Path(a.run_dir).name + f'-{a.method}')
     print(summary_table({'stage 1': r['stage1'], a.method.upper(): r}))
     print(f"results: {(out / 'results.json').resolve()}")
     return 0
 
-def collect_results(dirs: Sequence) -> dict:
-    "label -> {'report', 'per_class_accuracy'} from run folders (results.json) and suite folders (summary.json) (chapter 14_cli)."
-    methods = {}
-    for d in map(Path, dirs):
-        found = False
-        if (d / 'summary.json').exists():
-            s = json.loads((d / 'summary.json').read_text())
-            for k, r in s['methods'].items(): methods[k if k not in methods else f'{d.name}/{k}'] = r
-            found = True
-        elif (d / 'results.json').exists():
-            r = json.loads((d / 'results.json').read_text())
-            methods[r.get('name', d.name)] = r; found = True
-        else:
-            for f in sorted(d.glob('*/results.json')):
-                r = json.loads(f.read_text()); methods[r.get('name', f.parent.name)] = r; found = True
-        if not found: raise FileNotFoundError(f"no results.json or summary.json in {d}")
-    return methods
-
 def _cmd_report(a) -> int:
-    from margin_notes.engine import summary_table, plot_summary
     from margin_notes.core import atomic_write_bytes
+    from margin_notes.report import collect_results, summary_table, plot_summary, group_report
     methods = collect_results(a.dirs)
+    if a.many is not None or a.few is not None:
+        for r in methods.values():
+            if r.get('class_counts') is None: raise ValueError(f"{r.get('name', 'a result')} has no class_counts: cannot regroup")
+            r['report'] = group_report(r['per_class_accuracy'], r['class_counts'], **_groups(a, r['report'].get('groups', {})))
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     table = summary_table(methods)
     atomic_write_bytes(out / 'report.md', ("# Results\n\nTest accuracy (%), from " + ', '.join(map(str, a.dirs)) + "\n\n" + table + "\n").encode())
@@ -107,23 +126,33 @@ def _cmd_report(a) -> int:
     return 0
 
 def _cmd_list(a) -> int:
-    from margin_notes.engine import PRESETS
+    from margin_notes.config import PRESETS
     for n, p in PRESETS.items():
         print(n + (' (suite)' if p.suite else ''))
         if a.verbose: print(textwrap.indent(textwrap.fill(p.source, 96), '    '))
     return 0
 
+# %% ../nbs/14_cli.ipynb #8bc10c1b
 def main(argv: Optional[Sequence[str]] = None, # arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `margin-notes` console command (chapter 14_cli)."
     p = _parser()
     a = p.parse_args(argv)
     if a.command is None: p.print_help(); return 0
+    cmds = {'run': _cmd_run, 'eval': _cmd_eval, 'calibrate': _cmd_calibrate, 'report': _cmd_report, 'list': _cmd_list}
     try:
-        return {'run': _cmd_run, 'eval': _cmd_eval, 'calibrate': _cmd_calibrate, 'report': _cmd_report, 'list': _cmd_list}[a.command](a)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"margin-notes {a.command}: error: {msg}", file=sys.stderr)
+        rc = cmds[a.command](a)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:   # stdout closed early: stop quietly, and keep the interpreter's final flush quiet too
+        try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError): pass
+        return 141
+    except Exception as e:
+        if os.environ.get('MARGIN_NOTES_DEBUG'): raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        kind = '' if isinstance(e, (KeyError, ValueError, FileNotFoundError, ImportError)) else f"{type(e).__name__}: "
+        print(f"margin-notes {a.command}: error: {kind}{msg}".replace('\n', ' '), file=sys.stderr)
         return 2
 
 # %% ../nbs/14_cli.ipynb #d0430863

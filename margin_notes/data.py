@@ -102,6 +102,21 @@ class DataBundle:
     @property
     def image_shape(self) -> tuple: return tuple(self.train_images.shape[1:])
 
+    def normalized(self, split: str = 'train', # 'train' or 'test'
+                  ) -> torch.Tensor:
+        "The images of `split` as normalised float32 tensors (N, C, H, W), for small sets used without a loader."
+        x = self.train_images if split == 'train' else self.test_images
+        C = x.shape[1]
+        m, s = (torch.tensor(v, dtype=torch.float32).view(1, C, 1, 1) for v in (self.mean, self.std))
+        return (x.float() / 255 - m) / s
+
+    # plain-tensor views for small sets (the digits through an MLP): inputs, labels, flattened input size
+    train_x = property(lambda self: self.normalized('train'))
+    test_x = property(lambda self: self.normalized('test'))
+    train_y = property(lambda self: self.train_labels)
+    test_y = property(lambda self: self.test_labels)
+    in_shape = property(lambda self: (int(np.prod(self.image_shape)),))
+
     def __repr__(self):
         return (f"DataBundle({self.label!r}: train {tuple(self.train_images.shape)}, test {tuple(self.test_images.shape)}, "
                 f"K={self.num_classes}, counts {self.class_counts[:3]}…{self.class_counts[-2:]})")

@@ -9,28 +9,37 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # %% auto #0
-__all__ = ['outputs_report', 'summary_table', 'plot_summary', 'write_csv', 'write_summary', 'collect_results']
+__all__ = ['group_report', 'outputs_report', 'summary_table', 'plot_summary', 'write_csv', 'write_summary', 'collect_results']
 
 # %% ../nbs/23_report.ipynb #c91d8c29
+def group_report(per_class_acc, # per-class accuracies (K,), fractions in [0, 1]
+                 class_counts, # training images per class (K,)
+                 many: float = 100, # Many: more than this many training images (CIFAR-LT convention)
+                 few: float = 20, # Few: fewer than this many training images (CIFAR-LT convention)
+                ) -> dict:
+    "`metrics.accuracy_report` with the Many/Medium/Few groups taken at the given thresholds (chapter 23_report)."
+    import torch
+    from margin_notes.metrics import accuracy_report, shot_groups
+    pca = torch.as_tensor(per_class_acc, dtype=torch.float64)
+    ps = inspect.signature(accuracy_report).parameters
+    if 'many' in ps and 'few' in ps: rep = accuracy_report(pca, class_counts=class_counts, many=many, few=few)
+    else:   # an accuracy_report without threshold parameters: the groups from shot_groups at ours
+        rep = accuracy_report(pca, class_counts=class_counts)
+        for k, idx in shot_groups(class_counts, many=many, few=few).items():
+            rep[k] = float(pca[idx].mean()) if len(idx) else float('nan')
+    rep['groups'] = {'many': many, 'few': few}
+    return rep
+
 def outputs_report(outputs, # test scores (N, K) (a torch tensor)
                    labels, # test labels (N,)
                    class_counts, # training images per class (K,)
                    many: float = 100, # Many: more than this many training images (CIFAR-LT convention)
                    few: float = 20, # Few: fewer than this many training images (CIFAR-LT convention)
                   ) -> dict:
-    "{'per_class_accuracy': [...], 'report': accuracy_report(...)} of test outputs, with Many/Few thresholds (chapter 23_report)."
-    from margin_notes.metrics import per_class_accuracy, accuracy_report, shot_groups
-    K = outputs.shape[1]
-    pca = per_class_accuracy(outputs.argmax(1), labels, K)
-    ps = inspect.signature(accuracy_report).parameters
-    if 'many' in ps and 'few' in ps: rep = accuracy_report(pca, class_counts=class_counts, many=many, few=few)
-    else:   # accuracy_report without threshold parameters: the groups from shot_groups with ours
-        rep = accuracy_report(pca, class_counts=class_counts)
-        acc = pca.double()
-        for k, idx in shot_groups(class_counts, many=many, few=few).items():
-            rep[k] = float(acc[idx].mean()) if len(idx) else float('nan')
-    rep['groups'] = {'many': many, 'few': few}
-    return {'per_class_accuracy': pca.tolist(), 'report': rep}
+    "{'per_class_accuracy': [...], 'report': group_report(...)} of test outputs (chapter 23_report)."
+    from margin_notes.metrics import per_class_accuracy
+    pca = per_class_accuracy(outputs.argmax(1), labels, outputs.shape[1])
+    return {'per_class_accuracy': pca.tolist(), 'report': group_report(pca, class_counts, many, few)}
 
 # %% ../nbs/23_report.ipynb #51286988
 def _fmt(v) -> str:
