@@ -430,8 +430,8 @@ def _crop_flip_draws(B: int, pad: int, flip: bool, device, generator=None) -> tu
 
 # %% ../nbs/10_data.ipynb #0a146de8
 class GPULoader:
-    "Batches from uint8 tensors held on a device: shuffling, random crop/flip and normalisation there (chapter 10_data)."
-    def __init__(self, images: torch.Tensor, # uint8 (N, C, H, W)
+    "Batches from tensors held on a device: shuffling, and for uint8 images random crop/flip and normalisation there (chapter 10_data)."
+    def __init__(self, images: torch.Tensor, # uint8 (N, C, H, W) images, or any (N, ...) inputs such as cached features
                  labels: torch.Tensor, # int64 (N,)
                  batch_size: int = 128, # images per batch
                  mean: Sequence[float] = CIFAR_MEAN, # per-channel mean in [0, 1] units
@@ -447,16 +447,20 @@ class GPULoader:
                  generator: Optional[torch.Generator] = None, # use this generator (on `device`) instead of a seeded one
                  rank: int = 0, # this process's index under data parallelism
                  world: int = 1, # number of processes: each takes its slice of every shuffled global batch
+                 transform=None, # applied to each batch instead of crop/flip/normalisation (e.g. uint8 -> float features)
                 ):
         self.device = torch.device(device) if device is not None else images.device
-        if images.dtype != torch.uint8 or images.dim() != 4: raise ValueError(f"`images` must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],): raise ValueError(f"`labels` must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
-        C = images.shape[1]
-        if len(mean) != C or len(std) != C: raise ValueError(f"`mean`/`std` need {C} entries")
-        self.images, self.labels = images.to(self.device), labels.to(self.device, torch.int64)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, C, 1, 1) / std_t
+        self.images, self.labels, self.transform = images.to(self.device), labels.to(self.device, torch.int64), transform
+        self.image_mode = transform is None and images.dtype == torch.uint8 and images.dim() == 4
+        if self.image_mode:
+            C = images.shape[1]
+            if len(mean) != C or len(std) != C: raise ValueError(f"`mean`/`std` need {C} entries")
+            std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
+            self.scale = 1.0 / (255.0 * std_t)
+            self.shift = -torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, C, 1, 1) / std_t
+        elif transform is None and not images.is_floating_point():
+            raise ValueError(f"`images` must be uint8 (N, C, H, W) images or floating-point inputs, got {images.dtype} {tuple(images.shape)}")
         self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last, self.channels_last = drop_last, channels_last
@@ -479,6 +483,9 @@ class GPULoader:
             lo, hi = (self.rank * B // self.world, (self.rank + 1) * B // self.world) if shard else (0, B)
             if order is None: x, y = self.images[sl], self.labels[sl]
             else: idx = order[sl][lo:hi]; x, y = self.images[idx], self.labels[idx]
+            if not self.image_mode:   # features (or a custom transform): no augmentation, no normalisation
+                yield (self.transform(x) if self.transform is not None else x.float()), y
+                continue
             if self.train and (self.pad or self.flip):
                 # drawn for the whole global batch and sliced: P processes augment exactly as one would
                 oy, ox, f = _crop_flip_draws(B, self.pad, self.flip, self.device, self.generator)

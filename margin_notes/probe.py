@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from .core import check_class_counts, check_features, check_targets, seed_everything
 
 # %% auto #0
-__all__ = ['PROBE_METHODS', 'GRID_COLUMNS', 'make_scaled_head', 'ProbeNet', 'probe_head', 'method_available', 'make_method_loss',
-           'Probe', 'fit_method', 'train_probe', 'evaluate_probe', 'run_method_grid', 'cifar10_probe_settings',
-           'cifar10_probe_features', 'probe_setting', 'fit_pca', 'grid_table', 'save_grid', 'load_grid']
+__all__ = ['PROBE_METHODS', 'GRID_COLUMNS', 'make_scaled_head', 'ProbeNet', 'probe_method', 'probe_head', 'method_available',
+           'make_method_loss', 'Probe', 'fit_method', 'train_probe', 'evaluate_probe', 'run_method_grid',
+           'cifar10_probe_settings', 'cifar10_probe_features', 'probe_setting', 'fit_pca', 'grid_table', 'save_grid',
+           'load_grid']
 
 # %% ../nbs/19_probe.ipynb #5bc39464
 class _Standardize(nn.Module):
@@ -28,25 +29,14 @@ class _Standardize(nn.Module):
         self.register_buffer('mean', torch.zeros(dim)); self.register_buffer('std', torch.ones(dim))
     def forward(self, x): return (x - self.mean) / self.std
 
-class _CosineHead(nn.Module):
-    "A cosine classifier (chapter 07_dbm) whose output is multiplied by a fixed scale (1 for cosine losses)."
-    def __init__(self, in_features: int, num_classes: int, scale: float = 1.0):
-        super().__init__()
-        from margin_notes.dbm import CosineClassifier
-        self.cos, self.scale = CosineClassifier(in_features, num_classes), float(scale)
-    @property
-    def weight(self): return self.cos.weight
-    def forward(self, x): return self.cos(x) * self.scale if self.scale != 1.0 else self.cos(x)
-
 def make_scaled_head(in_features: int, # feature dimension d
               num_classes: int, # K
               head: str = 'linear', # 'linear' (W phi + b) or 'cosine' (scale * cos theta, no bias)
               cosine_scale: float = 1.0, # factor on the cosines (1 for cosine losses, which scale themselves)
              ) -> nn.Module:
-    "A linear head, or a cosine head (chapter 07_dbm) times a fixed scale; both expose `.weight` (K, d) (chapter 19_probe)."
-    if head == 'linear': return nn.Linear(in_features, num_classes)
-    if head == 'cosine': return _CosineHead(in_features, num_classes, cosine_scale)
-    raise ValueError(f"`head` must be 'linear' or 'cosine', got {head!r}")
+    "`models.build_head(head, d, K, scale)`: a linear head, or a cosine head times a fixed scale; both expose `.weight` (K, d) (chapter 19_probe)."
+    from margin_notes.models import build_head
+    return build_head(head, in_features, num_classes, scale=cosine_scale)
 
 class ProbeNet(nn.Module):
     "Standardise → optional MLP adapter (D→hidden→ReLU) → linear or cosine head (chapter 19_probe)."
@@ -78,54 +68,40 @@ class ProbeNet(nn.Module):
 
 # %% ../nbs/19_probe.ipynb #ab86d8d2
 PROBE_METHODS = ('erm', 'focal', 'ldam-drw', 'bs', 'la', 'la-posthoc', 'marc', 'dbm', 'lwr', 'mr2')
-_NATIVE_HEAD = {'ldam-drw': 'cosine', 'dbm': 'cosine'}
-_POSTHOC = {'la-posthoc': 'erm', 'marc': 'erm'}
-_COSINE_LOSS = ('ldam-drw', 'dbm')  # losses that take cosines and carry their own scale
-_MODULE_OF = {'erm': 'baselines', 'focal': 'baselines', 'ldam-drw': 'baselines', 'bs': 'baselines', 'la': 'baselines',
-              'la-posthoc': 'baselines', 'marc': 'marc', 'dbm': 'dbm', 'lwr': 'lwr', 'mr2': 'mr2'}
+_PROBE_NAMES = {'dbm': 'dbm-bs'}   # the probe grids' `dbm` row is DBM on Balanced Softmax (registry 'dbm-bs')
 
-def probe_head(method: str, # one of PROBE_METHODS
+def probe_method(method: str # a name of PROBE_METHODS or any method of the registry (chapter 09_registry)
+                ):
+    "The registry entry a probe trains for `method` (`dbm` is DBM-BS in the probe grids) (chapter 19_probe)."
+    from margin_notes.registry import get_method
+    try: return get_method(_PROBE_NAMES.get(method, method))
+    except KeyError as e: raise ValueError(f"`method`: {e.args[0]}") from None
+
+def probe_head(method: str, # one of PROBE_METHODS (or a registry method)
                head: Optional[str] = None, # 'linear', 'cosine' or None for the method's default
               ) -> str:
-    "The head a method is trained with: `head` if given, else the method's default (chapter 19_probe)."
-    if method not in PROBE_METHODS: raise ValueError(f"`method` must be one of {PROBE_METHODS}, got {method!r}")
-    if head is None: return _NATIVE_HEAD.get(method, 'linear')
-    if method in _COSINE_LOSS and head != 'cosine': raise ValueError(f"`{method}` needs a cosine head, got head={head!r}")
+    "The head a method is trained with: `head` if given, else the one the method needs (chapter 19_probe)."
+    m = probe_method(method)
+    if head is None: return m.head
     if head not in ('linear', 'cosine'): raise ValueError(f"`head` must be 'linear' or 'cosine', got {head!r}")
+    if m.head == 'cosine' and head != 'cosine': raise ValueError(f"`{method}` needs a cosine head, got head={head!r}")
     return head
 
-def method_available(method: str # one of PROBE_METHODS
+def method_available(method: str # one of PROBE_METHODS (or a registry method)
                     ) -> bool:
     "True when the library module that implements `method` can be imported (chapter 19_probe)."
-    import importlib
-    try: importlib.import_module(f"margin_notes.{_MODULE_OF[method]}"); return True
-    except ImportError: return False
+    import importlib.util
+    return importlib.util.find_spec(f"margin_notes.{probe_method(method).module}") is not None
 
 # %% ../nbs/19_probe.ipynb #46aabbb4
-def make_method_loss(method: str, # one of PROBE_METHODS
+def make_method_loss(method: str, # one of PROBE_METHODS (or a registry method)
                      class_counts, # training counts (K,)
                      head: nn.Module, # the model's head (LWR reads its weight rows)
                      loss_kwargs: Optional[dict] = None, # overrides of the defaults
                     ) -> nn.Module:
-    "The training loss of a method with the book's default hyper-parameters (chapter 19_probe)."
-    kw = dict(loss_kwargs or {})
-    counts = check_class_counts(class_counts)
-    from margin_notes import baselines as B
-    if method in ('erm', 'la-posthoc', 'marc'): return B.CELoss(**kw)
-    if method == 'focal': return B.FocalLoss(**{'gamma': 1.0, **kw})
-    if method == 'bs': return B.BalancedSoftmaxLoss(counts, **kw)
-    if method == 'la': return B.LogitAdjustedLoss(counts, **{'tau': 1.0, **kw})
-    if method == 'ldam-drw': return B.LDAMLoss(counts, **{'max_margin': 0.5, 'scale': 30.0, **kw})
-    if method == 'dbm':
-        from margin_notes.dbm import DBMLoss
-        return DBMLoss(counts, **{'scale': 32.0, 'margin': 0.1, 'tau': 1.0, 'base': 'bs', **kw})
-    if method == 'lwr':
-        from margin_notes.lwr import LWRLoss
-        return LWRLoss(B.BalancedSoftmaxLoss(counts), head, **{'threshold': 0.4, **kw})
-    if method == 'mr2':
-        from margin_notes.mr2 import MR2Loss
-        return MR2Loss(len(counts), **kw)
-    raise ValueError(f"`method` must be one of {PROBE_METHODS}, got {method!r}")
+    "The training loss of a method with the book's defaults: `registry.build_method_loss` (chapter 19_probe)."
+    from margin_notes.registry import build_method_loss
+    return build_method_loss(probe_method(method), check_class_counts(class_counts).tolist(), head, loss_kwargs)
 
 # %% ../nbs/19_probe.ipynb #752b4a85
 @dataclass
@@ -150,13 +126,10 @@ class Probe:
         out = torch.cat([self.model(tf(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)])
         return self.posthoc(out) if self.posthoc is not None else out
 
-def _cosine_lr(base_lr: float, it: int, total: int) -> float:
-    return 0.5 * base_lr * (1 + math.cos(math.pi * it / max(total, 1)))
-
 def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module with .backbone and .head
                inputs: torch.Tensor, # training inputs (N, ...): cached features or images
                labels: torch.Tensor, # labels (N,)
-               method: str = 'erm', # one of PROBE_METHODS
+               method: str = 'erm', # one of PROBE_METHODS (or a registry method)
                *,
                head: Optional[str] = None, # 'linear' | 'cosine' | None (the method's default head)
                epochs: int = 30, # passes over the training set
@@ -167,17 +140,17 @@ def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module 
                seed: int = 0, # training seed (initialisation and batch order)
                class_counts=None, # training counts (K,); default: counted from labels
                num_classes: Optional[int] = None, # K; default: len(class_counts) or max label + 1
-               drw_at: float = 0.8, # fraction of the iterations after which DRW weights switch on (ldam-drw)
+               drw_at: float = 0.8, # fraction of the iterations after which DRW weights switch on (DRW methods)
                drw_beta: float = 0.9999, # DRW's beta
                cosine_scale: float = 30.0, # s for non-cosine losses on a cosine head
-               loss_kwargs: Optional[dict] = None, # overrides of the loss defaults
+               loss_kwargs: Optional[dict] = None, # overrides of the loss defaults (la-posthoc: tau)
                marc_kwargs: Optional[dict] = None, # options of fit_marc (marc only)
                erm_probe: Optional['Probe'] = None, # a trained erm model to reuse (la-posthoc, marc)
                transform: Optional[Callable] = None, # per-batch input transform (default: .float())
                extra: Optional[dict] = None, # extra entries for the stored config
               ) -> Probe:
-    "Train a model with one of the book's methods by mini-batch SGD; returns a `Probe` (chapter 19_probe)."
-    method_head = probe_head(method, head)
+    "Train a model with one of the book's methods through the trainer's loop (`engine.train_epochs`); returns a `Probe` (chapter 19_probe)."
+    m, method_head = probe_method(method), probe_head(method, head)
     if len(inputs) != len(labels):
         raise ValueError(f"`inputs` and `labels` differ in length: {len(inputs)} vs {len(labels)}")
     labels = labels.long()
@@ -187,56 +160,41 @@ def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module 
     counts = check_class_counts(class_counts, num_classes, 'class_counts')
     K = len(counts)
     check_targets(labels, K, len(labels), 'labels')
-    tf = transform or (lambda x: x.float())
     config = dict(method=method, head=method_head, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, seed=seed, drw_at=drw_at, cosine_scale=cosine_scale,
                   loss_kwargs=loss_kwargs or {}, marc_kwargs=marc_kwargs or {}, **(extra or {}))
     t0 = time.perf_counter()
-    if method in _POSTHOC:
+    if m.posthoc is not None:   # train (or reuse) the plain model, then the post-hoc step
         base = erm_probe
         if base is None or base.config.get('head') != method_head or base.config.get('seed') != seed:
             base = fit_method(make_model, inputs, labels, 'erm', head=method_head, epochs=epochs, batch_size=batch_size,
                               lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed, class_counts=counts,
                               cosine_scale=cosine_scale, transform=transform, extra=extra)
         probe = Probe(method, base.model, base.loss, transform=transform, history=base.history, config={**config, 'base': 'erm'})
-        if method == 'la-posthoc':
+        if m.posthoc == 'la':
             from margin_notes.baselines import logit_adjust_posthoc
-            tau = (loss_kwargs or {}).get('tau', 1.0)
+            tau = {**m.posthoc_kwargs, **(loss_kwargs or {})}.get('tau', 1.0)
             probe.posthoc = lambda z: logit_adjust_posthoc(z, counts, tau=tau)
         else:
-            probe.marc, probe.posthoc = _fit_marc_probe(base, inputs, labels, counts, **(marc_kwargs or {}))
+            probe.marc, probe.posthoc = _fit_marc_probe(base, inputs, labels, counts, **{**m.posthoc_kwargs, **(marc_kwargs or {})})
         probe.seconds = time.perf_counter() - t0 + base.seconds
         return probe
 
+    from margin_notes.data import GPULoader
+    from margin_notes.engine import train_epochs
+    from margin_notes.schedules import cosine_lr
     g = seed_everything(seed)
-    model = make_model(method_head, 1.0 if method in _COSINE_LOSS else cosine_scale)
+    model = make_model(method_head, 1.0 if m.head == 'cosine' else cosine_scale)
     loss = make_method_loss(method, counts, model.head, loss_kwargs)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    N = len(labels); steps = math.ceil(N / batch_size); total = epochs * steps
-    drw_it = int(math.floor(drw_at * total)) if method == 'ldam-drw' else None
-    history, it = [], 0
-    for ep in range(epochs):
-        model.train(); loss.train()
-        perm = torch.randperm(N, generator=g)
-        sums, n_seen = {}, 0
-        for s in range(steps):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
-            if it == drw_it:
-                from margin_notes.baselines import drw_weights
-                loss.set_class_weight(drw_weights(counts, beta=drw_beta).float())
-            for grp in opt.param_groups: grp['lr'] = _cosine_lr(lr, it, total)
-            if hasattr(loss, 'set_progress'): loss.set_progress(it / total)
-            x, y = tf(inputs[idx]), labels[idx]
-            feats = model.backbone(x)
-            out = model.head(feats)
-            l = loss(out, y, features=feats)
-            opt.zero_grad(set_to_none=True); l.backward(); opt.step(); it += 1
-            b = len(idx); n_seen += b
-            sums['loss'] = sums.get('loss', 0.0) + float(l.detach()) * b  # one host read per step: CPU training
-            for k, v in getattr(loss, 'last', {}).items():
-                if torch.is_tensor(v) and v.numel() == 1: sums[k] = sums.get(k, 0.0) + float(v) * b
-                elif isinstance(v, (int, float)): sums[k] = sums.get(k, 0.0) + float(v) * b
-        history.append({'epoch': ep + 1, **{k: v / n_seen for k, v in sums.items()}})
+    batches = GPULoader(inputs, labels, batch_size, train=True, generator=g, transform=transform or (lambda x: x.float()))
+    total = epochs * len(batches)
+    drw = {}
+    if m.drw:
+        from margin_notes.baselines import drw_weights
+        drw = dict(drw_step=int(math.floor(drw_at * total)), drw_weights=drw_weights(counts, beta=drw_beta).float())
+    rows = train_epochs(model, loss, batches, opt, lambda it: cosine_lr(lr, it, total), epochs, **drw)
+    history = [{'epoch': r['epoch'], **{k[len('train_'):]: v for k, v in r.items() if k.startswith('train_')}} for r in rows]
     model.eval(); loss.eval()
     return Probe(method, model, loss, transform=transform, history=history, seconds=time.perf_counter() - t0, config=config)
 
@@ -259,16 +217,12 @@ def train_probe(train_feats: torch.Tensor, # cached training features (N, D)
     return fit_method(make_model, train_feats, train_labels, method, head=head, extra={'hidden': hidden}, **kwargs)
 
 # %% ../nbs/19_probe.ipynb #741a22cb
-def _head_weight_norms(model: nn.Module) -> torch.Tensor:
-    h = model.head
-    if isinstance(h, nn.Linear): return h.weight.detach().norm(dim=1)
-    return torch.full((h.weight.shape[0],), float(getattr(h, 'scale', 1.0)))
-
 def _fit_marc_probe(base: Probe, inputs: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, **kw):
     "Fit MARC's (omega, beta) on the training logits of `base`; returns (fit, calibration function)."
     from margin_notes.marc import fit_marc, marc_logits
     with torch.no_grad(): logits = base.scores(inputs)
-    norms = _head_weight_norms(base.model)
+    from margin_notes.models import head_weight_norms
+    norms = head_weight_norms(base.model.head)
     fit = fit_marc(logits, norms, labels, counts, **kw)
     return fit, (lambda z: marc_logits(z, norms, fit.omega, fit.beta))
 
@@ -292,7 +246,8 @@ def _toy_problem(num_classes: int = 10, dim: int = 32, n_max: int = 100, imbalan
                  seed: int = 0):
     "Long-tailed Gaussian blobs: (train_x, train_y, test_x, test_y, counts)."
     g = torch.Generator().manual_seed(seed)
-    counts = [int(n_max * (1 / imbalance) ** (i / (num_classes - 1))) for i in range(num_classes)]
+    from margin_notes.data import cifar_lt_counts
+    counts = cifar_lt_counts(num_classes, imbalance, n_max=n_max)
     means = torch.randn(num_classes, dim, generator=g) * torch.linspace(0.6, 1.2, num_classes)[:, None]
     def draw(ns):
         ys = torch.cat([torch.full((n,), k) for k, n in enumerate(ns)])
@@ -371,7 +326,7 @@ def cifar10_probe_features(settings: dict, # name -> training counts per class (
                            size: int = 96, # input resolution of the backbone
                            test_per_class: Optional[int] = None, # first n test images per class (file order); None = all
                            pool_per_class: Optional[int] = None, # read only the first n training images per class (smoke)
-                           subsample_seed: int = 0, # seed of the per-class shuffle (SPEC §7.1)
+                           subsample_seed: int = 0, # seed of the per-class shuffle (chapter 10)
                            batch_size: int = 100, # backbone batch size
                            backbone: Optional[nn.Module] = None, # default: EfficientNet-Lite0 with ImageNet weights
                            cache: bool = True, # cache under cache_dir('features'); False: a temporary folder
