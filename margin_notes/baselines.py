@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (KeepBufferPrecision, check_class_counts, check_finite, check_num_classes, check_positive,
+from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_finite, check_num_classes, check_positive,
                                document_parameters, loss_targets)
 
 # %% auto #0
@@ -76,7 +76,7 @@ class CELoss(_ClassWeighted):
 
     def forward(self, logits, targets, features=None):
         targets = self._check(logits, targets)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits):
             return F.cross_entropy(logits.to(_float_dtype(logits)), targets,
                                    weight=None if self.weight is None else self.weight.to(_float_dtype(logits)))
 
@@ -96,7 +96,7 @@ class BalancedSoftmaxLoss(_ClassWeighted):
 
     def forward(self, logits, targets, features=None):
         targets = self._check(logits, targets)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits):
             dt = _float_dtype(logits)
             per = F.cross_entropy(logits.to(dt) + self.log_prior.to(dt), targets, reduction='none')
             return _weighted_mean(per, targets, self.weight)
@@ -115,7 +115,7 @@ class LogitAdjustedLoss(_ClassWeighted):
 
     def forward(self, logits, targets, features=None):
         targets = self._check(logits, targets)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits):
             dt = _float_dtype(logits)
             per = F.cross_entropy(logits.to(dt) + self.tau * self.log_prior.to(dt), targets, reduction='none')
             return _weighted_mean(per, targets, self.weight)
@@ -159,7 +159,7 @@ class LDAMLoss(_ClassWeighted):
                 features=None, # ignored (uniform loss signature)
                ):
         targets = self._check(cosines, targets, cosine_owner='LDAMLoss', name='cosines')
-        with torch.autocast(device_type=cosines.device.type, enabled=False):
+        with autocast_off(cosines):
             dt = _float_dtype(cosines)
             x = cosines.to(dt)
             onehot = (torch.arange(x.shape[1], device=x.device)[None, :] == targets[:, None]).to(dt)  # no host sync
@@ -179,7 +179,7 @@ class FocalLoss(_ClassWeighted):
 
     def forward(self, logits, targets, features=None):
         targets = self._check(logits, targets)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits):
             ce = F.cross_entropy(logits.to(_float_dtype(logits)), targets, reduction='none')
             per = (-torch.expm1(-ce)).clamp_min(0) ** self.gamma * ce if self.gamma != 0 else ce
             return _weighted_mean(per, targets, self.weight)

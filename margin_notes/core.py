@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb #580be303
 from __future__ import annotations
 import inspect, json, linecache, math, os, random, sys, tempfile, tokenize
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -14,10 +14,10 @@ import torch
 
 # %% auto #0
 __all__ = ['LABEL_DTYPES', 'user_cache_root', 'data_root', 'cache_dir', 'find_data', 'is_smoke', 'smoke_or', 'seed_everything',
-           'set_value_checks', 'value_checks', 'check_finite', 'check_targets', 'check_logits_targets', 'check_cosines',
-           'loss_targets', 'check_features', 'check_class_counts', 'check_num_classes', 'check_positive',
-           'KeepBufferPrecision', 'params_doc', 'document_parameters', 'atomic_write_bytes', 'atomic_write_json',
-           'atomic_torch_save']
+           'set_value_checks', 'value_checks', 'autocast_off', 'check_finite', 'check_targets', 'check_logits_targets',
+           'check_cosines', 'loss_targets', 'check_features', 'check_class_counts', 'check_num_classes',
+           'check_positive', 'KeepBufferPrecision', 'params_doc', 'document_parameters', 'atomic_write_bytes',
+           'atomic_write_json', 'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #4cd67d68
 def user_cache_root() -> Path:
@@ -86,6 +86,12 @@ def value_checks(on: bool # on or off for CPU and accelerator tensors alike
     old = set_value_checks(on, on)
     try: yield
     finally: _VALUE_CHECKS.update(old)
+
+def autocast_off(t: torch.Tensor # a tensor on the device where the loss computes
+                ):
+    "Context that switches autocast off on `t`'s device, so that a loss computes in float32 or wider; a no-op context on devices without autocast (`meta`)."
+    try: return torch.autocast(device_type=t.device.type, enabled=False)
+    except RuntimeError: return nullcontext()
 
 def _check_values(t: torch.Tensor) -> bool:
     "Whether the values of `t` may be read: never for `meta` tensors (they have none)."

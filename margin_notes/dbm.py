@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (KeepBufferPrecision, check_class_counts, check_features, check_finite, check_num_classes,
+from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_num_classes,
                                document_parameters, loss_targets)
 
 # %% auto #0
@@ -125,7 +125,7 @@ class DBMLoss(KeepBufferPrecision, nn.Module):
         t = loss_targets(cosines, targets, name='cosines', cosine_owner='DBMLoss')
         if cosines.shape[1] != self.num_classes:
             raise ValueError(f"`cosines` has {cosines.shape[1]} columns but class_counts has {self.num_classes} classes")
-        with torch.autocast(device_type=cosines.device.type, enabled=False):
+        with autocast_off(cosines):
             c = _at_least_f32(cosines)                                    # non-target cosines: unclamped
             c_y = c.gather(1, t[:, None]).squeeze(1).clamp(-1 + self.eps, 1 - self.eps)   # only the target goes through arccos
             theta = torch.acos(c_y)
@@ -152,7 +152,7 @@ class DBMLoss(KeepBufferPrecision, nn.Module):
                 features: Optional[torch.Tensor] = None, # ignored (uniform loss signature)
                ) -> torch.Tensor:
         z = self.margined_logits(cosines, targets)
-        with torch.autocast(device_type=cosines.device.type, enabled=False):
+        with autocast_off(cosines):
             loss = F.cross_entropy(z, targets.long(), weight=self.weight.to(z.dtype))
         self.last['loss'] = loss.detach()
         return loss

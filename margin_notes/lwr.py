@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import KeepBufferPrecision, check_finite, check_positive, document_parameters
+from .core import KeepBufferPrecision, autocast_off, check_finite, check_positive, document_parameters
 
 # %% auto #0
 __all__ = ['LWRegularizer', 'lwr_lambda', 'LWRLoss', 'with_lwr']
@@ -44,7 +44,7 @@ class LWRegularizer(nn.Module):
             raise ValueError(f"`weight` must be a (K, D) matrix of class weight rows, got shape {tuple(weight.shape)}")
         if not weight.is_floating_point(): raise ValueError(f"`weight` must be floating point, got {weight.dtype}")
         check_finite(weight, 'weight')
-        with torch.autocast(device_type=weight.device.type, enabled=False):
+        with autocast_off(weight):
             w = weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
             wn = F.normalize(w, dim=1, eps=self.eps)
             S = wn @ wn.T
@@ -59,7 +59,7 @@ class LWRegularizer(nn.Module):
     def forward(self, weight: torch.Tensor # class weight rows (K, D), bias excluded
                ) -> torch.Tensor:
         s, mask = self._similarities(weight)
-        with torch.autocast(device_type=weight.device.type, enabled=False):
+        with autocast_off(weight):
             per_class = torch.logsumexp(s, dim=1) - s.diagonal()
             r = per_class.sum() if self.reduction == 'sum' else per_class.mean()
             out = self.lwr_weight * r

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (KeepBufferPrecision, check_class_counts, check_features, check_finite, check_logits_targets,
+from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_logits_targets,
                                document_parameters, loss_targets)
 
 # %% auto #0
@@ -55,7 +55,7 @@ class MARCLoss(KeepBufferPrecision, nn.Module):
         if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != self.num_classes:
             raise ValueError(f"`logits` has {logits.shape[1]} columns but class_counts has {self.num_classes} classes")
         targets = loss_targets(logits, targets)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits):
             z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
             loss = _weighted_ce(z, targets, self.weight, self.reduction)
         self.last = {'loss': loss.detach()}

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (KeepBufferPrecision, check_features, check_num_classes, check_positive, document_parameters,
+from .core import (KeepBufferPrecision, autocast_off, check_features, check_num_classes, check_positive, document_parameters,
                                loss_targets)
 from .margins import optimal_margins
 from .stats import ClassStats
@@ -117,7 +117,7 @@ class MR2Loss(KeepBufferPrecision, nn.Module):
         K = self.num_classes
         if features is None: raise ValueError("MR2Loss needs `features` (the penultimate features, shape (B, D))")
         check_features(features, logits.shape[0])
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits):
             dt = torch.promote_types(logits.dtype, torch.float32)   # float32 under autocast, float64 stays float64
             f = features.to(dt)
             fu = F.normalize(f, dim=1) if self.rep_normalize else f

@@ -1,0 +1,274 @@
+"""One parametrised bad-input matrix over every public loss of the library.
+
+Each loss is ONE entry of `LOSSES` (name -> Case(factory, kind)); every test below runs over all of them, so a new
+loss is covered by adding one line. `kind` says what the loss is fed: 'logits' (a linear head), 'cosines' (a cosine
+head: values in [-1, 1]); `features=True` when the loss also needs the penultimate features.
+"""
+import inspect
+import math
+import pydoc
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss, LogitAdjustedLoss,
+                                    drw_class_weights_at, drw_weights)
+from margin_notes.core import value_checks
+from margin_notes.dbm import DBMComposite, DBMLoss
+from margin_notes.lwr import LWRLoss
+from margin_notes.marc import MARCLoss, fit_marc
+from margin_notes.mr2 import MR2Loss
+
+K, D, B = 4, 5, 12
+COUNTS = [40, 20, 8, 2]
+
+
+@dataclass
+class Case:
+    factory: Callable[[], nn.Module]
+    kind: str = 'logits'            # 'logits' or 'cosines'
+    features: bool = False          # the loss needs features=(B, D)
+    weighted: bool = True           # has set_class_weight (per-class weights change the answer)
+
+
+def _lwr():
+    loss = LWRLoss(BalancedSoftmaxLoss(COUNTS), nn.Linear(D, K), threshold=0.0)
+    loss.set_progress(0.25)          # the trainer's job; lambda = 0.5625
+    return loss
+
+
+LOSSES = {
+    'ce': Case(lambda: CELoss(num_classes=K)),
+    'ce-drw': Case(lambda: CELoss(drw_class_weights_at(9, COUNTS, start_frac=0.8, total_epochs=10, beta=0.99))),
+    'balanced_softmax': Case(lambda: BalancedSoftmaxLoss(COUNTS)),
+    'logit_adjusted': Case(lambda: LogitAdjustedLoss(COUNTS, tau=1.5)),
+    'focal': Case(lambda: FocalLoss(2.0, num_classes=K)),
+    'ldam': Case(lambda: LDAMLoss(COUNTS), 'cosines'),
+    'ldam-drw': Case(lambda: LDAMLoss(COUNTS, weight=drw_weights(COUNTS, 0.99)), 'cosines'),
+    'mr2': Case(lambda: MR2Loss(K, lam=0.3), features=True, weighted=False),
+    'mr2-released': Case(lambda: MR2Loss(K, lam=0.3, variant='released'), features=True, weighted=False),
+    'dbm-ce': Case(lambda: DBMLoss(COUNTS, margin=0.3), 'cosines'),
+    'dbm-bs': Case(lambda: DBMLoss(COUNTS, margin=0.3, base='bs'), 'cosines'),
+    'dbm+mr2': Case(lambda: DBMComposite(MR2Loss(K, lam=0.3), COUNTS, margin=0.3), 'cosines', features=True,
+                    weighted=False),
+    'bs+lwr': Case(_lwr),
+    'marc': Case(lambda: MARCLoss(COUNTS), weighted=False),
+}
+NAMES = list(LOSSES)
+
+
+def inputs(case, seed=0, b=B, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    out = (torch.rand(b, K, generator=g) * 1.8 - 0.9) if case.kind == 'cosines' else torch.randn(b, K, generator=g) * 2
+    y = torch.arange(b) % K                      # every class present
+    f = torch.randn(b, D, generator=g) if case.features else None
+    return out.to(dtype), y, (None if f is None else f.to(dtype))
+
+
+def call(loss, out, y, f):
+    return loss(out, y, features=f) if f is not None else loss(out, y)
+
+
+def fresh(name):
+    torch.manual_seed(0)
+    return LOSSES[name].factory()
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.int8, torch.int16, torch.int32])
+@pytest.mark.parametrize('name', NAMES)
+def test_any_integer_label_dtype_gives_the_int64_answer(name, dtype):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    for weights in ([None, [1.0, 2.0, 3.0, 0.5]] if case.weighted else [None]):
+        ref_loss, loss = fresh(name), fresh(name)
+        if weights is not None:
+            ref_loss.set_class_weight(weights); loss.set_class_weight(weights)
+        ref = call(ref_loss, out, y, f)
+        got = call(loss, out, y.to(dtype), f)
+        assert torch.isfinite(ref)
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('bad', ['float', 'bool', 'high', 'negative'])
+@pytest.mark.parametrize('name', NAMES)
+def test_bad_labels_raise_naming_targets(name, bad):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    y = {'float': y.float(), 'bool': y % 2 == 0, 'high': y.clone().fill_(K), 'negative': y - 1}[bad]
+    with pytest.raises((ValueError, TypeError), match='targets'):
+        call(fresh(name), out, y, f)
+
+
+# ------------------------------------------------------------------------------------------------ shapes, K, empty
+
+@pytest.mark.parametrize('name', NAMES)
+def test_wrong_shapes_raise_value_errors(name):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    for args in [(out[0], y, f), (out, y[:-1], f), (out, y[:, None], f), (out[:, :, None], y, f)]:
+        with pytest.raises(ValueError):
+            call(fresh(name), *args)
+    if case.features:
+        with pytest.raises(ValueError, match='features'):
+            call(fresh(name), out, y, f[:-1])
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_wrong_number_of_classes(name):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    wide = torch.cat([out, out[:, :1]], 1)
+    with pytest.raises(ValueError, match=r'columns|classes|num_classes|rows|shape'):
+        call(fresh(name), wide, y, f)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_empty_batch_is_a_clear_error(name):
+    case = LOSSES[name]
+    out, y, f = inputs(case, b=0)
+    with pytest.raises(ValueError, match='empty batch'):
+        call(fresh(name), out, y, f)
+
+
+def test_fit_marc_empty_cache_is_a_clear_error():
+    with pytest.raises(ValueError, match='empty batch'):
+        fit_marc(torch.zeros(0, K), torch.ones(K), torch.zeros(0, dtype=torch.long), COUNTS)
+    # and uint8 labels give the int64 fit
+    g = torch.Generator().manual_seed(0)
+    eta, y = torch.randn(40, K, generator=g), torch.arange(40) % K
+    a = fit_marc(eta, torch.ones(K), y, COUNTS, max_iter=20)
+    b = fit_marc(eta, torch.ones(K), y.to(torch.uint8), COUNTS, max_iter=20)
+    torch.testing.assert_close(a.omega, b.omega, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ values
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+@pytest.mark.parametrize('name', NAMES)
+def test_non_finite_scores_raise_with_checks_on(name, bad):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    out = out.clone(); out[1, 2] = bad
+    with pytest.raises(ValueError, match='NaN or inf'):
+        call(fresh(name), out, y, f)
+    if case.features:
+        out, y, f = inputs(case)
+        f = f.clone(); f[0, 0] = bad
+        with pytest.raises(ValueError, match='NaN or inf'):
+            call(fresh(name), out, y, f)
+
+
+@pytest.mark.parametrize('name', [n for n, c in LOSSES.items() if c.kind == 'cosines'])
+def test_cosine_losses_refuse_linear_logits(name):
+    case = LOSSES[name]
+    _, y, f = inputs(case)
+    logits = nn.Linear(D, K)(torch.randn(B, D) * 4)
+    cls = type(fresh(name).dbm if name == 'dbm+mr2' else fresh(name)).__name__
+    with pytest.raises(ValueError, match=rf'{cls} expects `cosines` in \[-1, 1\] from a cosine head'):
+        call(fresh(name), logits, y, f)
+    # rounding just past 1 (a cosine head in low precision) is accepted
+    out, y, f = inputs(case)
+    out = out.clone(); out[0, 0] = 1.0005
+    assert torch.isfinite(call(fresh(name), out, y, f))
+    # with value checks off (the accelerator path) nothing is read, so nothing is raised
+    with value_checks(False):
+        call(fresh(name), logits, y, f)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_numpy_inputs_raise_type_errors(name):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    for args in [(out.numpy(), y, f), (out, y.numpy(), f)] + ([(out, y, f.numpy())] if case.features else []):
+        with pytest.raises(TypeError, match='torch.Tensor'):
+            call(fresh(name), *args)
+
+
+# ------------------------------------------------------------------------------------------------ devices, dtypes
+
+def _move(loss, device):
+    loss = loss.to(device)
+    if isinstance(loss, LWRLoss) and isinstance(loss._head, nn.Module):
+        loss._head.to(device)
+    return loss
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_runs_on_meta_tensors(name):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    loss = _move(fresh(name), 'meta')
+    val = call(loss, out.to('meta'), y.to('meta'), None if f is None else f.to('meta'))
+    assert val.device.type == 'meta' and val.dim() == 0
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_half_keeps_buffers_at_least_float32(name):
+    case = LOSSES[name]
+    out, y, f = inputs(case)
+    ref = call(fresh(name), out, y, f)
+    loss = fresh(name)
+    before = {k: v.dtype for k, v in loss.named_buffers() if v.is_floating_point()}
+    loss.half()
+    after = {k: v.dtype for k, v in loss.named_buffers() if v.is_floating_point()}
+    assert after == before, (before, after)
+    # the same float32 inputs give the same answer as before .half()
+    torch.testing.assert_close(call(loss, out, y, f), ref, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ constructors
+
+@pytest.mark.parametrize('make,msg', [
+    (lambda: MR2Loss(10.7), 'whole number'),
+    (lambda: MR2Loss(0), 'num_classes'),
+    (lambda: MR2Loss(4, eps=0.0), 'eps'),
+    (lambda: MR2Loss(4, eps=-1.0), 'eps'),
+    (lambda: CELoss(num_classes=2.5), 'whole number'),
+    (lambda: FocalLoss(num_classes=True), 'whole number'),
+    (lambda: DBMLoss(COUNTS, margin=4.0), 'pi'),
+    (lambda: DBMLoss(COUNTS, eps=0.0), 'eps'),
+    (lambda: LDAMLoss(COUNTS, max_margin=2.5), 'max_margin'),
+    (lambda: LDAMLoss(COUNTS, scale=0.0), 'scale'),
+    (lambda: BalancedSoftmaxLoss([4, 0, 1]), 'positive'),
+    (lambda: MARCLoss(COUNTS, gamma=-1.0), 'gamma'),
+    (lambda: drw_class_weights_at(3, COUNTS), 'start_epoch'),
+])
+def test_constructor_arguments_are_validated(make, msg):
+    with pytest.raises(ValueError, match=msg):
+        make()
+
+
+def test_lwr_transposed_head_weight():
+    head = nn.Linear(D, K)
+    out, y, f = inputs(LOSSES['bs+lwr'])
+    with pytest.raises(ValueError, match='transposed'):
+        LWRLoss(BalancedSoftmaxLoss(COUNTS), head.weight.detach().T)(out, y)
+
+
+# ------------------------------------------------------------------------------------------------ help()
+
+@pytest.mark.parametrize('name', NAMES)
+def test_help_lists_every_constructor_argument(name):
+    cls = type(fresh(name))
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    params = [p for p in inspect.signature(cls.__init__).parameters if p != 'self']
+    section = cls.__doc__.split('Parameters\n----------', 1)
+    assert len(section) == 2, f"{cls.__name__}: no Parameters section in __doc__"
+    for p in params:   # '<name> : <type>, default <d>' or '<name>', then an indented, non-empty description
+        assert re.search(rf'^\*{{0,2}}{p}( :.*)?\n    \S', section[1], re.M), f"{cls.__name__}.{p} is not documented"
+    assert 'Parameters' in text and 'c-bar' in pydoc.render_doc(MR2Loss, renderer=pydoc.plaintext)
+
+
+def test_show_doc_does_not_repeat_the_parameters():
+    """nbdev's show_doc renders the summary of a numpy docstring, the arguments come from the docments once."""
+    showdoc = pytest.importorskip('nbdev.showdoc')
+    md = showdoc.show_doc(MR2Loss)._repr_markdown_()
+    assert 'Parameters' not in md and '----------' not in md
+    assert md.count('mean_margin') == 1 and 'c-bar: the mean of the margins gamma' in md
