@@ -4,7 +4,8 @@
 
 # %% ../nbs/15_style.ipynb #e0292224
 from __future__ import annotations
-import matplotlib as mpl
+from .registry import import_extra
+_mpl = import_extra('matplotlib')   # figures need the `book` extra
 
 # %% auto #0
 __all__ = ['BOOK_RC', 'METHOD_COLORS', 'use_book_style', 'method_color']
@@ -26,7 +27,7 @@ _FALLBACK = ['#bcbd22', '#8c564b', '#aec7e8', '#98df8a', '#c49c94', '#dbdb8d', '
 
 def use_book_style():
     "Apply the book's matplotlib style (chapter 15_style)."
-    mpl.rcParams.update(BOOK_RC)
+    _mpl.rcParams.update(BOOK_RC)
 
 def method_color(method: str # method name, e.g. 'mr2', 'bs-lwr', 'LDAM-DRW'
                 ) -> str:
