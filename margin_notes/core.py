@@ -258,7 +258,8 @@ def _fmt_annotation(a) -> str:
     if a is inspect.Parameter.empty: return ''
     return a if isinstance(a, str) else getattr(a, '__name__', None) or repr(a).replace('typing.', '')
 
-def params_doc(fn) -> str:
+def params_doc(fn, # a Python function (for a class: its `__init__`)
+              ) -> str:
     "A numpy-style 'Parameters' section built from the docments (comments after the parameters) of `fn`; '' if none."
     comments = _param_comments(fn)
     if not comments: return ''
@@ -284,7 +285,7 @@ def document_parameters(module_name: str, # a module with `__all__` (a notebook'
     mod = sys.modules.get(module_name)
     for nm in getattr(mod, '__all__', ()):
         obj = getattr(mod, nm, None)
-        if inspect.isfunction(obj): _append_params(obj, obj)
+        if inspect.isfunction(obj): _append_params(obj, inspect.unwrap(obj))   # unwrap: @contextmanager and the like
         elif inspect.isclass(obj) and obj.__module__ == module_name:
             init = obj.__dict__.get('__init__')
             if inspect.isfunction(init): _append_params(obj, init)
@@ -297,7 +298,9 @@ def _default_mode() -> int:
     um = os.umask(0); os.umask(um)
     return 0o666 & ~um
 
-def atomic_write_bytes(path, data: bytes):
+def atomic_write_bytes(path, # destination file (its folder is created if missing)
+                       data: bytes, # the complete new content
+                      ):
     "Write `data` to `path` atomically (temporary file in the same folder, then `os.replace`)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.', suffix='.tmp')
@@ -318,11 +321,16 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
 
-def atomic_write_json(path, obj: Any, indent: int = 2):
+def atomic_write_json(path, # destination file
+                      obj: Any, # JSON-serialisable object (numpy and torch values are converted)
+                      indent: int = 2, # indentation of the JSON text
+                     ):
     "Write `obj` as JSON atomically. NaN is written as `NaN` (undefined groups stay undefined)."
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent, default=_json_default) + '\n').encode())
 
-def atomic_torch_save(obj: Any, path):
+def atomic_torch_save(obj: Any, # anything `torch.save` accepts
+                      path, # destination file
+                     ):
     "`torch.save` to `path` atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.', suffix='.tmp'); os.close(fd)
