@@ -8,6 +8,7 @@ import torch
 
 from margin_notes import engine as E
 from margin_notes.engine import Config, PRESETS, get_config, apply_overrides, fit, lr_at, build_loss
+from margin_notes.config import ConfigError, resolve, validate_config
 
 os.environ.setdefault('MARGIN_NOTES_NO_PROGRESS', '1')
 
@@ -27,10 +28,11 @@ def test_config_roundtrip_json_yaml(tmp_path):
 
 
 def test_unknown_keys_are_named():
-    with pytest.raises(KeyError, match="'lernrate'"): apply_overrides(Config(), ['lernrate=0.1'])
-    with pytest.raises(KeyError, match="'foo'"): Config.from_dict({'foo': 1})
-    with pytest.raises(ValueError, match='key=value'): apply_overrides(Config(), ['epochs'])
-    with pytest.raises(KeyError, match='cifar100-r32-mr2'): get_config('cifar100-r32-mr')
+    with pytest.raises(ConfigError, match="'lernrate'"): apply_overrides(Config(), ['lernrate=0.1'])
+    with pytest.raises(ConfigError, match="'epoch'.*did you mean 'epochs'"): apply_overrides(Config(), ['epoch=3'])
+    with pytest.raises(ConfigError, match="'foo'"): Config.from_dict({'foo': 1})
+    with pytest.raises(ConfigError, match='key=value'): apply_overrides(Config(), ['epochs'])
+    with pytest.raises(ConfigError, match='cifar100-r32-mr2'): get_config('cifar100-r32-mr')
 
 
 def test_override_value_types():
@@ -50,7 +52,9 @@ def test_required_presets_exist_and_document_a_source():
     clip = PRESETS['imagenet-clip-rn50-mr2']
     assert (clip.optimizer, clip.lr, clip.weight_decay, clip.epochs, clip.batch_size) == ('adamw', 3e-5, 0.1, 10, 512)
     ldam = PRESETS['cifar10lt100-r32-ldam-drw']
-    assert (ldam.head, ldam.loss, ldam.drw_start, ldam.milestones, ldam.lr, ldam.weight_decay) == ('cosine', 'ldam', 160, [160, 180], 0.1, 2e-4)
+    assert (resolve(ldam)['head'], ldam.loss, ldam.drw_start, ldam.milestones, ldam.lr, ldam.weight_decay) == ('cosine', 'ldam-drw', 160, [160, 180], 0.1, 2e-4)
+    assert resolve(PRESETS['cifar100lt100-r32-dbm'])['method'].loss_kwargs.get('base', 'ce') == 'ce'   # DBM presets: DBM-CE
+    assert 'SPEC' not in json.dumps({n: p.to_dict() for n, p in PRESETS.items()})
 
 
 def test_marc_preset_epochs_match_iteration_budget():
@@ -67,16 +71,25 @@ def test_every_preset_builds_its_loss(name):
     cfg = PRESETS[name]
     K = 1000 if 'imagenet' in cfg.dataset else (100 if '100' in cfg.dataset.replace('lt100', '') and 'cifar100' in cfg.dataset else 10)
     counts = [max(1, int(500 * 0.01 ** (i / (K - 1)))) for i in range(K)]
-    loss = build_loss(cfg, counts)
-    out = torch.randn(8, K).clamp(-1, 1) if cfg.head == 'cosine' else torch.randn(8, K)
-    head_w = torch.randn(K, 16, requires_grad=True)
-    val = loss(out, torch.randint(0, K, (8,)), features=torch.randn(8, 16), head_weight=head_w)
+    validate_config(cfg)
+    model = torch.nn.Module(); model.head = torch.nn.Linear(16, K)
+    loss = build_loss(cfg, counts, model)
+    r = resolve(cfg)
+    out = torch.randn(8, K).clamp(-1, 1) if r['head'] == 'cosine' else torch.randn(8, K)
+    val = loss(out, torch.randint(0, K, (8,)), features=torch.randn(8, 16))
     assert val.dim() == 0 and torch.isfinite(val)
-    if cfg.drw_start is not None: loss.set_class_weight(torch.ones(K))
+    if r['drw_start'] is not None: loss.set_class_weight(torch.ones(K))
 
 
 def test_cosine_losses_need_cosine_head():
-    with pytest.raises(ValueError, match="head='cosine'"): build_loss(Config(loss='ldam', head='linear'), [5, 3, 1])
+    with pytest.raises(ValueError, match="head='cosine'"): validate_config(Config(loss='ldam', head='linear'))
+    with pytest.raises(ValueError, match='unscaled cosines'): validate_config(Config(loss='bs', head='cosine'))
+
+
+def test_drw_methods_default_to_80_percent_of_the_run():
+    assert resolve(Config(loss='ldam-drw', epochs=50))['drw_start'] == 40
+    assert resolve(Config(loss='ldam', epochs=50))['drw_start'] is None
+    assert resolve(Config(loss='bs', drw_start=3))['drw_start'] == 3
 
 
 # ---------------------------------------------------------------- schedules
@@ -110,18 +123,19 @@ def test_cosine_with_warmup():
 
 # ---------------------------------------------------------------- batches
 def test_shards_partition_the_global_batch():
-    x, y = torch.randn(50, 4), torch.arange(50)
-    one = list(E._Batches(x, y, 10, 'cpu', generator=torch.Generator().manual_seed(1)))
-    parts = [list(E._Batches(x, y, 10, 'cpu', generator=torch.Generator().manual_seed(1), rank=r, world=2)) for r in (0, 1)]
+    d = E.load_data(Config(dataset='synthetic-cifar5', data_kwargs={'n_max': 10, 'test_per_class': 1, 'size': 4}))
+    cfg = Config(batch_size=10, augment='none')
+    one = list(E.make_batches(d, cfg, 'cpu', True, torch.Generator().manual_seed(1)))
+    parts = [list(E.make_batches(d, cfg, 'cpu', True, torch.Generator().manual_seed(1), rank=r, world=2)) for r in (0, 1)]
     assert len(one) == 5
     for (x1, y1), (xa, ya), (xb, yb) in zip(one, *parts):
         assert torch.equal(torch.cat([ya, yb]), y1) and torch.equal(torch.cat([xa, xb]), x1)
     seen = torch.cat([b for _, b in one])
-    assert sorted(seen.tolist()) == list(range(50))   # one epoch = a permutation (nothing dropped here)
+    assert torch.bincount(seen).tolist() == [10] * 5   # one epoch = a permutation (nothing dropped here)
 
 
 def test_augmented_shards_equal_the_augmented_global_batch():
-    d = E._synthetic_images(Config(data_kwargs={'n_max': 12, 'test_per_class': 1, 'size': 8}), 3)
+    d = E.load_data(Config(dataset='synthetic-cifar3', data_kwargs={'n_max': 12, 'test_per_class': 1, 'size': 8}))
     cfg = Config(batch_size=8, augment='crop-flip', pipeline='gpu')
     mk = lambda r, w: list(E.make_batches(d, cfg, 'cpu', True, torch.Generator().manual_seed(2), rank=r, world=w))
     one, a, b = mk(0, 1), mk(0, 2), mk(1, 2)
@@ -134,7 +148,7 @@ def test_augmented_shards_equal_the_augmented_global_batch():
 
 
 def test_gpu_pipeline_matches_torchvision_pipeline_without_augmentation():
-    d = E._synthetic_images(Config(smoke=True), 4)
+    d = E.load_data(Config(dataset='synthetic-cifar4', smoke=True))
     cfg = Config(batch_size=8, augment='none', num_workers=0)
     a = E.make_batches(d, cfg.replace(pipeline='gpu'), 'cpu', False)
     b = E.make_batches(d, cfg.replace(pipeline='dataloader'), 'cpu', False)
@@ -153,7 +167,10 @@ def test_digits_subset_depends_on_subsample_seed_only():
     assert torch.equal(a.train_x, b.train_x) and not torch.equal(a.train_x, c.train_x)
     assert a.class_counts == c.class_counts and torch.bincount(a.train_y).tolist() == a.class_counts
     assert a.class_counts[0] / a.class_counts[-1] == pytest.approx(20, rel=0.1)
-    assert torch.bincount(a.test_y).tolist() == [25] * 10
+    assert torch.bincount(a.test_y).tolist() == [50] * 10
+    # the one digits split: the last `test_per_class` images of each class in file order are the test set
+    d = E.load_data(get_config('digits-lt-erm'))
+    assert torch.bincount(d.test_labels).tolist() == [25] * 10 and sum(d.class_counts) == len(d.train_labels)
 
 
 # ---------------------------------------------------------------- fit
@@ -194,7 +211,7 @@ def test_resume_differs_from_restart_without_state(tmp_path):
     "Control: continuing without the saved RNG/optimizer state does not give the same weights (the test above can fail)."
     cfg = tiny('digits-lt-erm')
     fit(cfg, tmp_path / 'a', verbose=False)
-    fit(cfg.replace(epochs=1), tmp_path / 'b', verbose=False)
+    fit(cfg, tmp_path / 'b', stop_after=1, verbose=False)
     ck = _ckpt(tmp_path / 'b'); ck.pop('rng'); ck['optimizer']['state'] = {}
     torch.save({**ck, 'rng': E._rng_state(torch.Generator().manual_seed(123))}, tmp_path / 'b' / 'checkpoint.pt')
     fit(cfg, tmp_path / 'b', resume=True, verbose=False)
@@ -214,11 +231,11 @@ def test_drw_switches_class_weights(tmp_path):
     from margin_notes.baselines import drw_weights
     cfg = tiny('digits-lt-erm', 'drw_start=1', 'epochs=2')
     fit(cfg, tmp_path / 'r', verbose=False)
-    w = _ckpt(tmp_path / 'r')['loss']['base.weight']
+    w = _ckpt(tmp_path / 'r')['loss']['weight']
     counts = json.loads((tmp_path / 'r' / 'results.json').read_text())['class_counts']
     torch.testing.assert_close(w, drw_weights(counts, 0.9999).float())
     fit(cfg.replace(epochs=1, drw_start=1), tmp_path / 's', verbose=False)   # the switch epoch is not reached
-    assert 'base.weight' not in _ckpt(tmp_path / 's')['loss']
+    assert _ckpt(tmp_path / 's')['loss'].get('weight') is None
 
 
 def test_no_host_sync_per_training_step(tmp_path, monkeypatch):
@@ -253,10 +270,10 @@ def test_posthoc_la_equals_adjusted_stage1_logits(tmp_path):
     fit(tiny(), tmp_path / 'erm', verbose=False)
     r = E.calibrate_run(tmp_path / 'erm', tmp_path / 'la', method='la', device='cpu')
     cfg, data, model = E.load_run(tmp_path / 'erm', 'cpu')
-    with torch.no_grad(): out = model(data.test_x)
+    out, y = E.collect_outputs(model, E.make_batches(data, cfg, 'cpu', False))
     adj = logit_adjust_posthoc(out, torch.tensor(data.class_counts, dtype=torch.float32))
     from margin_notes.metrics import per_class_accuracy
-    assert r['per_class_accuracy'] == per_class_accuracy(adj.argmax(1), data.test_y, 10).tolist()
+    assert r['per_class_accuracy'] == per_class_accuracy(adj.argmax(1), y, 10).tolist()
     assert r['stage1']['per_class_accuracy'] == json.loads((tmp_path / 'erm' / 'results.json').read_text())['per_class_accuracy']
 
 
@@ -286,7 +303,7 @@ def test_list_file_datasets_go_through_the_dataloader_path(tmp_path):
     from margin_notes.data import make_fake_list_tree
     root = make_fake_list_tree(tmp_path / 'inet', counts=(4, 3, 2), per_class_eval=(1, 2))
     d = E.load_data(Config(dataset='imagenet-lt', data_kwargs={'root': str(root)}))
-    assert d.kind == 'files' and d.class_counts[:3] == [4, 3, 2]
+    assert not d.in_memory and d.class_counts[:3] == [4, 3, 2]
     cfg = Config(batch_size=4, num_workers=0)
     tr = list(E.make_batches(d, cfg, 'cpu', True, torch.Generator().manual_seed(0)))
     assert len(tr) == 2 and tr[0][0].shape == (4, 3, 224, 224)
@@ -307,4 +324,37 @@ def test_image_path_resnet32_channels_last_both_pipelines(tmp_path, pipeline):
     r = fit(cfg, tmp_path / pipeline, verbose=False)
     assert len(r['per_class_accuracy']) == 10 and r['history'][-1]['train_loss'] > 0
     ck = _ckpt(tmp_path / pipeline)
-    assert 'base.weight' in ck['loss']   # DRW switched on at epoch 1
+    assert ck['loss'].get('weight') is not None   # DRW switched on at epoch 1
+
+
+# ---------------------------------------------------------------- resume safety, Ctrl-C, thresholds
+def test_resume_refuses_a_changed_config(tmp_path):
+    cfg = tiny('digits-lt-erm', 'epochs=3')
+    fit(cfg, tmp_path / 'r', stop_after=1, verbose=False)
+    before = (tmp_path / 'r' / 'config.json').read_text()
+    with pytest.raises(ConfigError, match=r"epochs: 3 -> 6.*--force"): fit(cfg.replace(epochs=6), tmp_path / 'r', resume=True)
+    with pytest.raises(ConfigError, match="loss: 'erm' -> 'bs'"): fit(cfg.replace(loss='bs'), tmp_path / 'r', resume=True)
+    assert (tmp_path / 'r' / 'config.json').read_text() == before   # nothing overwritten
+    r = fit(cfg.replace(epochs=4), tmp_path / 'r', resume=True, force=True, verbose=False)
+    assert r['epochs'] == 4 and len(r['history']) == 4
+
+
+def test_keyboard_interrupt_stops_at_the_saved_epoch_and_resume_finishes(tmp_path):
+    cfg = tiny('digits-lt-mr2', 'epochs=3')
+    ref = fit(cfg, tmp_path / 'ref', verbose=False)
+    def stop(epoch, row):
+        if epoch == 1: raise KeyboardInterrupt
+    with pytest.raises(E.TrainingInterrupted) as e: fit(cfg, tmp_path / 'r', on_epoch=stop, verbose=False)
+    assert (e.value.epochs_done, e.value.epochs) == (2, 3) and _ckpt(tmp_path / 'r')['epoch'] == 2
+    assert isinstance(e.value, KeyboardInterrupt)
+    r = fit(cfg, tmp_path / 'r', resume=True, verbose=False)
+    assert r['per_class_accuracy'] == ref['per_class_accuracy']
+
+
+def test_group_thresholds_are_config_fields(tmp_path):
+    r = fit(tiny('digits-lt-erm', 'report={many: 60, few: 10}'), tmp_path / 'r', verbose=False)
+    counts, acc = np.array(r['class_counts']), np.array(r['per_class_accuracy'])
+    assert r['report']['groups'] == {'many': 60, 'few': 10}
+    assert r['report']['many_shot'] == pytest.approx(acc[counts > 60].mean())
+    assert r['report']['few_shot'] == pytest.approx(acc[counts < 10].mean())
+    assert r['report']['medium_shot'] == pytest.approx(acc[(counts >= 10) & (counts <= 60)].mean())
