@@ -45,78 +45,26 @@ if str(ROOT) not in sys.path:
 from margin_notes.core import atomic_write_json  # noqa: E402
 from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss,  # noqa: E402
                                     LogitAdjustedLoss)
-from margin_notes.mr2 import MR2Loss  # noqa: E402
+from margin_notes.dbm import CosineClassifier, DBMLoss  # noqa: E402
+from margin_notes.lwr import LWRLoss  # noqa: E402
+from margin_notes.marc import MARCLoss  # noqa: E402
+from margin_notes.models import resnet32  # noqa: E402
+from margin_notes.mr2 import MR2Loss, naive_mr2_loss  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------
-# models: the library's ResNet-32 if it exists, else a local option-A CIFAR ResNet-32 of the same shape
+# models and losses: the library's own (an import error is an error: no method is silently dropped)
 # ----------------------------------------------------------------------------------------------------------
-
-class _Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False); self.b2 = nn.BatchNorm2d(cout)
-        self.pad = cout - cin if (stride != 1 or cin != cout) else 0
-        self.stride = stride
-
-    def forward(self, x):
-        out = F.relu(self.b1(self.c1(x)))
-        out = self.b2(self.c2(out))
-        sc = x
-        if self.pad:   # option A: subsample and zero-pad channels
-            sc = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return F.relu(out + sc)
-
-
-class _ResNet32Backbone(nn.Module):
-    """CIFAR ResNet-32: 3x3 conv 16, three stages of 5 basic blocks (16/32/64), global average pool -> 64-d."""
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False); self.bn = nn.BatchNorm2d(16)
-        layers, cin = [], 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(5):
-                layers.append(_Block(cin, cout, stride if i == 0 else 1)); cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.feature_dim = 64
-
-    def forward(self, x):
-        return F.adaptive_avg_pool2d(self.layers(F.relu(self.bn(self.conv(x)))), 1).flatten(1)
-
 
 def make_backbone():
-    """The library's ResNet-32 backbone when margin_notes.models provides it, else the local definition."""
-    try:
-        from margin_notes.models import resnet32  # noqa: WPS433
-        m = resnet32(num_classes=10)
-        return m.backbone, 'margin_notes.models.resnet32'
-    except Exception:
-        return _ResNet32Backbone(), 'local option-A ResNet-32 (benchmarks/losses.py)'
-
-
-class _CosineHead(nn.Module):
-    returns_cosines = True
-
-    def __init__(self, d, k):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(k, d) / math.sqrt(d))
-
-    def forward(self, f):
-        return F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
+    """The library's ResNet-32 backbone (chapter 11)."""
+    m = resnet32(num_classes=10)
+    return m.backbone, 'margin_notes.models.resnet32'
 
 
 def cosine_head(d, k):
-    try:
-        from margin_notes.dbm import CosineClassifier
-        return CosineClassifier(d, k)
-    except Exception:
-        return _CosineHead(d, k)
+    return CosineClassifier(d, k)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# the losses under test (optional ones join when their modules exist)
-# ----------------------------------------------------------------------------------------------------------
 
 def lt_counts(K, imbalance=100, nmax=500):
     return [int(nmax * (1 / imbalance) ** (i / max(K - 1, 1))) for i in range(K)]
@@ -133,22 +81,11 @@ def make_losses(K, counts, linear_head, cos_head):
         'mr2 (paper, lam=0.1)': (MR2Loss(K, lam=0.1), 'linear'),
         'mr2 (released variant)': (MR2Loss(K, lam=0.1, variant='released'), 'linear'),
         'mr2 (lam=0)': (MR2Loss(K, lam=0.0), 'linear'),
+        'dbm (cosine head)': (DBMLoss(counts), 'cosine'),
+        'bs + lwr': (LWRLoss(BalancedSoftmaxLoss(counts), linear_head), 'linear'),
+        'marc loss': (MARCLoss(counts), 'linear'),
     }
-    try:
-        from margin_notes.dbm import DBMLoss
-        L['dbm (cosine head)'] = (DBMLoss(counts), 'cosine')
-    except Exception as e:  # module not there yet
-        print(f'[skip] DBM: {e!r}')
-    try:
-        from margin_notes.lwr import LWRLoss
-        L['bs + lwr'] = (LWRLoss(BalancedSoftmaxLoss(counts), linear_head), 'linear')
-    except Exception as e:
-        print(f'[skip] LWR: {e!r}')
-    try:
-        from margin_notes.marc import MARCLoss
-        L['marc loss'] = (MARCLoss(counts), 'linear')
-    except Exception as e:
-        print(f'[skip] MARC: {e!r}')
+    L['bs + lwr'][0].set_progress(0.5)        # the trainer's job; lambda = 0.25
     return L
 
 
@@ -161,7 +98,8 @@ def call_loss(loss, out, y, feats):
 # ----------------------------------------------------------------------------------------------------------
 
 class LoopMR2(nn.Module):
-    """Same math as MR2Loss (paper variant, SPEC 2.2-2.5) written with per-class Python loops."""
+    """Same math as MR2Loss (paper variant, chapters 03-04) in the structure of the released code: per-class Python loops
+    with boolean masks. A timing contender, not the reference: both are checked against `naive_mr2_loss`."""
     def __init__(self, K, mean_margin=1.0, lam=0.1, momentum=0.9):
         super().__init__()
         self.K, self.c, self.lam, self.rho = K, mean_margin, lam, momentum
@@ -358,6 +296,12 @@ def bench_mr2_vs_loop(cfg, device, threads):
         gdiff = max((outs['vec'][1] - outs['loop'][1]).abs().max().item(),
                     (outs['vec'][2] - outs['loop'][2]).abs().max().item())
         state_same = bool(torch.allclose(vec.stats.variability, loop.mu + loop.sp, rtol=1e-4, atol=1e-6))
+        # both against the one float64 reference (chapter 04), on the first rows (the reference is a slow loop)
+        n = min(B, 48)
+        sub = (z0[:n].double().cpu(), y[:n].cpu(), f0[:n].double().cpu())
+        ref = naive_mr2_loss([sub], K, 1.0, 0.1, 0.9)[0]
+        naive_diff = max(abs(MR2Loss(K, lam=0.1)(*(t.float() if t.is_floating_point() else t for t in sub)).item() - ref),
+                         abs(LoopMR2(K, lam=0.1)(*(t.float() if t.is_floating_point() else t for t in sub)).item() - ref))
         fns = {}
         for name, mod in (('vectorised', vec), ('loop', loop)):
             z, f = z0.clone().requires_grad_(), f0.clone().requires_grad_()
@@ -370,7 +314,7 @@ def bench_mr2_vs_loop(cfg, device, threads):
         _progress(f'  MR2 vs loop at {(B, K, D)}: {sl["median_s"] / sv["median_s"]:.1f}x')
         rows.append({'B': B, 'K': K, 'D': D, 'vectorised': sv, 'loop': sl,
                      'speedup': sl['median_s'] / sv['median_s'], 'max_abs_diff': diff,
-                     'max_abs_grad_diff': gdiff, 'ema_state_equal': state_same})
+                     'max_abs_grad_diff': gdiff, 'ema_state_equal': state_same, 'naive_abs_diff': naive_diff})
     return rows
 
 
@@ -383,7 +327,7 @@ def sync_debug_check(step_fns):
         try:
             fn(); fn()
             out[name] = 'ok'
-        except Exception as e:  # noqa: BLE001
+        except RuntimeError as e:   # what set_sync_debug_mode('error') raises on a host sync: the measured result
             out[name] = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
         finally:
             torch.cuda.set_sync_debug_mode('default')

@@ -11,7 +11,7 @@ from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAM
                                     warmup_cosine_lr, warmup_step_lr)
 
 
-# ---------- naive float64 loop implementations, written from SPEC section 6 ----------
+# ---------- naive float64 loop implementations, written from the definitions of chapter 05 ----------
 
 def _lse(row):
     m = max(row)
