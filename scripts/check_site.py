@@ -121,16 +121,39 @@ def _is_table(o) -> bool:
 def _is_image(o) -> bool:
     return any(k.startswith('image/') for k in o.get('data', {}))
 
+SKIP_RE = re.compile(r'^\s*#\|\s*(slow|gpu|eval:\s*false)\b', re.M)
+
+def shows_something(src: str) -> bool:
+    "Does this code cell, run, necessarily display something? (a top-level or loop-level print/display/figure,"
+    "or a bare expression as its last statement)"
+    import ast
+    try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
+    except SyntaxError: return False
+    def calls(stmts):
+        for st in stmts:
+            if isinstance(st, (ast.For, ast.While, ast.With)): yield from calls(st.body)
+            elif isinstance(st, ast.Expr) and isinstance(st.value, ast.Call):
+                f = st.value.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ''
+                yield name
+    if any(n in ('print', 'display', 'show_doc') for n in calls(tree.body)): return True
+    if re.search(r'plt\.(subplots|figure)\(', src): return True
+    last = tree.body[-1] if tree.body else None
+    return isinstance(last, ast.Expr) and isinstance(last.value, (ast.Name, ast.Attribute, ast.Subscript, ast.BinOp, ast.Tuple))
+
 def expectations(nb_path: Path) -> dict:
-    "Counts of image and table outputs committed in the notebook, and announcements without a follower."
+    "Counts of image and table outputs committed in the notebook, silent display cells, orphan announcements."
     cells = json.loads(nb_path.read_text())['cells']
     imgs = tables = 0
+    silent = []
     shows = []   # per cell: (has_table, has_figure)
     for c in cells:
         outs = c.get('outputs', []) if c['cell_type'] == 'code' else []
         ni, nt = sum(map(_is_image, outs)), sum(map(_is_table, outs))
         imgs += ni; tables += nt
         src = _text(c.get('source', ''))
+        if c['cell_type'] == 'code' and not outs and not SKIP_RE.search(src) and shows_something(src):
+            silent.append(len(shows))
         md_table = c['cell_type'] == 'markdown' and re.search(r'^\s*\|.*\|\s*$\n^\s*\|?\s*:?-{3,}', src, re.M)
         md_img = c['cell_type'] == 'markdown' and re.search(r'!\[[^\]]*\]\(', src)
         shows.append((bool(nt or md_table), bool(ni or md_img)))
@@ -143,6 +166,9 @@ def expectations(nb_path: Path) -> dict:
             if not any(s[want] for s in shows[i + 1:i + 1 + ANNOUNCE_WINDOW]):
                 orphans.append(f'prose in cell {i} announces a {kind} ({m.group(0)!r}) but none follows within '
                                f'{ANNOUNCE_WINDOW} cells')
+    if silent:
+        orphans.append(f'{len(silent)} code cells that display something have no committed output (cells '
+                       f'{", ".join(map(str, silent[:8]))}{", ..." if len(silent) > 8 else ""}): run `make outputs`')
     return {'images': imgs, 'tables': tables, 'orphans': orphans}
 
 
@@ -201,7 +227,13 @@ PROBE = r"""
     else if (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) window.MathJax.startup.promise.then(probe);
     else probe();
   }
-  window.addEventListener('load', function(){ setTimeout(start, 50); });
+  window.addEventListener('load', function(){
+    if (location.hash === '#__results__') {
+      var el = document.querySelector('main .cell-output-display img, main .cell-output-display table');
+      if (el) el.scrollIntoView({block: 'start'});
+    }
+    setTimeout(start, 50);
+  });
 })();
 </script>
 """
@@ -247,11 +279,12 @@ def browse(url: str, budget_ms: int, timeout: int, shot: Path | None = None) -> 
     try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired: return None, f'chromium timed out after {timeout} s'
     m = re.search(r'<pre id="__site_check__">(.*?)</pre>', r.stdout, re.S)
-    if shot is not None:
+    if shot is not None:   # the top of the page, and its first figure or table (<name>-results.png)
         shot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([chromium(), *CHROMIUM_FLAGS, *with_dir(), '--window-size=1400,2600',
-                        f'--virtual-time-budget={budget_ms}', f'--screenshot={shot}', url],
-                       capture_output=True, timeout=timeout)
+        for path, u in ((shot, url), (shot.with_name(shot.stem + '-results.png'), url + '#__results__')):
+            subprocess.run([chromium(), *CHROMIUM_FLAGS, *with_dir(), '--window-size=1400,2000',
+                            f'--virtual-time-budget={budget_ms}', f'--screenshot={path}', u],
+                           capture_output=True, timeout=timeout)
     if not m: return None, f'no probe result (chromium rc {r.returncode}: {r.stderr.strip()[-200:]})'
     from html import unescape
     return json.loads(unescape(m.group(1))), ''

@@ -148,7 +148,7 @@ def execute(path: Path, timeout: int, long_s: float) -> tuple[object, list[str],
             t = time.time()
             try: client.execute_cell(cell, i)
             except (CellExecutionError, CellTimeoutError) as e:
-                msg = str(e).strip().splitlines()
+                msg = re.sub(r'\x1b\[[0-9;]*m', '', str(e)).strip().splitlines()
                 return None, [f'{where(path.stem, i, cell)} failed: {msg[-1][:200] if msg else type(e).__name__}'], notes, time.time() - t0
             dt = time.time() - t
             if dt > long_s:

@@ -244,13 +244,15 @@ def test_expectations_count_outputs_and_orphan_prose():
     mdt = _out('display_data', data={'text/markdown': '| a | b |\n|---|---|\n| 1 | 2 |\n'})
     nb = _nb([new_markdown_cell('The table below compares them.'), new_code_cell('t', outputs=[tab, mdt]),
               new_markdown_cell('The figure shows the curves.'), new_code_cell('f', outputs=[png]),
-              new_markdown_cell('The following table lists the runs.'), new_code_cell('#| slow\nrun()')])
+              new_markdown_cell('The following table lists the runs.'), new_code_cell('#| slow\nrun()'),
+              new_code_cell('for t in tabs:\n    display(t)'), new_code_cell('if missing:\n    print(1)')])
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / 'x.ipynb'; p.write_text(json.dumps(nb))
         e = check_site.expectations(p)
     assert (e['images'], e['tables']) == (1, 2)
-    assert len(e['orphans']) == 1 and 'following table' in e['orphans'][0]
+    assert len(e['orphans']) == 2 and 'following table' in e['orphans'][0]
+    assert 'cells 6' in e['orphans'][1] and 'no committed output' in e['orphans'][1]   # the unexecuted display cell
 
 
 def test_link_problems(tmp_path):
