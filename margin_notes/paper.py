@@ -75,8 +75,8 @@ DRO | 71.6 | 85.1 | 72.2 | 57.2
 FairDRO | 72.0 | 85.7 | 72.5 | 57.7
 MR² | 73.9 | 85.9 | 73.8 | 61.9
 """), notes=["Secondary summaries of the paper quote a different MR² row (71.8 / 85.0 / 72.0 / 58.5); the poster's values are used.",
-             "Training recipe not given in the paper; the released script trains WRN-28-10 for 300 epochs with AutoAugment (SPEC §2.7 rows 13-14).",
-             "Easy/Medium/Hard: no code computes them; our reading is thirds of the ERM per-class ranking (SPEC §8, unverified)."])
+             "Training recipe not given in the paper; the released script trains WRN-28-10 for 300 epochs with AutoAugment (chapter 22, MR² rows 13-14).",
+             "Easy/Medium/Hard: no code computes them; our reading is thirds of the ERM per-class ranking (chapter 12; unverified)."])
 
 MR2_TABLE1B = PaperTable('mr2-table1b', 'MR² Table 1b (seed poster)', 'ImageNet (balanced), CLIP ResNet-50 fine-tuned', _EMH, _rows(_EMH, """
 ERM | 75.2 | 91.1 | 78.3 | 56.4
@@ -95,7 +95,7 @@ DRO | 75.9 | 91.0 | 79.3 | 57.2
 FairDRO | 76.1 | 91.5 | 79.6 | 57.3
 MR² | 76.9 | 91.5 | 79.7 | 59.6
 """), notes=["Three printed deltas contradict the printed values (LfF Medium +0.5 is really -0.5; JTT Hard -0.4 is -0.7; EQL Medium +0.3 is +0.1); the values are the targets.",
-             "The released code evaluates only the WiSE-FT interpolation (alpha = 0.6) of zero-shot and fine-tuned weights (SPEC §2.7 row 15, §8)."])
+             "The released code evaluates only the WiSE-FT interpolation (alpha = 0.6) of zero-shot and fine-tuned weights (chapter 22, MR² row 15)."])
 
 # %% ../nbs/29_paper.ipynb #305c2241
 _MARC_T2 = """
@@ -121,9 +121,9 @@ _MARC_T2_SETTINGS = (('cifar10-lt100', 'CIFAR-10-LT, IF 100'), ('cifar10-lt200',
 def _marc_table2() -> dict:
     cols = _rows(tuple(k for k, _ in _MARC_T2_SETTINGS), _MARC_T2)
     notes = {'cifar100-lt200': ["Table 7 prints 47.1 for the same setting (MARC, stage 1 at IF 200) and the text's '+1.9 over LWS' "
-                                "matches neither (47.4 - 45.3 = 2.1) (SPEC §3.4)."]}
-    common = ["Stage 1 ResNet-32 with plain CE; the released code selects the best epoch on the test set (SPEC §3.2).",
-              "The release subsamples CIFAR-LT under seed 42, the other papers under seed 0 (SPEC §7.1)."]
+                                "matches neither (47.4 - 45.3 = 2.1)."]}
+    common = ["Stage 1 ResNet-32 with plain CE; the released code selects the best epoch on the test set (chapter 22).",
+              "The release subsamples CIFAR-LT under seed 42, the other papers under seed 0 (chapter 22)."]
     return {k: PaperTable(f'marc-table2-{k}', 'MARC Table 2', f'{label}, ResNet-32', ('overall',),
                           {m: {'overall': v[k]} for m, v in cols.items()}, notes=common + notes.get(k, []))
             for k, label in _MARC_T2_SETTINGS}
@@ -144,10 +144,10 @@ DisAlign | 60.8 | 50.4 | 34.7 | 52.2
 OLTR | 51.0 | 40.8 | 20.8 | 41.9
 Causal Norm | 62.7 | 48.8 | 31.6 | 51.8
 MARC | 60.4 | 50.3 | 36.6 | 52.3
-"""), notes=["Model selection on the 20-per-class validation split; stage 2 uses training augmentation and train-mode BatchNorm in the release (SPEC §3.2)."])
+"""), notes=["Model selection on the 20-per-class validation split; stage 2 uses training augmentation and train-mode BatchNorm in the release (chapter 22)."])
 
 # %% ../nbs/29_paper.ipynb #cf13f483
-DBM_CIFAR100LT = PaperTable('dbm-cifar100lt100', 'DBM paper (SPEC §4.4; not in the seed text)', 'CIFAR-100-LT, IF 100, ResNet-32',
+DBM_CIFAR100LT = PaperTable('dbm-cifar100lt100', 'DBM paper (full paper; not in the poster)', 'CIFAR-100-LT, IF 100, ResNet-32',
                             ('overall',), _rows(('overall',), """
 CE | 44.60
 LDAM | 45.25
@@ -163,8 +163,8 @@ GML | 53.12
 DBM-GML | 53.70
 NCL | 56.68
 DBM-NCL | 57.48
-"""), notes=["DBM-GML cannot be reproduced from the release (its GML folder has no DBM margin) (SPEC §4.2).",
-             "The released DBM code reports the best test epoch (SPEC §8)."], digits=2)
+"""), notes=["DBM-GML cannot be reproduced from the release (its GML folder has no DBM margin; chapter 22).",
+             "The released DBM code reports the best test epoch."], digits=2)
 
 # %% ../nbs/29_paper.ipynb #48935510
 _AFMM = ('overall', 'few_shot', 'medium_shot', 'many_shot')
@@ -178,18 +178,20 @@ Focal | 38.0 | 11.2 | 31.0 | 56.3
 Focal + LWR | 41.0 | 13.7 | 34.1 | 58.6
 LA | 48.0 | 29.1 | 44.4 | 58.5
 LA + LWR | 50.1 | 31.5 | 46.9 | 60.4
-"""), notes=["The dataset is not named in the poster; the baselines match ImageNet-LT ResNet-50 values (SPEC §5.4)."])
+"""), notes=["The dataset is not named in the poster; the baselines match ImageNet-LT ResNet-50 values."])
 
 _FMMA = ('few_shot', 'medium_shot', 'many_shot', 'overall')
-LWR_ABLATION = PaperTable('lwr-ablation', 'LWR poster, component ablation', 'unnamed (BS baseline 46.3, unlike the 48.7 of the compatibility table)',
+LWR_ABLATION = PaperTable('lwr-ablation', 'LWR poster, component ablation', 'very likely CIFAR-100-LT, IF 100 (its BS and final rows appear in the CIFAR-100-LT IF-100 block of the state-of-the-art table)',
                           _FMMA, _rows(_FMMA, """
 BS | 25.0 | 46.7 | 63.9 | 46.3
 BS + LWR | 28.8 | 51.6 | 64.0 | 49.3
 BS + LWR w/ proj | 30.0 | 49.9 | 65.3 | 49.5
 BS + λ(t) LWR w/ proj | 32.2 | 50.0 | 66.6 | 50.7
-"""), notes=["'w/ proj' is not defined anywhere in the available material (SPEC §5.3)."])
+"""), notes=["'w/ proj' is not defined anywhere in the poster (chapter 08).",
+                        "The dataset is not named next to the table; the BS row (25.0 / 46.7 / 63.9 / 46.3) and the last row (32.2 / 50.0 / 66.6 / 50.7) "
+                        "appear verbatim in the poster's CIFAR-100-LT (IF 100) Few / Medium / Many / All block, hence the attribution."])
 
-LWR_THETA = PaperTable('lwr-theta', 'LWR poster, threshold ablation', 'unnamed (same setting as the component ablation)',
+LWR_THETA = PaperTable('lwr-theta', 'LWR poster, threshold ablation', 'same setting as the component ablation: very likely CIFAR-100-LT, IF 100',
                        _FMMA, _rows(_FMMA, """
 θ = -1.0 | 30.0 | 50.3 | 65.3 | 50.1
 θ = 0 | 29.9 | 51.3 | 65.5 | 50.0
@@ -197,7 +199,7 @@ LWR_THETA = PaperTable('lwr-theta', 'LWR poster, threshold ablation', 'unnamed (
 θ = 0.4 | 32.2 | 50.0 | 66.6 | 50.7
 θ = 0.6 | 31.3 | 49.7 | 65.5 | 49.9
 θ = 1.0 | 25.0 | 46.7 | 63.9 | 46.3
-"""), notes=["θ = 1.0 masks every pair, so it equals the plain BS baseline, as the reading of SPEC §5.2 predicts."])
+"""), notes=["θ = 1.0 masks every pair, so it equals the plain BS baseline, as the book's reading of the formula predicts (chapter 08)."])
 
 LWR_SOTA = PaperTable('lwr-sota', 'LWR poster, state-of-the-art table (first block only)', 'unnamed; ResNet-50 unless noted (ResNeXt for BBN, UNO-IC, OLTR, LFME, ESQL)',
                       _AFMM, _rows(_AFMM, """
@@ -215,7 +217,7 @@ LA | 48.0 | 29.1 | 44.4 | 58.5
 BS | 48.7 | 24.0 | 46.2 | 60.5
 LDAM-DRW | 49.8 | 30.7 | 46.9 | 60.4
 BS + LWR | 51.5 | 30.7 | 49.2 | 62.6
-"""), notes=["The CIFAR-100-LT columns of this table are scrambled in the seed text and are deliberately not stored (SPEC §5.4)."])
+"""), notes=["The CIFAR-100-LT columns of this table are scrambled in the extracted text and are deliberately not stored; two of its scrambled rows equal the ablation's BS and final rows (see LWR_ABLATION)."])
 
 PAPER_TABLES = {t.name: t for t in [MR2_TABLE1A, MR2_TABLE1B, *MARC_TABLE2.values(), MARC_TABLE4, DBM_CIFAR100LT,
                                     LWR_COMPAT, LWR_ABLATION, LWR_THETA, LWR_SOTA]}
@@ -349,7 +351,7 @@ def run_command(run: PlannedRun, # the planned run
                 seed: int = 0, # training seed
                 gpus: int = 1, # >1: the torchrun form
                ) -> str:
-    "The shell command that trains `run` for one seed into results/<chapter>/<name>/seed<k> (chapter 29_paper)."
+    "The shell command that trains `run` for one seed into `results/<chapter>/<name>/seed<k>` (chapter 29_paper)."
     if run.preset is None: return '—'
     sets = [_fmt_override(k, v) for k, v in run.overrides.items()] + [f'seed={seed}']
     out = f"results/{chapter}/{run.folder}/seed{seed}"

@@ -147,3 +147,11 @@ def test_plan_commands_and_lookup(tmp_path):
     assert got['ERM'] == tmp_path / 'ch' / 'cifar100-r32-erm' and got['BS + LWR'] is None and got['JTT'] is None
     pt = P.plan_table(plan, 'ch')
     assert list(pt['status'])[-1] == 'not in the library'
+
+
+def test_lwr_ablation_attribution_rows_are_the_cifar100lt_if100_block():
+    "The ablation's BS row and final row are the two CIFAR-100-LT (IF 100) rows of the poster's scrambled block."
+    from margin_notes.paper import LWR_ABLATION, LWR_THETA
+    assert [LWR_ABLATION.value('BS', m) for m in ('few_shot', 'medium_shot', 'many_shot', 'overall')] == [25.0, 46.7, 63.9, 46.3]
+    assert [LWR_ABLATION.value('BS + λ(t) LWR w/ proj', m) for m in ('few_shot', 'medium_shot', 'many_shot', 'overall')] == [32.2, 50.0, 66.6, 50.7]
+    assert 'CIFAR-100-LT, IF 100' in LWR_ABLATION.setting and 'CIFAR-100-LT, IF 100' in LWR_THETA.setting
