@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_num_classes,
+                               check_positive,
                                document_parameters, loss_targets)
 
 # %% auto #0
@@ -29,7 +30,7 @@ class CosineClassifier(nn.Module):
                 ):
         super().__init__()
         self.in_features = check_num_classes(in_features, 'in_features')
-        self.num_classes, self.eps = check_num_classes(num_classes), float(eps)
+        self.num_classes, self.eps = check_num_classes(num_classes), check_positive(eps, 'eps')
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.in_features))
         self.reset_parameters()
 

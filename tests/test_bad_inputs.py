@@ -20,8 +20,9 @@ import torch.nn as nn
 from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss, LogitAdjustedLoss,
                                     drw_class_weights_at, drw_weights)
 from margin_notes.core import value_checks
-from margin_notes.dbm import DBMComposite, DBMLoss
-from margin_notes.lwr import LWRLoss
+from margin_notes.dbm import CosineClassifier, DBMComposite, DBMLoss
+from margin_notes.lwr import LWRegularizer, LWRLoss
+from margin_notes.stats import ClassStats
 from margin_notes.marc import MARCLoss, fit_marc
 from margin_notes.mr2 import MR2Loss
 from margin_notes.registry import METHODS, build_method_loss
@@ -248,6 +249,10 @@ def test_half_keeps_buffers_at_least_float32(name):
     (lambda: BalancedSoftmaxLoss([4, 0, 1]), 'positive'),
     (lambda: MARCLoss(COUNTS, gamma=-1.0), 'gamma'),
     (lambda: drw_class_weights_at(3, COUNTS), 'start_epoch'),
+    (lambda: CosineClassifier(D, K, eps=0.0), 'eps'),
+    (lambda: CosineClassifier(D, 3.5), 'whole number'),
+    (lambda: ClassStats(2.5), 'whole number'),
+    (lambda: LWRegularizer(eps=-1.0), 'eps'),
 ])
 def test_constructor_arguments_are_validated(make, msg):
     with pytest.raises(ValueError, match=msg):
