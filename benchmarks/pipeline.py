@@ -6,8 +6,9 @@
 
 Both pipelines feed the identical training step (margin_notes.engine: ResNet-32, SGD, CE, optional bf16 autocast,
 channels_last, torch.compile); only the way batches are made differs:
-  gpu        uint8 images held on the device; crop(32, pad 4) + flip + normalise there, per batch (engine `_Batches`)
-  dataloader PIL image -> RandomCrop(32, 4) -> RandomHorizontalFlip -> ToTensor -> Normalize, in DataLoader workers
+  gpu        uint8 images held on the device; crop(32, pad 4) + flip + normalise there, per batch (data.GPULoader)
+  dataloader uint8 tensor -> pad-4 RandomCrop -> RandomHorizontalFlip -> float -> Normalize, in DataLoader workers
+             (data.TensorImageDataset + small_image_transform through data.ShardedLoader)
 Data are synthetic uint8 images of CIFAR shape (timing only). Results: results/bench/pipeline-<device>.json.
 """
 from __future__ import annotations
@@ -32,11 +33,11 @@ def measure(pipeline, data, cfg, dev, steps, warmup):
     "Images/s of full training steps (forward, loss, backward, SGD) and of the batch pipeline alone."
     from margin_notes import engine as E
     torch.manual_seed(0)
-    model = E.build_model(cfg, data.num_classes, data.in_shape).to(dev)
+    model = E.build_model(cfg, data.num_classes, data.image_shape).to(dev)
     if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
     fwd = E._FeatOut(model)
     if cfg.compile: fwd = torch.compile(fwd)
-    loss_fn = E.build_loss(cfg, data.class_counts).to(dev)
+    loss_fn = E.build_loss(cfg, data.class_counts, model).to(dev)
     opt = E.build_optimizer(cfg, model.parameters())
     amp = E._amp_dtype(cfg, dev)
     c = cfg.replace(pipeline=pipeline)
@@ -75,9 +76,9 @@ def throughput(args, dev):
                                             f'amp={"bf16" if args.amp else "null"}', f'channels_last={args.channels_last}',
                                             f'compile={args.compile}', 'augment=crop-flip'])
     n_max = max(args.images // K, 1)
-    data = E._synthetic_images(cfg.replace(data_kwargs={'n_max': n_max, 'test_per_class': 1}), K)
+    data = E.load_data(cfg.replace(dataset=f'synthetic-cifar{K}', imbalance_factor=1.0, data_kwargs={'n_max': n_max, 'test_per_class': 1}))
     res = {'device': _device_label(dev), 'torch': torch.__version__, 'cpu_threads': torch.get_num_threads(),
-           'images': len(data.train_y), 'batch_size': args.batch_size, 'steps': args.steps, 'warmup': args.warmup,
+           'images': len(data.train_labels), 'batch_size': args.batch_size, 'steps': args.steps, 'warmup': args.warmup,
            'dataloader_workers': args.workers, 'amp': cfg.amp, 'channels_last': cfg.channels_last, 'compile': cfg.compile,
            'model': 'resnet32 (CIFAR, 0.47M params), CE, SGD', 'data': 'synthetic uint8 3x32x32 (timing only)'}
     for p in args.pipelines:
