@@ -230,7 +230,9 @@ PROBE = r"""
   window.addEventListener('load', function(){
     if (location.hash === '#__results__') {
       var el = document.querySelector('main .cell-output-display img, main .cell-output-display table');
-      if (el) el.scrollIntoView({block: 'start'});
+      // show the first result at the top: hide everything before it inside <main>
+      for (var n = el; n && n.tagName !== 'MAIN'; n = n.parentElement)
+        for (var sib = n.previousElementSibling; sib; sib = sib.previousElementSibling) sib.style.display = 'none';
     }
     setTimeout(start, 50);
   });
@@ -250,7 +252,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         if path.endswith('/'): path += 'index.html'
         f = Path(self.directory) / path.lstrip('/')
         if f.suffix == '.html' and f.is_file():
-            html = CDN_MATHJAX_RE.sub(f'<script src="{MATHJAX_LOCAL}"></script>', f.read_text())
+            # unknown macros and TeX errors become merror elements (not red text), so that the probe sees them
+            cfg = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({TeX: {noUndefined: {disabled: true}, '
+                   'noErrors: {disabled: true}}});</script>')
+            html = CDN_MATHJAX_RE.sub(lambda m: f'{cfg}<script src="{MATHJAX_LOCAL}"></script>', f.read_text())
             html = html.replace('</body>', PROBE + '</body>')
             return self._send(html.encode(), 'text/html; charset=utf-8')
         return super().do_GET()
@@ -311,10 +316,20 @@ def site_url() -> str:
     cp = configparser.ConfigParser(); cp.read(ROOT / 'settings.ini'); d = cp['DEFAULT']
     return d.get('doc_host', '').rstrip('/') + d.get('doc_baseurl', '').rstrip('/') + '/'
 
-def link_problems(page: Path, links: list[str], docs: Path, live_ids: dict[str, set]) -> list[str]:
-    probs, base = [], site_url()
+class _Hrefs(HTMLParser):
+    def __init__(self): super().__init__(); self.hrefs = []
+    def handle_starttag(self, tag, attrs):
+        if tag == 'a': self.hrefs += [v for k, v in attrs if k == 'href' and v]
+
+def static_links(page: Path) -> list[str]:
+    p = _Hrefs(); p.feed(page.read_text()); return p.hrefs
+
+def link_problems(page: Path, links: list[str], docs: Path, live_ids: dict[str, set], served: str = '') -> list[str]:
+    "Broken links to pages of the site (relative, under the site URL, or under the check's server URL)."
+    probs, bases = [], [b for b in (site_url(), served.rstrip('/') + '/' if served else '') if b]
     for href in sorted(set(links)):
-        if href.startswith(base): href = href[len(base):] or 'index.html'
+        for base in bases:
+            if href.startswith(base): href = href[len(base):] or 'index.html'
         u = urlsplit(href)
         if u.scheme or u.netloc or href.startswith(('mailto:', 'javascript:')) or href in ('#', ''): continue
         target = page if not u.path else (page.parent / unquote(u.path)).resolve()
@@ -326,7 +341,7 @@ def link_problems(page: Path, links: list[str], docs: Path, live_ids: dict[str, 
         if frag and target.suffix == '.html':
             ids = live_ids.get(target.name) or static_ids(target)
             if frag not in ids: probs.append(f'broken anchor {href!r}: {target.name} has no id {frag!r}')
-    return probs
+    return list(dict.fromkeys(probs))
 
 
 def page_problems(exp: dict, probe: dict) -> list[str]:
@@ -386,7 +401,8 @@ def main(argv=None) -> int:
     passed = failed = 0
     for p in probs: print(f'FAIL chapter list: {p}'); failed += 1
     for nb, page, probe, err in seen:
-        pp = [err] if err else page_problems(expectations(nb), probe) + link_problems(page, probe['links'], docs, live_ids)
+        pp = [err] if err else page_problems(expectations(nb), probe) + link_problems(
+            page, probe['links'] + static_links(page), docs, live_ids, served=url)
         if pp:
             failed += 1; print(f'FAIL {page.name} ({nb.name}):'); print('\n'.join('     ' + x for x in pp))
         else:
