@@ -179,7 +179,25 @@ def test_gpuloader_epochs_and_determinism():
     e1b = [y for _, y in l1]
     assert sorted(torch.cat(e1b).tolist()) == sorted(b.train_labels.tolist())  # second epoch: every image once
     assert not all(torch.equal(a, c) for a, c in zip(e1, [x for x, _ in mk(6)]))
-    with pytest.raises(ValueError, match='uint8'): GPULoader(b.train_images.float(), b.train_labels)
+    with pytest.raises(ValueError, match='uint8'): GPULoader(b.train_images.int(), b.train_labels)
+    # floating-point inputs (cached features) are batched as they are: shuffled, neither augmented nor normalised
+    f = torch.randn(len(b.train_labels), 5)
+    fb = list(GPULoader(f, b.train_labels, 16, seed=2))
+    perm = torch.randperm(len(f), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(torch.cat([x for x, _ in fb]), f[perm]) and torch.equal(torch.cat([y for _, y in fb]), b.train_labels[perm])
+
+
+def test_digits_split_is_the_last_images_of_each_class_in_file_order():
+    pytest.importorskip('sklearn')
+    from sklearn.datasets import load_digits
+    target = load_digits().target
+    for t in (25, 50):
+        d = load_dataset('digits', test_per_class=t)
+        assert torch.bincount(d.test_labels).tolist() == [t] * 10
+        last = np.concatenate([np.flatnonzero(target == k)[-t:] for k in range(10)])
+        raw = torch.from_numpy(np.round(load_digits().images * 255.0 / 16.0).astype(np.uint8)).unsqueeze(1)
+        assert torch.equal(d.test_images, raw[np.sort(last)])
+        assert len(d.train_labels) + len(d.test_labels) == len(target)
 
 
 def test_augmentation_statistics_agree():
