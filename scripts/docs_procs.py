@@ -30,10 +30,16 @@ class _Names(dict):
         self['show_doc'] = show_doc
 
     def __missing__(self, name):
+        import pkgutil
         idx = importlib.import_module(f'{LIB}._modidx').d['syms']
         for mod, syms in idx.items():
             if f'{mod}.{name}' in syms:
                 return getattr(importlib.import_module(mod), name)
+        pkg = importlib.import_module(LIB)   # not (yet) in the index: any module that exports it
+        for m in pkgutil.iter_modules(pkg.__path__):
+            if m.name.startswith('_'): continue
+            mod = importlib.import_module(f'{LIB}.{m.name}')
+            if name in getattr(mod, '__all__', ()): return getattr(mod, name)
         try: return importlib.import_module(f'{LIB}.{name}') if name != LIB else importlib.import_module(LIB)
         except ImportError: pass
         import builtins
@@ -44,7 +50,9 @@ class _Names(dict):
 class show_doc_outputs(Processor):
     "Render every show_doc cell from the library (the cheap replacement of nbdev's exec_show_docs)."
     def begin(self):
-        exp = _default_exp(self.nb)
+        # nbdev has already moved the `#| default_exp` line from the source into `directives_`
+        exp = next((c.directives_['default_exp'][0] for c in self.nb.cells
+                    if 'default_exp' in (getattr(c, 'directives_', None) or {})), None) or _default_exp(self.nb)
         self.module = importlib.import_module(f'{LIB}.{exp}') if exp else None
 
     def __call__(self, cell):
