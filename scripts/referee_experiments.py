@@ -152,17 +152,16 @@ def run_probe(out_dir, smoke=False):
     fit = dict(PROBE_FIT) if not smoke else dict(epochs=2, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
     pca, hidden = (128, 128) if not smoke else (16, 16)
-    mr2 = [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-3', 'mr2', dict(lam=1e-3), {}, None),
-           ('mr2 λ=1e-2', 'mr2', dict(lam=1e-2), {}, None), ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
+    mr2 = [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-2', 'mr2', dict(lam=1e-2), {}, None), ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
            ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
            ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None),
            ('mr2 spread-margins λ=0', 'mr2', dict(lam=0.0, margin_stat='spread'), {}, None)]
-    reg = [(f'erm wd={wd:g}', 'erm', {}, dict(weight_decay=wd), None) for wd in (1e-3, 2e-3, 5e-3)] + \
-          [(f'erm ls={e:g}', 'erm', dict(label_smoothing=e), {}, None) for e in (0.05, 0.1, 0.2)]
+    reg = [(f'erm wd={wd:g}', 'erm', {}, dict(weight_decay=wd), None) for wd in (2e-3, 5e-3)] + \
+          [(f'erm ls={e:g}', 'erm', dict(label_smoothing=e), {}, None) for e in (0.1, 0.2)]
     grids = {
         'balanced': [('erm', 'erm', {}, {}, None)] + reg + [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'marc', 'dbm', 'lwr')] + mr2,
         'lt100': [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] +
-                 [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] +
+                 [(m, m, {}, {}, None) for m in ('ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] +
                  [('dbm base=ce', 'dbm', dict(base='ce'), {}, None)] + [c for c in mr2 if 'spread' not in c[0]],
     }
     for name, configs in grids.items():
@@ -239,9 +238,8 @@ def run_fmnist(out_dir, smoke=False):
     fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
     configs = [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] + \
-              [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] + \
-              [('dbm base=ce', 'dbm', dict(base='ce'), {}, None),
-               ('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-3', 'mr2', dict(lam=1e-3), {}, None),
+              [(m, m, {}, {}, None) for m in ('ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] + \
+              [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None),
                ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
                ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
                ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None)]
@@ -286,14 +284,14 @@ def premise_entry(name, ds, classes, note):
             'overall_accuracy': float(np.mean([d['overall_accuracy'] for d in ds])),
             'spread_share': float(np.mean([d['spread_share'] for d in ds])), 'per_seed': ds}
 
-def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True)):
+def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), parts=('resnet', 'effnet', 'fmnist', 'digits')):
     from margin_notes.data import CIFAR10_CLASSES, FMNIST_CLASSES
-    seeds = SEEDS if not smoke else (0, 1)
+    seeds = (0, 1, 2) if not smoke else (0, 1)
     entries, t_all = [], time.time()
     # (a) the reference ResNet-32 (balanced CIFAR-10, real images) on CIFAR-10 (JPEG)
     from margin_notes.core import find_data
     w = find_data('weights/resnet32-d509ac18.th')
-    if w is not None:
+    if w is not None and 'resnet' in parts:
         from margin_notes.models import resnet32, predict
         from margin_notes.data import cifar10_jpeg_arrays, CIFAR_MEAN, CIFAR_STD
         a = cifar10_jpeg_arrays(max_per_class=20 if smoke else None)
@@ -315,40 +313,8 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True)):
             "is a bootstrap over images"))
         e['bootstrap_ci'] = {c['statistic']: [c['ci_low'], c['ci_high']] for c in d['correlations']}
         entries.append(e); log(f"resnet32: {time.time() - t0:.0f} s, acc {100 * d['overall_accuracy']:.1f}")
-    # (c) Fashion-MNIST, the chapter-21 CNN, balanced and LT IF 100
-    for IF in (None, 100):
-        d, (xte, yte), _ = fmnist(IF, smoke)
-        ds = []
-        for seed in seeds:
-            fit = dict(FMNIST_FIT, epochs=5 if IF is None else 10) if not smoke else dict(epochs=1, batch_size=32)
-            p = P.fit_method(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, 'erm', seed=seed,
-                             class_counts=d.class_counts, transform=image_transform(d.mean, d.std), **fit)
-            ds.append(diagnose(_features_of(p, d.train_images), d.train_labels, yte, p.scores(xte),
-                               class_counts=d.class_counts, num_classes=10, bootstrap=0))
-        nm = 'fmnist-balanced' if IF is None else 'fmnist-lt100'
-        entries.append(premise_entry(nm, ds, FMNIST_CLASSES, f"chapter 21's CNN, ERM, {fit['epochs']} epochs, Fashion-MNIST "
-                                     + ('balanced (6,000/class)' if IF is None else 'LT, IF 100') + "; error on the scored 8,000 test images"))
-        log(f"{nm} done")
-    # (d) scikit-learn digits: an MLP (64-128-64, ReLU), ERM
-    from margin_notes.data import load_dataset
-    dg = load_dataset('digits')
-    class MLP(nn.Module):
-        def __init__(self, head, scale):
-            super().__init__()
-            self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
-            self.head = P.make_scaled_head(64, 10, head, scale)
-        def forward(self, x): return self.head(self.backbone(x))
-    ds = []
-    for seed in seeds:
-        tf = image_transform(dg.mean, dg.std)
-        p = P.fit_method(lambda h, s: MLP(h, s), dg.train_images, dg.train_labels, 'erm', seed=seed, transform=tf,
-                         epochs=40 if not smoke else 2, batch_size=64, lr=0.05)
-        ds.append(diagnose(_features_of(p, dg.train_images), dg.train_labels, dg.test_labels, p.scores(dg.test_images),
-                           num_classes=10, bootstrap=0))
-    entries.append(premise_entry('digits', ds, [str(k) for k in range(10)],
-                                 "scikit-learn digits, MLP 64-128-64, ERM 40 epochs; 50 held-out images per class"))
     # (b) EfficientNet-Lite0 probe (chapter 20): the ERM probe's adapter features, and the frozen backbone features
-    if find_data('cifar10-jpeg.tar.gz') is not None:
+    if find_data('cifar10-jpeg.tar.gz') is not None and 'effnet' in parts:
         feats, (xte, yte), (xva, yva) = probe_data(smoke)
         for name in ('balanced', 'lt100'):
             xtr, ytr, counts = P.probe_setting(feats, name)
@@ -370,20 +336,52 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True)):
                                          f"EfficientNet-Lite0 probe (chapter 20), {lab}: the frozen 1,280-d backbone features, "
                                          "error of the same ERM probes"))
             log(f"effnet {name} done")
-    atomic_write_json(out_dir / 'premise.json', {'entries': entries, 'seeds': list(seeds), 'smoke': smoke,
+    # (c) Fashion-MNIST, the chapter-21 CNN, balanced and LT IF 100
+    for IF in ((None, 100) if 'fmnist' in parts else ()):
+        d, (xte, yte), _ = fmnist(IF, smoke)
+        ds = []
+        for seed in seeds:
+            fit = dict(FMNIST_FIT, epochs=1 if IF is None else 10) if not smoke else dict(epochs=1, batch_size=32)
+            p = P.fit_method(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, 'erm', seed=seed,
+                             class_counts=d.class_counts, transform=image_transform(d.mean, d.std), **fit)
+            ds.append(diagnose(_features_of(p, d.train_images), d.train_labels, yte, p.scores(xte),
+                               class_counts=d.class_counts, num_classes=10, bootstrap=0))
+        nm = 'fmnist-balanced' if IF is None else 'fmnist-lt100'
+        entries.append(premise_entry(nm, ds, FMNIST_CLASSES, f"chapter 21's CNN, ERM, {fit['epochs']} epochs, Fashion-MNIST "
+                                     + ('balanced (6,000/class)' if IF is None else 'LT, IF 100') + "; error on the scored 8,000 test images"))
+        log(f"{nm} done")
+    # (d) scikit-learn digits: an MLP (64-128-64, ReLU), ERM
+    from margin_notes.data import load_dataset
+    dg = load_dataset('digits')
+    class MLP(nn.Module):
+        def __init__(self, head, scale):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
+            self.head = P.make_scaled_head(64, 10, head, scale)
+        def forward(self, x): return self.head(self.backbone(x))
+    ds = []
+    for seed in (seeds if 'digits' in parts else ()):
+        tf = image_transform(dg.mean, dg.std)
+        p = P.fit_method(lambda h, s: MLP(h, s), dg.train_images, dg.train_labels, 'erm', seed=seed, transform=tf,
+                         epochs=40 if not smoke else 2, batch_size=64, lr=0.05)
+        ds.append(diagnose(_features_of(p, dg.train_images), dg.train_labels, dg.test_labels, p.scores(dg.test_images),
+                           num_classes=10, bootstrap=0))
+    if ds: entries.append(premise_entry('digits', ds, [str(k) for k in range(10)],
+                                 "scikit-learn digits, MLP 64-128-64, ERM 40 epochs; 50 held-out images per class"))
+    atomic_write_json(out_dir / f"premise-{'-'.join(parts)}.json", {'entries': entries, 'seeds': list(seeds), 'smoke': smoke,
                                                  'wall_seconds': time.time() - t_all,
                                                  'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
-    log(f"wrote {out_dir / 'premise.json'}")
+    log(f"wrote premise-{'-'.join(parts)}.json")
 
 # ----------------------------------------------------------------------------------------------------------------------
 # defaults, tried as a new user would: own small CNN, Fashion-MNIST-LT IF 50, 3 epochs, 3 seeds
 
 class UserCNN(nn.Module):
-    "A plain CNN a user might write: conv16-pool-conv32-pool-fc128, then a linear or cosine (DBM) head."
+    "A plain CNN a user might write: conv16/2-conv32/2 (3x3, stride 2, padding 1, ReLU)-fc128-ReLU, then a linear or cosine (DBM) head."
     def __init__(self, cosine=False):
         super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        self.backbone = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
                                       nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU())
         if cosine:
             from margin_notes.dbm import CosineClassifier
@@ -402,7 +400,6 @@ def run_defaults(out_dir, smoke=False):
             ('MR2Loss(K, lam=0.1, variant="paper")', False, lambda: MR2Loss(K, lam=0.1, variant='paper')),
             ('MR2Loss(K, lam=0.1, variant="released")', False, lambda: MR2Loss(K, lam=0.1, variant='released')),
             ('MR2Loss(K, lam=0.1, rep_normalize=True)', False, lambda: MR2Loss(K, lam=0.1, variant='paper', rep_normalize=True)),
-            ('MR2Loss(K, lam=0.01, variant="paper")', False, lambda: MR2Loss(K, lam=0.01, variant='paper')),
             ('DBMLoss(counts, base="ce")', True, lambda: DBMLoss(counts, base='ce')),
             ('DBMLoss(counts, base="bs")', True, lambda: DBMLoss(counts, base='bs'))]
     seeds = (0, 1, 2) if not smoke else (0,)
@@ -432,7 +429,7 @@ def run_defaults(out_dir, smoke=False):
             print(f"{label:40s} seed {seed}: {100 * acc.mean():5.1f} %  worst {100 * acc.min():5.1f}", flush=True)
     atomic_write_json(out_dir / 'defaults.json', {'results': res, 'class_counts': counts, 'data': d.label, 'epochs': epochs,
                                                   'seeds': list(seeds), 'smoke': smoke,
-                                                  'model': 'conv16-pool-conv32-pool-fc128 (linear head; CosineClassifier for DBM)',
+                                                  'model': 'conv16/2-conv32/2-fc128 (linear head; CosineClassifier for DBM)',
                                                   'optimizer': 'SGD lr 0.05 (constant), momentum 0.9, wd 5e-4, batch 128',
                                                   'test': 'Fashion-MNIST test set, 10,000 images', 'wall_seconds': time.time() - t_all,
                                                   'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
@@ -442,9 +439,11 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('what', choices=['premise', 'probe', 'fmnist', 'defaults'])
     ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
+    ap.add_argument('--parts', default='resnet,effnet,fmnist,digits', help='premise: which models (comma-separated)')
     a = ap.parse_args()
     smoke = a.smoke is not None
     out = Path(a.smoke) if smoke else ROOT / 'results' / {'premise': 'premise', 'probe': 'cpu_features', 'fmnist': 'fmnist_lt',
                                                           'defaults': 'defaults'}[a.what]
     out.mkdir(parents=True, exist_ok=True)
-    {'premise': run_premise, 'probe': run_probe, 'fmnist': run_fmnist, 'defaults': run_defaults}[a.what](out, smoke=smoke)
+    if a.what == 'premise': run_premise(out, smoke=smoke, parts=tuple(a.parts.split(',')))
+    else: {'probe': run_probe, 'fmnist': run_fmnist, 'defaults': run_defaults}[a.what](out, smoke=smoke)
