@@ -185,6 +185,7 @@ def _one_of(name: str, v, choices):
         near = difflib.get_close_matches(str(v), [str(c) for c in choices if c is not None], n=1)
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {v!r}" + (f" (did you mean {near[0]!r}?)" if near else ''))
 
+# %% ../nbs/16_config.ipynb #bae95377
 def validate_config(cfg: Config, # the configuration to check
                     _where: str = '', # prefix of error messages (suite members)
                    ) -> Config:
@@ -249,6 +250,7 @@ def validate_config(cfg: Config, # the configuration to check
                      skip=('name', 'imbalance_factor', 'subsample_seed'))
     return cfg
 
+# %% ../nbs/16_config.ipynb #91478fef
 def _loss_options(method) -> list:
     import inspect
     m = get_method(method)

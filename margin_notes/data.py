@@ -530,6 +530,7 @@ def imagenet_transform(train=True, size=224, resize=256, color_jitter: float = 0
     else: ops = [T.Resize(resize), T.CenterCrop(size)]
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
+# %% ../nbs/10_data.ipynb #0d49e5f9
 class ShardedLoader:
     "DataLoader batches whose shuffled global order comes from a given generator, split over processes, moved to `device` (chapter 10_data)."
     def __init__(self, dataset, # a map-style Dataset returning (tensor, label)
@@ -562,6 +563,7 @@ class ShardedLoader:
             if self.cl: xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, yb.to(self.device, non_blocking=True)
 
+# %% ../nbs/10_data.ipynb #c46007fb
 def make_loader(data, # a DataBundle, a ListBundle split (ListFileDataset), or a Dataset
                 batch_size: int = 128, # images per batch (the global batch under data parallelism)
                 train: bool = True, # training (augment, shuffle) or evaluation

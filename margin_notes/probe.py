@@ -126,6 +126,7 @@ class Probe:
         out = torch.cat([self.model(tf(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)])
         return self.posthoc(out) if self.posthoc is not None else out
 
+# %% ../nbs/19_probe.ipynb #c51ad85e
 def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module with .backbone and .head
                inputs: torch.Tensor, # training inputs (N, ...): cached features or images
                labels: torch.Tensor, # labels (N,)
@@ -198,6 +199,7 @@ def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module 
     model.eval(); loss.eval()
     return Probe(method, model, loss, transform=transform, history=history, seconds=time.perf_counter() - t0, config=config)
 
+# %% ../nbs/19_probe.ipynb #07e56e0b
 def train_probe(train_feats: torch.Tensor, # cached training features (N, D)
                 train_labels: torch.Tensor, # labels (N,)
                 method: str = 'erm', # one of PROBE_METHODS
