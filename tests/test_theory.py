@@ -260,3 +260,30 @@ def test_complexity_term_bad_input(kw, msg):
 def test_margin_bound_bad_risk():
     with pytest.raises(ValueError, match="empirical_risk"): margin_bound(-0.1, np.ones(2), np.ones(2), num_samples=5)
     with pytest.raises(ValueError, match="empirical_risk"): margin_bound(float('nan'), np.ones(2), np.ones(2), num_samples=5)
+
+
+# ---------------------------------------------------------------- the per-class bound (chapter 01)
+def test_class_complexity_terms_naive_and_quarter_rule_minimises_the_mean():
+    from margin_notes.bound import class_complexity_terms
+    rng = np.random.default_rng(7)
+    for K in (2, 5, 30):
+        A, n = 10.0 ** rng.uniform(-2, 2, K), rng.integers(1, 1000, K).astype(float)
+        g = rng.uniform(0.1, 3, K)
+        naive = [4 * K * 1.5 * math.sqrt(A[k]) / (math.log(2) * g[k] * math.sqrt(n[k])) for k in range(K)]
+        np.testing.assert_allclose(class_complexity_terms(A, g, n, Lambda=1.5), naive, rtol=1e-12)
+        q = (A / n) ** 0.25; q = q * K / q.sum()                         # gamma ∝ (A/N)^(1/4), mean 1
+        best = class_complexity_terms(A, q, n).mean()
+        for _ in range(200):                                            # every random feasible allocation is worse
+            r = rng.dirichlet(np.ones(K)) * K
+            assert best <= class_complexity_terms(A, np.maximum(r, 1e-9), n).mean() + 1e-9
+        eq = np.sqrt(A / n); eq = eq * K / eq.sum()                     # gamma ∝ sqrt(A/N) equalises the terms
+        t = class_complexity_terms(A, eq, n)
+        np.testing.assert_allclose(t, np.full(K, t[0]), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(variability=[-1.0, 1.0]), 'variability'), (dict(margins=[0.0, 1.0]), 'margins'),
+                                    (dict(class_counts=[0, 3]), 'class_counts'), (dict(class_counts=[1, 2, 3]), 'shape')])
+def test_class_complexity_terms_bad_input(kw, msg):
+    from margin_notes.bound import class_complexity_terms
+    args = dict(variability=[1.0, 2.0], margins=[1.0, 1.0], class_counts=[10, 20]); args.update(kw)
+    with pytest.raises(ValueError, match=msg): class_complexity_terms(**args)
