@@ -186,6 +186,11 @@ def _one_of(name: str, v, choices):
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {v!r}" + (f" (did you mean {near[0]!r}?)" if near else ''))
 
 # %% ../nbs/16_config.ipynb #bae95377
+def _nested(check, *args, **kw):
+    "Run a registry option check; its one-line ValueError becomes a ConfigError."
+    try: return check(*args, **kw)
+    except ValueError as e: raise ConfigError(str(e)) from None
+
 def validate_config(cfg: Config, # the configuration to check
                     _where: str = '', # prefix of error messages (suite members)
                    ) -> Config:
@@ -222,23 +227,23 @@ def validate_config(cfg: Config, # the configuration to check
         raise ConfigError(f"{w}loss {m.name!r} takes cosines and applies its own scale: it needs head='cosine' (or leave head unset)")
     if m.head == 'linear' and r['head'] == 'cosine':
         raise ConfigError(f"{w}loss {m.name!r} takes logits: head='cosine' would feed it unscaled cosines (leave head unset)")
-    check_method_kwargs(m, cfg.loss_kwargs, w + 'loss_kwargs')
+    _nested(check_method_kwargs, m, cfg.loss_kwargs, w + 'loss_kwargs')
     if r['lwr'] is not None:
         from margin_notes.lwr import LWRLoss
-        check_kwargs(LWRLoss, r['lwr'], w + 'lwr', skip=('base', 'head'))
+        _nested(check_kwargs, LWRLoss, r['lwr'], w + 'lwr', skip=('base', 'head'))
     if r['drw_start'] is not None:
         if r['drw_start'] < 0: raise ConfigError(f"{w}drw_start must be >= 0, got {r['drw_start']}")
         if not hasattr(m.loss_class(), 'set_class_weight'): raise ConfigError(f"{w}loss {m.name!r} takes no class weights, so DRW cannot be applied")
     if r['posthoc'] == 'marc':
         from margin_notes.marc import fit_marc
-        check_kwargs(fit_marc, r['posthoc_kwargs'], w + 'posthoc_kwargs', skip=('logits', 'weight_norms', 'targets', 'class_counts'))
+        _nested(check_kwargs, fit_marc, r['posthoc_kwargs'], w + 'posthoc_kwargs', skip=('logits', 'weight_norms', 'targets', 'class_counts'))
         if r['head'] == 'cosine': raise ConfigError(f"{w}posthoc 'marc' calibrates a linear head, not a cosine head")
     if r['posthoc'] == 'la':
         from margin_notes.baselines import logit_adjust_posthoc
-        check_kwargs(logit_adjust_posthoc, r['posthoc_kwargs'], w + 'posthoc_kwargs', skip=('logits', 'class_counts'))
+        _nested(check_kwargs, logit_adjust_posthoc, r['posthoc_kwargs'], w + 'posthoc_kwargs', skip=('logits', 'class_counts'))
     if cfg.arch == 'mlp':
         from margin_notes.models import MLPClassifier
-        check_kwargs(MLPClassifier, cfg.model_kwargs, w + 'model_kwargs', skip=('in_dim', 'num_classes', 'head'))
+        _nested(check_kwargs, MLPClassifier, cfg.model_kwargs, w + 'model_kwargs', skip=('in_dim', 'num_classes', 'head'))
     if ds.startswith('synthetic'):
         for k in cfg.data_kwargs:
             if k not in _SYNTHETIC_KEYS:
@@ -246,7 +251,7 @@ def validate_config(cfg: Config, # the configuration to check
                 raise ConfigError(f"{w}data_kwargs.{k}: the synthetic set takes {', '.join(_SYNTHETIC_KEYS)}" + (f"; did you mean {near[0]!r}?" if near else ''))
     elif ds != 'imagenet':
         from margin_notes.data import load_dataset
-        check_kwargs(load_dataset, {k: v for k, v in cfg.data_kwargs.items() if k != 'color_jitter'}, w + 'data_kwargs',
+        _nested(check_kwargs, load_dataset, {k: v for k, v in cfg.data_kwargs.items() if k != 'color_jitter'}, w + 'data_kwargs',
                      skip=('name', 'imbalance_factor', 'subsample_seed'))
     return cfg
 

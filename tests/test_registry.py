@@ -1,0 +1,101 @@
+"Tests of margin_notes.registry (each method defined once), schedules, config validation and the report module."
+import math
+
+import pytest
+import torch
+
+from margin_notes.registry import METHODS, get_method, build_method_loss, check_method_kwargs, method_names, import_extra
+from margin_notes.config import PRESETS, Config, ConfigError, resolve, validate_config, suite_members
+from margin_notes import baselines as B
+
+COUNTS = [60, 25, 9, 3]
+
+
+def _by_hand(name, counts):
+    "The loss each registry entry should build, written out without the registry."
+    K = len(counts)
+    from margin_notes.dbm import DBMLoss
+    from margin_notes.mr2 import MR2Loss
+    return {'erm': lambda: B.CELoss(), 'ce-drw': lambda: B.CELoss(), 'focal': lambda: B.FocalLoss(gamma=1.0),
+            'ldam': lambda: B.LDAMLoss(counts, max_margin=0.5, scale=30.0), 'ldam-drw': lambda: B.LDAMLoss(counts, max_margin=0.5, scale=30.0),
+            'bs': lambda: B.BalancedSoftmaxLoss(counts), 'la': lambda: B.LogitAdjustedLoss(counts, tau=1.0),
+            'la-posthoc': lambda: B.CELoss(), 'marc': lambda: B.CELoss(),
+            'dbm': lambda: DBMLoss(counts, scale=32.0, margin=0.1, tau=1.0),
+            'dbm-bs': lambda: DBMLoss(counts, scale=32.0, margin=0.1, tau=1.0, base='bs'),
+            'mr2': lambda: MR2Loss(K, lam=0.1, mean_margin=1.0, momentum=0.9),
+            'mr2-released': lambda: MR2Loss(K, lam=0.1, mean_margin=1.0, momentum=0.9, variant='released')}[name]()
+
+
+@pytest.mark.parametrize('name', [n for n in METHODS if n != 'bs-lwr'])
+def test_each_entry_builds_the_loss_it_names(name):
+    m = METHODS[name]
+    torch.manual_seed(0)
+    z = torch.randn(16, 4).clamp(-0.99, 0.99) if m.head == 'cosine' else torch.randn(16, 4) * 3
+    y, f = torch.arange(16) % 4, torch.randn(16, 6)
+    got, ref = build_method_loss(name, COUNTS), _by_hand(name, COUNTS)
+    assert type(got) is type(ref)
+    torch.testing.assert_close(got(z, y, features=f), ref(z, y, features=f))
+
+
+def test_lwr_entry_is_the_lwr_composition():
+    from margin_notes.lwr import LWRLoss
+    head = torch.nn.Linear(6, 4)
+    got, ref = build_method_loss('bs-lwr', COUNTS, head), LWRLoss(B.BalancedSoftmaxLoss(COUNTS), head, threshold=0.4)
+    got.set_progress(0.3); ref.set_progress(0.3)
+    z, y = torch.randn(8, 4), torch.arange(8) % 4
+    torch.testing.assert_close(got(z, y), ref(z, y))
+    # LWR options can be added to any method
+    assert type(build_method_loss('la', COUNTS, head, lwr={'threshold': 0.2})).__name__ == 'LWRLoss'
+
+
+def test_names_aliases_and_errors():
+    assert get_method('CE') is METHODS['erm'] and get_method('lwr') is METHODS['bs-lwr'] and get_method('MR²') is METHODS['mr2']
+    with pytest.raises(KeyError, match="did you mean 'focal'"): get_method('focall')
+    with pytest.raises(ValueError, match="did you mean 'tau'"): check_method_kwargs('la', {'taus': 2.0})
+    with pytest.raises(ValueError, match="expects float"): check_method_kwargs('la', {'tau': 'big'})
+    assert set(method_names()) == set(METHODS) and 'ce' in method_names(aliases=True)
+    with pytest.raises(ImportError, match=r"margin_notes\[book\]"): import_extra('surely_not_installed_xyz')
+
+
+def test_every_preset_method_and_suite_member_is_a_registry_method():
+    for n, p in PRESETS.items():
+        members = [m for *_, m in suite_members(p)] if p.suite else [p]
+        for c in members:
+            get_method(c.loss)
+            r = resolve(c)
+            assert r['head'] == get_method(c.loss).head, n   # presets never put a loss on the wrong head
+
+
+def test_style_colours_come_from_the_registry():
+    pytest.importorskip('matplotlib')
+    from margin_notes.style import method_color
+    for m in METHODS.values():
+        assert method_color(m.name) == method_color(m.label) == m.color
+
+
+@pytest.mark.parametrize('bad,msg', [
+    (dict(epochs=0), 'epochs must be positive'), (dict(epochs='five'), 'epochs must be int'), (dict(epochs=True), 'epochs must be int'),
+    (dict(batch_size=-1), 'batch_size must be positive'), (dict(lr=0.0), 'lr must be positive'),
+    (dict(momentum=1.0), 'momentum must be < 1'), (dict(imbalance_factor=0.5), 'imbalance_factor must be >= 1'),
+    (dict(dataset='cifar1000'), 'dataset must be one of'), (dict(device='gpu'), "device must be"),
+    (dict(loss='mr2', loss_kwargs={'lamm': 0.2}), "did you mean 'lam'"), (dict(loss='mr2', loss_kwargs={'lam': 'x'}), 'expects float'),
+    (dict(loss='marc', posthoc_kwargs={'gama': 1}), "did you mean 'gamma'"), (dict(loss='dbm', head='linear'), "head='cosine'"),
+    (dict(loss='marc', head='cosine'), 'unscaled cosines'), (dict(milestones=['a']), 'milestones'),
+    (dict(data_kwargs={'test_per_clas': 3}, dataset='synthetic-cifar10'), "did you mean 'test_per_class'"),
+    (dict(report={'many': 10, 'few': 20}), 'few <= many'), (dict(report={'mid': 3}), 'unknown key'),
+])
+def test_validation_refuses_bad_configs(bad, msg):
+    with pytest.raises(ConfigError, match=msg): validate_config(Config(**bad))
+
+
+def test_schedules_against_naive_loops():
+    from margin_notes.schedules import lr_at_step, warmup_cosine_lr, cosine_lr
+    # naive per-step cosine after a linear warm-up from 0.5x, written from the formula
+    lr, spe, E, ws = 0.2, 7, 5, 10
+    for s in range(spe * E):
+        if s < ws: want = lr * (0.5 + 0.5 * (s + 1) / ws)
+        else:
+            p = (s / spe - ws / spe) / (E - ws / spe)
+            want = 0.5 * lr * (1 + math.cos(math.pi * p))
+        assert lr_at_step(s, spe, lr, E, 'cosine', ws, 0.5) == pytest.approx(want, rel=1e-12)
+    assert warmup_cosine_lr(7.5, 10, 1.0, 5) == pytest.approx(cosine_lr(1.0, 2.5, 5))
