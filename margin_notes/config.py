@@ -13,7 +13,7 @@ from .registry import get_method, check_kwargs, check_method_kwargs, _accepts
 
 # %% auto #0
 __all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'DATASETS', 'PRESETS', 'Config', 'ConfigError', 'parse_overrides', 'apply_overrides',
-           'resolve', 'validate_config', 'suite_members', 'get_config', 'config_changes']
+           'resolve', 'validate_config', 'suite_members', 'get_config', 'config_changes', 'check_resume']
 
 # %% ../nbs/16_config.ipynb #74f32037
 CIFAR_GROUPS = {'many': 100, 'few': 20}  # Many: > 100 training images, Few: < 20 (the CIFAR-LT convention)
@@ -409,3 +409,13 @@ def config_changes(saved: dict, # the saved config (config.json)
     new = cfg.to_dict()
     return [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in new
             if k not in _RESUME_IGNORED and saved.get(k) != new.get(k)]
+
+def check_resume(saved: dict, # the saved config (config.json or the checkpoint's)
+                 cfg: Config, # the config about to resume
+                 where, # the run folder (for the message)
+                 force: bool = False, # resume anyway
+                ):
+    "Raise a one-line ConfigError when `cfg` differs from the saved config, unless `force` (chapter 16_config)."
+    changed = [] if force else config_changes(saved, cfg)
+    if changed: raise ConfigError(f"cannot resume {where}: the config differs from the saved one ({'; '.join(changed)}); "
+                                  "pass force=True (--force) to resume anyway")

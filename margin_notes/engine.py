@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .core import seed_everything, atomic_write_json, atomic_torch_save, check_class_counts, smoke_or
 from .config import (Config, ConfigError, PRESETS, apply_overrides, get_config, resolve, validate_config,
-                                 config_changes, suite_members)
+                                 check_resume, suite_members)
 from .models import MLPClassifier, head_weight_norms
 from .registry import build_method_loss, get_method
 from .report import outputs_report, summary_table, plot_summary, write_summary, write_csv
@@ -285,6 +285,22 @@ def _smoke_cfg(cfg: Config) -> Config:
     d['posthoc_kwargs'] = {k: v for k, v in cfg.posthoc_kwargs.items() if k == 'gamma'}
     return Config.from_dict(d)
 
+def _run_results(cfg: Config, data, model, out_te, y_te, posthoc: Optional[str], posthoc_kwargs: dict, amp, dev) -> dict:
+    "The results of a trained model: report of the test outputs; with a post-hoc step, stage 1 kept and the calibrated report."
+    counts = list(data.class_counts)
+    res = {'dataset': data.name, 'num_classes': data.num_classes, 'class_counts': counts, 'reported': 'last epoch',
+           'epochs': cfg.epochs, **outputs_report(out_te, y_te, counts, **cfg.report)}
+    if posthoc:
+        res['stage1'] = {'per_class_accuracy': res['per_class_accuracy'], 'report': res['report']}
+        plain = make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256), split='train')
+        cal, fitted = apply_posthoc(posthoc, model, plain, out_te, counts, amp, **posthoc_kwargs)
+        res.update(outputs_report(cal, y_te, counts, **cfg.report)); res['posthoc'] = {'method': posthoc, **fitted}
+    return res
+
+def _provenance(cfg: Config, t_start: float, dev) -> dict:
+    return dict(config=cfg.to_dict(), wall_time_s=time.time() - t_start, device=_device_name(dev), git_commit=_git_commit(),
+                torch=torch.__version__)
+
 class TrainingInterrupted(KeyboardInterrupt):
     "Ctrl-C during `fit`: the run can be resumed from the checkpoint of `epochs_done` epochs in `out_dir`."
     def __init__(self, out_dir, epochs_done: int, epochs: int):
@@ -308,10 +324,7 @@ def fit(cfg: Config, # run configuration
     out_dir = Path(out_dir); t_start = time.time(); ck = out_dir / 'checkpoint.pt'
     dev = _resolve_device(cfg)
     s = torch.load(ck, map_location=dev, weights_only=False) if resume and ck.exists() else None
-    if s is not None and not force:
-        changed = config_changes(s.get('config', {}), cfg)
-        if changed: raise ConfigError(f"cannot resume {out_dir}: the config differs from the saved one ({'; '.join(changed)}); "
-                                      "pass force=True (--force) to resume anyway")
+    if s is not None: check_resume(s.get('config', {}), cfg, out_dir, force)
     distributed = _maybe_init_distributed(dev.type)
     rank, world, _ = dist_info()
     if rank == 0: out_dir.mkdir(parents=True, exist_ok=True); cfg.save(out_dir / 'config.json')
@@ -371,15 +384,8 @@ def fit(cfg: Config, # run configuration
         if hasattr(bar, 'close'): bar.close()
     if end < cfg.epochs: return {'epochs_done': end, 'finished': False}
     out_te, y_te = last_eval[0] if last_eval[0] is not None else collect_outputs(model, test_b, amp)
-    res = {'name': cfg.name, 'dataset': data.name, 'num_classes': K, 'class_counts': counts, 'reported': 'last epoch',
-           'epochs': cfg.epochs, **outputs_report(out_te, y_te, counts, **cfg.report)}
-    if r['posthoc']:
-        res['stage1'] = {'per_class_accuracy': res['per_class_accuracy'], 'report': res['report']}
-        plain = make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256), split='train')
-        cal, fitted = apply_posthoc(r['posthoc'], model, plain, out_te, counts, amp, **r['posthoc_kwargs'])
-        res.update(outputs_report(cal, y_te, counts, **cfg.report)); res['posthoc'] = {'method': r['posthoc'], **fitted}
-    res.update(config=cfg.to_dict(), wall_time_s=time.time() - t_start, device=_device_name(dev), world_size=world,
-               git_commit=_git_commit(), torch=torch.__version__, history=rows)
+    res = {'name': cfg.name, **_run_results(cfg, data, model, out_te, y_te, r['posthoc'], r['posthoc_kwargs'], amp, dev),
+           **_provenance(cfg, t_start, dev), 'world_size': world, 'history': rows}
     if rank == 0:
         atomic_write_json(out_dir / 'results.json', res)
         if verbose:
@@ -427,19 +433,12 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     out_dir = Path(out_dir) if out_dir is not None else run_dir.with_name(run_dir.name + f'-{method}')
     cfg, data, model = load_run(run_dir, device)
     dev = next(model.parameters()).device; amp = _amp_dtype(cfg, dev)
-    counts = list(data.class_counts)
     out, y = collect_outputs(model, make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256)), amp)
-    plain = make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256), split='train')
     r = resolve(cfg)
     kw = {**(r['posthoc_kwargs'] if r['posthoc'] == method else {}), **kw}
-    cal, fitted = apply_posthoc(method, model, plain, out, counts, amp, **kw)
     ncfg = cfg.replace(name=name or f'{cfg.name}+{method}', posthoc=method, posthoc_kwargs=kw)
-    res = {'name': ncfg.name, 'dataset': data.name, 'num_classes': data.num_classes, 'class_counts': counts, 'reported': 'last epoch',
-           'epochs': cfg.epochs, **outputs_report(out, y, counts, **cfg.report)}
-    res['stage1'] = {'run': str(run_dir), 'per_class_accuracy': res['per_class_accuracy'], 'report': res['report']}
-    res.update(outputs_report(cal, y, counts, **cfg.report)); res['posthoc'] = {'method': method, **fitted}
-    res.update(config=ncfg.to_dict(), wall_time_s=time.time() - t0, device=_device_name(dev), git_commit=_git_commit(),
-               torch=torch.__version__)
+    res = {'name': ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev), **_provenance(ncfg, t0, dev)}
+    res['stage1']['run'] = str(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True); ncfg.save(out_dir / 'config.json')
     atomic_write_json(out_dir / 'results.json', res)
     return res
@@ -454,10 +453,7 @@ def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' pre
     "Train every member of a suite, then write summary.{json,csv,md} and per_class.png (chapter 13_engine)."
     validate_config(cfg)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and not force and (out_dir / 'config.json').exists():
-        changed = config_changes(json.loads((out_dir / 'config.json').read_text()), cfg)
-        if changed: raise ConfigError(f"cannot resume {out_dir}: the config differs from the saved one ({'; '.join(changed)}); "
-                                      "pass force=True (--force) to resume anyway")
+    if resume and (out_dir / 'config.json').exists(): check_resume(json.loads((out_dir / 'config.json').read_text()), cfg, out_dir, force)
     cfg.save(out_dir / 'config.json')
     results, t0, data = {}, time.time(), None
     for key, label, src, mcfg in _progress(suite_members(cfg), cfg, 0, desc=cfg.name, unit='method'):
