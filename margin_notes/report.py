@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_report.ipynb #ac5a4965
 from __future__ import annotations
-import csv, inspect, io, json, math
+import csv, io, json, math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,15 +18,8 @@ def group_report(per_class_acc, # per-class accuracies (K,), fractions in [0, 1]
                  few: float = 20, # Few: fewer than this many training images (CIFAR-LT convention)
                 ) -> dict:
     "`metrics.accuracy_report` with the Many/Medium/Few groups taken at the given thresholds (chapter 24_report)."
-    import torch
-    from margin_notes.metrics import accuracy_report, shot_groups
-    pca = torch.as_tensor(per_class_acc, dtype=torch.float64)
-    ps = inspect.signature(accuracy_report).parameters
-    if 'many' in ps and 'few' in ps: rep = accuracy_report(pca, class_counts=class_counts, many=many, few=few)
-    else:   # an accuracy_report without threshold parameters: the groups from shot_groups at ours
-        rep = accuracy_report(pca, class_counts=class_counts)
-        for k, idx in shot_groups(class_counts, many=many, few=few).items():
-            rep[k] = float(pca[idx].mean()) if len(idx) else float('nan')
+    from margin_notes.metrics import accuracy_report
+    rep = accuracy_report(per_class_acc, class_counts=class_counts, many=many, few=few)
     rep['groups'] = {'many': many, 'few': few}
     return rep
 
