@@ -16,7 +16,7 @@ from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_
                                document_parameters, loss_targets)
 
 # %% auto #0
-__all__ = ['CosineClassifier', 'dbm_class_margins', 'DBMLoss', 'DBMComposite']
+__all__ = ['CosineClassifier', 'dbm_class_margins', 'DBMLoss', 'naive_dbm_loss', 'DBMComposite']
 
 # %% ../nbs/07_dbm.ipynb #fac04816
 class CosineClassifier(nn.Module):
@@ -161,6 +161,40 @@ class DBMLoss(KeepBufferPrecision, nn.Module):
     def extra_repr(self):
         return (f"num_classes={self.num_classes}, scale={self.scale}, margin={self.margin}, tau={self.tau}, "
                 f"base={self.base!r}, reference={self.reference!r}")
+
+# %% ../nbs/07_dbm.ipynb #1c45ab05
+def naive_dbm_loss(cosines, # (B, K) cosines of a cosine head
+                   targets, # (B,) labels
+                   class_counts, # training images per class (K,)
+                   scale: float = 32.0, # s
+                   margin: float = 0.1, # K_dbm
+                   tau: float = 1.0, # exponent of the count ratio
+                   base: str = 'ce', # 'ce' or 'bs'
+                   instance_weight: float = 1.0, # lambda_I
+                   hard_only: bool = True, # instance margin only on misclassified samples
+                   reference: str = 'min', # 'min' or 'last_index'
+                   eps: float = 1e-6, # clamp of the target cosine
+                   pi_fallback: bool = False, # ArcFace-style substitute beyond pi
+                   weight=None, # optional per-class weights (K,)
+                  ) -> float:
+    "Reference `DBMLoss`: per-sample Python loops in float64, typed from the formulas of this chapter (chapter 07_dbm)."
+    cos, y, counts = cosines.tolist(), targets.tolist(), [float(c) for c in class_counts]
+    K = len(counts); ref = min(counts) if reference == 'min' else counts[-1]
+    w = [1.0] * K if weight is None else [float(v) for v in weight]
+    num = den = 0.0
+    for row, t in zip(cos, y):
+        c_t = min(max(row[t], -1 + eps), 1 - eps)          # only the target cosine goes through arccos
+        m_c = margin * (ref / counts[t]) ** tau
+        hard = max(range(K), key=lambda j: row[j]) != t
+        m = m_c + (instance_weight * m_c * (1 - c_t) / 2 if (hard or not hard_only) else 0.0)
+        theta = math.acos(c_t)
+        tgt = math.cos(theta + m)
+        if pi_fallback and theta + m > math.pi: tgt = c_t - m * math.sin(m)
+        z = [scale * v for v in row]; z[t] = scale * tgt
+        if base == 'bs': z = [z[j] + math.log(counts[j] / sum(counts)) for j in range(K)]
+        mx = max(z); lse = mx + math.log(sum(math.exp(v - mx) for v in z))
+        num += w[t] * (lse - z[t]); den += w[t]
+    return num / den
 
 # %% ../nbs/07_dbm.ipynb #451c2136
 class DBMComposite(nn.Module):

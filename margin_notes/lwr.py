@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .core import KeepBufferPrecision, autocast_off, check_finite, check_positive, document_parameters
 
 # %% auto #0
-__all__ = ['LWRegularizer', 'lwr_lambda', 'LWRLoss', 'with_lwr']
+__all__ = ['LWRegularizer', 'naive_lwr', 'lwr_lambda', 'LWRLoss', 'with_lwr']
 
 # %% ../nbs/08_lwr.ipynb #66bba8f2
 class LWRegularizer(nn.Module):
@@ -67,6 +67,23 @@ class LWRegularizer(nn.Module):
         return out
 
     def extra_repr(self): return f"threshold={self.threshold}, reduction={self.reduction!r}, lwr_weight={self.lwr_weight}"
+
+# %% ../nbs/08_lwr.ipynb #bc0625dc
+def naive_lwr(weight, # class weight rows (K, D)
+              threshold: float, # theta
+              reduction: str = 'sum', # 'sum' or 'mean'
+             ) -> float:
+    "Reference `LWRegularizer`: explicit float64 loops, R = sum_i [log sum_j exp(s_ij) - s_ii], s_ij = 1[cos_ij > theta] cos_ij (chapter 08_lwr)."
+    W = weight.detach().double().tolist(); K = len(W)
+    norm = [math.sqrt(sum(v * v for v in w)) for w in W]
+    total = 0.0
+    for i in range(K):
+        s = []
+        for j in range(K):
+            c = 1.0 if i == j else sum(a * b for a, b in zip(W[i], W[j])) / (norm[i] * norm[j])
+            s.append(c if c > threshold else 0.0)
+        total += math.log(sum(math.exp(v) for v in s)) - s[i]
+    return total / K if reduction == 'mean' else total
 
 # %% ../nbs/08_lwr.ipynb #291b2fab
 def lwr_lambda(progress, # fraction of training done, t/T (float or tensor); clipped to [0, 1]

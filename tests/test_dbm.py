@@ -6,30 +6,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from margin_notes.dbm import CosineClassifier, DBMLoss, dbm_class_margins
-
-
-def naive_dbm(cos, y, counts, scale=32.0, margin=0.1, tau=1.0, base='ce', instance_weight=1.0, hard_only=True,
-              reference='min', eps=1e-6, pi_fallback=False, weight=None):
-    "Per-sample Python loops in float64, written from the paper's formulas."
-    cos = cos.tolist(); y = y.tolist(); counts = [float(c) for c in counts]
-    K = len(counts); ref = min(counts) if reference == 'min' else counts[-1]
-    w = [1.0] * K if weight is None else [float(v) for v in weight]
-    num = den = 0.0
-    for row, t in zip(cos, y):
-        c = [min(max(v, -1 + eps), 1 - eps) for v in row]
-        m_c = margin * (ref / counts[t]) ** tau
-        hard = max(range(K), key=lambda j: row[j]) != t
-        d = (1 - c[t]) / 2
-        m = m_c + (instance_weight * m_c * d if (hard or not hard_only) else 0.0)
-        theta = math.acos(c[t])
-        tgt = math.cos(theta + m)
-        if pi_fallback and theta + m > math.pi: tgt = c[t] - m * math.sin(m)
-        z = [scale * v for v in c]; z[t] = scale * tgt
-        if base == 'bs': z = [z[j] + math.log(counts[j] / sum(counts)) for j in range(K)]
-        mx = max(z); lse = mx + math.log(sum(math.exp(v - mx) for v in z))
-        num += w[t] * (lse - z[t]); den += w[t]
-    return num / den
+from margin_notes.dbm import CosineClassifier, DBMLoss, dbm_class_margins, naive_dbm_loss as naive_dbm
 
 
 def _rand(B=12, K=5, seed=0, dtype=torch.float64):

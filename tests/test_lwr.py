@@ -7,21 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from margin_notes.lwr import LWRegularizer, LWRLoss, lwr_lambda, with_lwr
-
-
-def naive_lwr(W, threshold, reduction='sum'):
-    "Explicit loops in float64: R = sum_i [log sum_j exp(s_ij) - s_ii], s_ij = 1[cos_ij > theta] cos_ij."
-    W = W.detach().double().tolist(); K = len(W)
-    norm = [math.sqrt(sum(v * v for v in w)) for w in W]
-    total = 0.0
-    for i in range(K):
-        s = []
-        for j in range(K):
-            c = 1.0 if i == j else sum(a * b for a, b in zip(W[i], W[j])) / (norm[i] * norm[j])
-            s.append(c if c > threshold else 0.0)
-        total += math.log(sum(math.exp(v) for v in s)) - s[i]
-    return total / K if reduction == 'mean' else total
+from margin_notes.lwr import LWRegularizer, LWRLoss, lwr_lambda, naive_lwr, with_lwr
 
 
 def closed_form_grad(W, threshold):
