@@ -228,7 +228,7 @@ def diagnose_run(run_dir, # a folder written by `margin-notes run` (config.json 
     if not hasattr(model, 'backbone'): raise ValueError(f"the model of {run_dir} has no `.backbone`: cannot read its features")
     f, y, _ = _features_preds(model, data, cfg, 'train')
     _, ty, tp = _features_preds(model, data, cfg, 'test')
-    names = getattr(getattr(data, 'bundle', None), 'classes', None)
+    names = getattr(data, 'classes', None) or getattr(getattr(data, 'bundle', None), 'classes', None)
     d = diagnose(f, y, ty, tp, class_counts=data.class_counts, num_classes=data.num_classes, classes=names, bootstrap=bootstrap)
     d['run'] = str(run_dir); d['name'] = cfg.name
     return d
