@@ -16,7 +16,7 @@ from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_
 
 # %% auto #0
 __all__ = ['CELoss', 'BalancedSoftmaxLoss', 'LogitAdjustedLoss', 'logit_adjust_posthoc', 'ldam_margins', 'LDAMLoss', 'FocalLoss',
-           'drw_weights', 'drw_class_weights_at', 'warmup_step_lr', 'warmup_cosine_lr']
+           'naive_baseline_loss', 'drw_weights', 'drw_class_weights_at', 'warmup_step_lr', 'warmup_cosine_lr']
 
 # %% ../nbs/05_baselines.ipynb #1617a8b5
 def _float_dtype(t: torch.Tensor) -> torch.dtype:
@@ -183,6 +183,37 @@ class FocalLoss(_ClassWeighted):
             ce = F.cross_entropy(logits.to(_float_dtype(logits)), targets, reduction='none')
             per = (-torch.expm1(-ce)).clamp_min(0) ** self.gamma * ce if self.gamma != 0 else ce
             return _weighted_mean(per, targets, self.weight)
+
+# %% ../nbs/05_baselines.ipynb #0232bced
+def naive_baseline_loss(kind: str, # 'ce', 'bs', 'la', 'ldam' or 'focal'
+                        logits, # (B, K) logits (cosines for 'ldam')
+                        targets, # (B,) labels
+                        class_counts=None, # (K,) training counts ('bs', 'la', 'ldam')
+                        weight=None, # optional per-class weights (K,): weighted mean
+                        tau: float = 1.0, # logit adjustment strength ('la')
+                        max_margin: float = 0.5, # LDAM's largest margin
+                        scale: float = 30.0, # LDAM's scale
+                        gamma: float = 1.0, # focal exponent
+                       ) -> float:
+    "Reference for the losses of this chapter: float64 loops over samples and classes, typed from the definitions (chapter 05_baselines)."
+    z, y = logits.double().tolist(), targets.tolist()
+    w = None if weight is None else [float(a) for a in weight]
+    K = len(z[0])
+    counts = None if class_counts is None else [float(c) for c in class_counts]
+    per = []
+    for i in range(len(y)):
+        row = list(z[i])
+        if kind == 'bs': row = [row[j] + math.log(counts[j] / sum(counts)) for j in range(K)]
+        elif kind == 'la': row = [row[j] + tau * math.log(counts[j] / sum(counts) + 1e-12) for j in range(K)]
+        elif kind == 'ldam':
+            ms = [c ** -0.25 for c in counts]
+            row = [scale * (row[j] - (max_margin / max(ms) * ms[j] if j == y[i] else 0.0)) for j in range(K)]
+        mx = max(row)
+        ce = mx + math.log(sum(math.exp(a - mx) for a in row)) - row[y[i]]
+        if kind == 'focal': ce = (1 - math.exp(-ce)) ** gamma * ce
+        per.append(ce)
+    if w is None: return sum(per) / len(per)
+    return sum(w[y[i]] * per[i] for i in range(len(per))) / sum(w[y[i]] for i in range(len(per)))
 
 # %% ../nbs/05_baselines.ipynb #a98a94c7
 def drw_weights(class_counts, # (K,) training images per class

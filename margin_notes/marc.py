@@ -15,7 +15,7 @@ from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_
                                document_parameters, loss_targets)
 
 # %% auto #0
-__all__ = ['marc_class_weights', 'MARCLoss', 'MARC', 'marc_logits', 'MARCFit', 'fit_marc', 'marc_stage2']
+__all__ = ['marc_class_weights', 'MARCLoss', 'MARC', 'marc_logits', 'MARCFit', 'fit_marc', 'naive_marc_objective', 'marc_stage2']
 
 # %% ../nbs/06_marc.ipynb #d48e78fa
 def marc_class_weights(class_counts, # training images per class (K,)
@@ -225,6 +225,30 @@ def fit_marc(logits: torch.Tensor, # cached stage-1 training logits eta (N, K), 
         iters, grad_max = it, float('nan')
     _sync(dev)
     return MARCFit(omega.detach(), beta.detach(), final, iters, time.perf_counter() - t0, grad_max)
+
+# %% ../nbs/06_marc.ipynb #5a161100
+def naive_marc_objective(logits, # stage-1 logits eta (N, K)
+                         weight_norms, # ||W_j|| (K,)
+                         targets, # labels (N,)
+                         class_counts, # training images per class (K,)
+                         omega, # (K,) calibration scales
+                         beta, # (K,) calibration shifts
+                         gamma: float = 1.2, # reweighting exponent of U_y
+                         weight_decay: float = 5e-4, # L2 on omega and beta
+                         reduction: str = 'weighted_mean', # 'weighted_mean' or 'batch_mean'
+                        ) -> float:
+    "Reference stage-2 objective of MARC: float64 loops, weighted CE of omega*eta + beta*||W|| plus weight_decay/2 (|omega|^2 + |beta|^2) (chapter 06_marc)."
+    counts = [float(c) for c in class_counts]
+    inv = [(1.0 / n) ** gamma for n in counts]
+    U = [len(counts) * v / sum(inv) for v in inv]
+    wn, om, be = [float(v) for v in weight_norms], [float(v) for v in omega], [float(v) for v in beta]
+    num = den = 0.0
+    for row, t in zip(logits.tolist(), targets.tolist()):
+        z = [om[j] * row[j] + be[j] * wn[j] for j in range(len(row))]
+        mx = max(z); lse = mx + math.log(sum(math.exp(v - mx) for v in z))
+        num += U[t] * (lse - z[t]); den += U[t]
+    data = num / den if reduction == 'weighted_mean' else num / len(targets)
+    return data + 0.5 * weight_decay * (sum(o * o for o in om) + sum(b * b for b in be))
 
 # %% ../nbs/06_marc.ipynb #99b6c118
 def marc_stage2(model: nn.Module, # stage-1 model with .backbone (x -> features) and .head

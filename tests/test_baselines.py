@@ -7,47 +7,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss, LogitAdjustedLoss,
-                                    drw_class_weights_at, drw_weights, ldam_margins, logit_adjust_posthoc,
+                                    drw_class_weights_at, drw_weights, ldam_margins, logit_adjust_posthoc, naive_baseline_loss,
                                     warmup_cosine_lr, warmup_step_lr)
 
 
-# ---------- naive float64 loop implementations, written from the definitions of chapter 05 ----------
-
-def _lse(row):
-    m = max(row)
-    return m + math.log(sum(math.exp(a - m) for a in row))
-
-
-def _reduce(per, y, w):
-    if w is None:
-        return sum(per) / len(per)
-    return sum(w[y[i]] * per[i] for i in range(len(per))) / sum(w[y[i]] for i in range(len(per)))
-
-
-def naive(kind, z, y, counts=None, w=None, tau=1.0, max_margin=0.5, scale=30.0, gamma=1.0):
-    z, y = z.double().tolist(), y.tolist()
-    w = None if w is None else [float(a) for a in w]
-    K = len(z[0])
-    if counts is not None:
-        counts = [float(c) for c in counts]
-        N = sum(counts)
-    per = []
-    for i in range(len(y)):
-        row = list(z[i])
-        if kind == 'bs':
-            row = [row[j] + math.log(counts[j] / N) for j in range(K)]
-        elif kind == 'la':
-            row = [row[j] + tau * math.log(counts[j] / N + 1e-12) for j in range(K)]
-        elif kind == 'ldam':
-            ms = [c ** -0.25 for c in counts]
-            C = max_margin / max(ms)
-            row = [scale * (row[j] - (C * ms[j] if j == y[i] else 0.0)) for j in range(K)]
-        ce = _lse(row) - row[y[i]]
-        if kind == 'focal':
-            p = math.exp(-ce)
-            ce = (1 - p) ** gamma * ce
-        per.append(ce)
-    return _reduce(per, y, w)
+# the float64 loop reference of chapter 05 (exported, shared with the chapter's check)
+naive = naive_baseline_loss
 
 
 def build(kind, counts=None, w=None, **kw):

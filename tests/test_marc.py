@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from margin_notes.marc import MARC, MARCLoss, MARCFit, fit_marc, marc_class_weights, marc_logits, marc_stage2
+from margin_notes.marc import (MARC, MARCLoss, MARCFit, fit_marc, marc_class_weights, marc_logits, marc_stage2,
+                               naive_marc_objective)
 from margin_notes.dbm import CosineClassifier
 
 
@@ -18,15 +19,8 @@ def naive_weights(counts, gamma):
 
 
 def naive_objective(eta, wn, y, counts, omega, beta, gamma=1.2, wd=5e-4, reduction='weighted_mean'):
-    "Loops in float64: weighted CE of omega*eta + beta*||W|| plus wd/2 (|omega|^2 + |beta|^2)."
-    U = naive_weights(counts, gamma)
-    num = den = 0.0
-    for row, t in zip(eta.tolist(), y.tolist()):
-        z = [omega[j] * row[j] + beta[j] * wn[j] for j in range(len(row))]
-        mx = max(z); lse = mx + math.log(sum(math.exp(v - mx) for v in z))
-        num += U[t] * (lse - z[t]); den += U[t]
-    data = num / den if reduction == 'weighted_mean' else num / len(y)
-    return data + 0.5 * wd * (sum(o * o for o in omega) + sum(b * b for b in beta))
+    "The float64 loop reference of chapter 06 (exported, shared with the chapter's check)."
+    return naive_marc_objective(eta, wn, y, counts, omega, beta, gamma, wd, reduction)
 
 
 def _problem(N=120, K=4, seed=0, dtype=torch.float64):
