@@ -22,8 +22,8 @@ from .schedules import lr_at_step
 
 # %% auto #0
 __all__ = ['load_data', 'make_batches', 'build_model', 'build_loss', 'lr_at', 'build_optimizer', 'train_epochs',
-           'collect_outputs', 'apply_posthoc', 'dist_info', 'TrainingInterrupted', 'fit', 'load_run', 'evaluate_run',
-           'calibrate_run', 'run_suite', 'run_config']
+           'collect_outputs', 'apply_posthoc', 'dist_info', 'TrainingInterrupted', 'build_training', 'fit', 'load_run',
+           'evaluate_run', 'calibrate_run', 'run_suite', 'run_config']
 
 # %% ../nbs/13_engine.ipynb #24b45af6
 def load_data(cfg: Config # dataset, imbalance_factor, subsample_seed, data_kwargs
@@ -307,6 +307,25 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after {epochs_done} of {epochs} epochs; checkpoint in {out_dir}")
         self.out_dir, self.epochs_done, self.epochs = Path(out_dir), epochs_done, epochs
 
+# %% ../nbs/13_engine.ipynb #7280899b
+def build_training(cfg: Config, # the run configuration
+                   data, # its data (num_classes, class_counts, image_shape)
+                   dev, # the device
+                   distributed: bool = False, # wrap the forward call in DistributedDataParallel
+                  ) -> tuple:
+    "(model, loss, optimiser, forward call returning (features, outputs)) of a run (chapter 13_engine)."
+    model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224)).to(dev)
+    if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
+    if distributed and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    loss_fn = build_loss(cfg, list(data.class_counts), model).to(dev)
+    opt = build_optimizer(cfg, model.parameters())
+    fwd = _FeatOut(model)
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        fwd = DDP(fwd, device_ids=[dev.index] if dev.type == 'cuda' else None)
+    if cfg.compile: fwd = torch.compile(fwd, mode=cfg.compile_mode)
+    return model, loss_fn, opt, fwd
+
 # %% ../nbs/13_engine.ipynb #5f72ff38
 def fit(cfg: Config, # run configuration
         out_dir, # folder for config.json, metrics.csv, checkpoint.pt, results.json
@@ -332,16 +351,7 @@ def fit(cfg: Config, # run configuration
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)   # batch order and augmentation, on the device
     data = data if data is not None else load_data(cfg)
     K, counts = data.num_classes, list(data.class_counts)
-    model = build_model(cfg, K, getattr(data, 'image_shape', None) or (3, 224, 224)).to(dev)
-    if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
-    if distributed and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    loss_fn = build_loss(cfg, counts, model).to(dev)
-    opt = build_optimizer(cfg, model.parameters())
-    fwd = _FeatOut(model)
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        fwd = DDP(fwd, device_ids=[dev.index] if dev.type == 'cuda' else None)
-    if cfg.compile: fwd = torch.compile(fwd, mode=cfg.compile_mode)
+    model, loss_fn, opt, fwd = build_training(cfg, data, dev, distributed)
     amp = _amp_dtype(cfg, dev)
     train_b = make_batches(data, cfg, dev, True, gen, rank, world)
     test_b = make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256))
