@@ -70,7 +70,8 @@ def test_every_preset_builds_its_loss(name):
     "Every preset's loss name and keyword arguments fit the real loss modules."
     cfg = PRESETS[name]
     K = 1000 if 'imagenet' in cfg.dataset else (100 if '100' in cfg.dataset.replace('lt100', '') and 'cifar100' in cfg.dataset else 10)
-    counts = [max(1, int(500 * 0.01 ** (i / (K - 1)))) for i in range(K)]
+    from margin_notes.data import cifar_lt_counts
+    counts = cifar_lt_counts(K, 100, n_max=500, min_count=1)
     validate_config(cfg)
     model = torch.nn.Module(); model.head = torch.nn.Linear(16, K)
     loss = build_loss(cfg, counts, model)
