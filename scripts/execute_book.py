@@ -13,7 +13,7 @@ outputs, because the docs build executes nothing. This script produces them:
 3. stderr streams made only of warnings / progress bars are dropped (and logged);
 4. the notebook is refused (not written, exit status 1, the cell named) when a cell raises, or an output
    holds a traceback, any other stderr stream, a smoke-run marker, or machine-specific noise (an absolute
-   path of this machine, a memory address);
+   path of this machine, a memory address, a "data not found" message);
 5. accepted notebooks are written back and passed through `nbdev_clean` (which keeps outputs).
 
 `--check` executes nothing: it applies the refusal rules of step 4 to the committed outputs (CI uses it).
@@ -32,6 +32,9 @@ SKIP_FLAGS = ('slow', 'gpu')
 # words a smoke run, a stand-in model or a fake/test run prints about itself.
 SMOKE_RE = re.compile(r'\bsmoke[ -]?(run|mode|test|config)|\bSMOKE\b|\bstand-in\b|\bfake run', re.I)
 TRACEBACK_RE = re.compile(r'Traceback \(most recent call last\)|^\s*File "[^"]+", line \d+', re.M)
+# output that depends on what this machine has (a chapter must read committed files or skip silently)
+MISSING_RE = re.compile(r'\b(data|dataset|data root|file|files|folder)s? (?:was |were |is |are )?(?:not found|missing)\b'
+                        r'|\bnot under the data root\b|\bNo such file or directory\b', re.I)
 # stderr lines that are noise (warnings, progress bars), dropped rather than published
 NOISE_LINE_RE = re.compile(r'(Warning\b|warnings\.warn|^\s*warn\(|\d+%\|| it/s\]| s/it\]|^\s*$|^\s{2,}\S)')
 
@@ -106,6 +109,8 @@ def problems(nb_name: str, nb) -> list[str]:
                 probs.append(f'{where(nb_name, i, cell)}: output holds a traceback')
             if o.get('output_type') == 'stream' and o.get('name') == 'stderr':
                 probs.append(f'{where(nb_name, i, cell)}: stderr stream: {t.strip()[:120]!r}')
+            m = MISSING_RE.search(t)
+            if m: probs.append(f'{where(nb_name, i, cell)}: machine-dependent message {m.group(0)!r} in the output')
             m = SMOKE_RE.search(t)
             if m: probs.append(f'{where(nb_name, i, cell)}: smoke-run marker {m.group(0)!r} in the output')
             for p in paths:

@@ -206,6 +206,7 @@ def test_execute_book_refusals(monkeypatch):
         'smoke-run marker': _out('display_data', data={'text/markdown': '**smoke run**: 2 epochs'}),
         'machine path': _out('stream', name='stdout', text='reading /some/data/root/cifar\n'),
         'memory address': _out('execute_result', data={'text/plain': '<Foo at 0x7f3a2b1c9d00>'}, execution_count=1),
+        'machine-dependent message': _out('stream', name='stdout', text='class_counts/ not under the data root: skipping\n'),
     }
     for why, o in cases.items():
         probs = execute_book.problems('ch', _nb([new_code_cell('f()', outputs=[o])]))
