@@ -43,17 +43,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from margin_notes.core import atomic_write_json  # noqa: E402
-from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss,  # noqa: E402
-                                    LogitAdjustedLoss)
-from margin_notes.dbm import CosineClassifier, DBMLoss  # noqa: E402
-from margin_notes.lwr import LWRLoss  # noqa: E402
+from margin_notes.data import cifar_lt_counts  # noqa: E402
+from margin_notes.dbm import CosineClassifier  # noqa: E402
 from margin_notes.marc import MARCLoss  # noqa: E402
 from margin_notes.models import resnet32  # noqa: E402
 from margin_notes.mr2 import MR2Loss, naive_mr2_loss  # noqa: E402
+from margin_notes.registry import METHODS, build_method_loss  # noqa: E402
+
+REF = 'erm'   # the reference every ratio is taken against: the registry's cross-entropy
 
 
 # ----------------------------------------------------------------------------------------------------------
-# models and losses: the library's own (an import error is an error: no method is silently dropped)
+# models and losses: the library's own, every training method of the registry (chapter 09); an import or build
+# error is an error: no method is silently dropped
 # ----------------------------------------------------------------------------------------------------------
 
 def make_backbone():
@@ -67,25 +69,25 @@ def cosine_head(d, k):
 
 
 def lt_counts(K, imbalance=100, nmax=500):
-    return [int(nmax * (1 / imbalance) ** (i / max(K - 1, 1))) for i in range(K)]
+    """The book's long-tail profile (chapter 10_data), with a floor of 1 image for small K."""
+    return cifar_lt_counts(K, imbalance, n_max=nmax, min_count=1)
 
 
 def make_losses(K, counts, linear_head, cos_head):
-    """name -> (loss module, 'linear' | 'cosine' head). CE first (the reference)."""
-    L = {
-        'ce': (CELoss(), 'linear'),
-        'balanced_softmax': (BalancedSoftmaxLoss(counts), 'linear'),
-        'logit_adjusted': (LogitAdjustedLoss(counts), 'linear'),
-        'focal': (FocalLoss(1.0), 'linear'),
-        'ldam (cosine head)': (LDAMLoss(counts), 'cosine'),
-        'mr2 (paper, lam=0.1)': (MR2Loss(K, lam=0.1), 'linear'),
-        'mr2 (released variant)': (MR2Loss(K, lam=0.1, variant='released'), 'linear'),
-        'mr2 (lam=0)': (MR2Loss(K, lam=0.0), 'linear'),
-        'dbm (cosine head)': (DBMLoss(counts), 'cosine'),
-        'bs + lwr': (LWRLoss(BalancedSoftmaxLoss(counts), linear_head), 'linear'),
-        'marc loss': (MARCLoss(counts), 'linear'),
-    }
-    L['bs + lwr'][0].set_progress(0.5)        # the trainer's job; lambda = 0.25
+    """name -> (loss module, 'linear' | 'cosine' head), one row per registry method that trains with its own loss
+    (post-hoc methods train with ERM's loss), plus MARC's stage-2 loss and MR2 with lam=0. ERM first (the reference)."""
+    L = {}
+    for name, m in METHODS.items():
+        if m.posthoc is not None:
+            continue                             # trains with the ERM loss; its post-hoc step is not a training step
+        head = cos_head if m.head == 'cosine' else linear_head
+        L[name] = (build_method_loss(m, counts, head=head), m.head)
+    assert next(iter(L)) == REF, 'the registry lists ERM first'
+    L['mr2 (lam=0)'] = (build_method_loss('mr2', counts, loss_kwargs={'lam': 0.0}), 'linear')
+    L['marc (stage-2 loss)'] = (MARCLoss(counts), 'linear')
+    for loss, _ in L.values():
+        if hasattr(loss, 'set_progress'):
+            loss.set_progress(0.5)               # LWR: the trainer's job; a mid-run weight
     return L
 
 
@@ -264,14 +266,14 @@ def _flat(rounds):
 def _rows(times):
     """Per loss: median and IQR of all runs, and the ratio to CE as the median over rounds of the per-round
     ratio (a paired comparison: both were timed within the same round, so slow drift cancels)."""
-    ce = [statistics.median(r) for r in times['ce']]
+    ce = [statistics.median(r) for r in times[REF]]
     rows = []
     for name, t in times.items():
         s = summarise(_flat(t))
         ratios = [statistics.median(r) / c for r, c in zip(t, ce)]
         ratio = statistics.median(ratios)
         s.update(name=name, ratio_to_ce=ratio, overhead_pct=100 * (ratio - 1),
-                 ratio_of_medians=s['median_s'] / statistics.median(_flat(times['ce'])),
+                 ratio_of_medians=s['median_s'] / statistics.median(_flat(times[REF])),
                  per_round_ratios=ratios)
         rows.append(s)
     return rows

@@ -245,32 +245,8 @@ def drw_class_weights_at(epoch: float, # current epoch (0-based; fractional allo
     return drw_weights(class_counts, beta if epoch >= start_epoch else 0.0)
 
 # %% ../nbs/05_baselines.ipynb #056a289d
-def warmup_step_lr(epoch: float, # epoch (0-based; fractional allowed)
-                   base_lr: float = 0.1, # the rate after warm-up
-                   warmup_epochs: int = 5, # length of the linear warm-up
-                   milestones: Sequence[int] = (160, 180), # epochs where the rate drops
-                   factors: Sequence[float] = (0.01, 0.0001), # multiplier from each milestone on
-                  ) -> float:
-    "LDAM-DRW learning rate: linear warm-up, then step drops at the milestones (chapter 05_baselines)."
-    if epoch < warmup_epochs: return base_lr * (epoch + 1) / warmup_epochs
-    f = 1.0
-    for m, fac in zip(milestones, factors):
-        if epoch >= m: f = fac
-    return base_lr * f
-
-def warmup_cosine_lr(epoch: float, # epoch (0-based; fractional allowed)
-                     total_epochs: float, # length of the run; the rate reaches min_lr there
-                     base_lr: float = 0.1, # peak rate
-                     warmup_epochs: float = 5, # length of the linear warm-up
-                     start_factor: float = 0.0, # warm-up starts at start_factor * base_lr
-                     min_lr: float = 0.0, # final rate
-                    ) -> float:
-    "Linear warm-up then half-cosine decay to `min_lr` at `total_epochs` (chapter 05_baselines)."
-    if total_epochs <= warmup_epochs: raise ValueError("`total_epochs` must exceed `warmup_epochs`")
-    if epoch < warmup_epochs:
-        return base_lr * (start_factor + (1 - start_factor) * epoch / warmup_epochs)
-    t = min(1.0, (epoch - warmup_epochs) / (total_epochs - warmup_epochs))
-    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
+from .schedules import warmup_step_lr, warmup_cosine_lr   # defined once, in chapter 17_schedules
+_all_ = ['warmup_step_lr', 'warmup_cosine_lr']
 
 # %% ../nbs/05_baselines.ipynb #fa450270
 document_parameters(__name__)

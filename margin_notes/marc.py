@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_logits_targets,
                                document_parameters, loss_targets)
+from .schedules import cosine_lr
 
 # %% auto #0
 __all__ = ['marc_class_weights', 'MARCLoss', 'MARC', 'marc_logits', 'MARCFit', 'fit_marc', 'naive_marc_objective', 'marc_stage2']
@@ -153,8 +154,6 @@ def _check_cache(logits, weight_norms, targets, class_counts):
     counts = check_class_counts(class_counts, K)
     return K, weight_norms, counts
 
-def _cosine_lr(lr, it, total): return 0.5 * lr * (1 + math.cos(math.pi * it / max(total, 1)))
-
 def fit_marc(logits: torch.Tensor, # cached stage-1 training logits eta (N, K), bias included, eval mode
              weight_norms: torch.Tensor, # ||W_j|| of the head rows (K,)
              targets: torch.Tensor, # training labels (N,)
@@ -215,7 +214,7 @@ def fit_marc(logits: torch.Tensor, # cached stage-1 training logits eta (N, K), 
             order = torch.randperm(N, generator=g).to(dev) if shuffle else torch.arange(N, device=dev)
             for s in range(0, N, batch_size):
                 idx = order[s:s + batch_size]
-                for grp in opt.param_groups: grp['lr'] = _cosine_lr(lr, it, total_it)
+                for grp in opt.param_groups: grp['lr'] = cosine_lr(lr, it, total_it)
                 opt.zero_grad()
                 _weighted_ce(marc_logits(eta[idx], wn, omega, beta), y[idx], U, reduction).backward()
                 opt.step(); it += 1
@@ -283,7 +282,7 @@ def marc_stage2(model: nn.Module, # stage-1 model with .backbone (x -> features)
             for xb, yb in loader:
                 xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True).long()
                 with torch.no_grad(): feats = model.backbone(xb)
-                for grp in opt.param_groups: grp['lr'] = _cosine_lr(lr, it, total_it)
+                for grp in opt.param_groups: grp['lr'] = cosine_lr(lr, it, total_it)
                 opt.zero_grad()
                 _weighted_ce(marc(feats), yb, U, reduction).backward()
                 opt.step(); it += 1

@@ -29,7 +29,9 @@ def warmup_step_lr(epoch: float, # epoch (0-based; fractional allowed)
                   ) -> float:
     "LDAM-DRW's learning rate: linear warm-up, then step drops at the milestones (chapter 17_schedules)."
     if len(milestones) != len(factors): raise ValueError("`milestones` and `factors` must have the same length")
-    if epoch < warmup_epochs: return base_lr * (epoch + 1) / warmup_epochs
+    # epoch e of the warm-up gets (e+1)/w of the rate (the reference, integer epochs); capped at the base rate, so
+    # that fractional epochs in (w-1, w) never overshoot: continuous and non-decreasing up to the first milestone
+    if epoch < warmup_epochs: return base_lr * min(1.0, (epoch + 1) / warmup_epochs)
     f = 1.0
     for m, fac in zip(milestones, factors):
         if epoch >= m: f = fac

@@ -213,6 +213,20 @@ def test_schedules():
         warmup_cosine_lr(0, 5, warmup_epochs=5)
 
 
+@pytest.mark.parametrize('base, warm', [(0.1, 5), (0.2, 3), (1.0, 2.5)])
+def test_warmup_step_lr_fractional_epochs_never_overshoot(base, warm):
+    """Per-iteration (fractional) epochs: the warm-up stays <= the base rate (the old (e+1)/w gave 1.15x base at
+    e = 4.75 of 5), is non-decreasing up to the first milestone and continuous at the end of the warm-up."""
+    from margin_notes import schedules
+    assert warmup_step_lr is schedules.warmup_step_lr and warmup_cosine_lr is schedules.warmup_cosine_lr   # one definition
+    es = [k / 64 for k in range(0, 64 * 20)]
+    lrs = [warmup_step_lr(e, base, warm, milestones=(20,), factors=(0.1,)) for e in es]
+    assert max(lrs) <= base * (1 + 1e-12)
+    assert all(b >= a for a, b in zip(lrs, lrs[1:]))
+    assert math.isclose(warmup_step_lr(warm - 1e-9, base, warm, (20,), (0.1,)), base, rel_tol=1e-8)
+    assert math.isclose(warmup_step_lr(warm - 0.25, base, warm, (20,), (0.1,)), base)
+
+
 def test_module_device_and_features_ignored():
     loss = BalancedSoftmaxLoss([10, 5, 1]).set_class_weight([1.0, 2.0, 3.0])
     z, y = torch.rand(4, 3) * 2 - 1, torch.tensor([0, 1, 2, 1])
