@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog='margin-notes', formatter_class=fmt, epilog=epi,
                 description="Margins for class-wise accuracy disparity and long-tailed recognition: train, evaluate, calibrate and report.")
-    sub = p.add_subparsers(dest='command', metavar='{run,eval,calibrate,report,list}')
+    sub = p.add_subparsers(dest='command', metavar='{run,eval,calibrate,report,diagnose,list}')
     r = sub.add_parser('run', help='train a preset or a config file', epilog=epi, formatter_class=fmt)
     r.add_argument('config', help='a preset name or a .json/.yaml config file')
     r.add_argument('--set', dest='overrides', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument('--out', default='runs/report', help='where report.md and per_class.png go (default: runs/report)')
     rp.add_argument('--many', help='Many: more training images than N (default: as saved, CIFAR-LT 100)', **groups)
     rp.add_argument('--few', help='Few: fewer training images than N (default: as saved, CIFAR-LT 20)', **groups)
+    sub.add_parser('diagnose', add_help=False, help="per-class A_k, its parts, the margins they give and their correlation "
+                   "with the per-class error of a run folder (`margin-notes diagnose RUN_DIR --help`)")
     ls = sub.add_parser('list', help='list the presets'); ls.add_argument('-v', '--verbose', action='store_true')
     return p
 
@@ -136,6 +138,10 @@ def _cmd_list(a) -> int:
 def main(argv: Optional[Sequence[str]] = None, # arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `margin-notes` console command (chapter 14_cli)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['diagnose']:   # its own parser (chapter 18_diagnose); imported only when asked for
+        from margin_notes.diagnose import main as diagnose_main
+        return diagnose_main(argv[1:])
     p = _parser()
     a = p.parse_args(argv)
     if a.command is None: p.print_help(); return 0
