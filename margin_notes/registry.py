@@ -21,6 +21,7 @@ class Method:
     loss: str # 'module:Class' of the training loss inside margin_notes, imported on first use
     first_arg: Optional[str] = None # what the loss takes first: 'counts' (K,), 'num_classes' (K) or None
     head: str = 'linear' # head the loss needs: 'linear' (logits) or 'cosine' (cosines; the loss applies its own scale)
+    needs_features: bool = False # the loss also reads the penultimate features: loss(out, y, features=(B, D))
     loss_kwargs: dict = field(default_factory=dict) # the book's default keyword arguments of the loss
     drw: bool = False # deferred re-weighting: class-balanced weights from late in training (chapter 05)
     lwr: Optional[dict] = None # options of `lwr.LWRLoss` (logit weight repulsion, chapter 08); None: off
@@ -67,9 +68,9 @@ METHODS = {m.name: m for m in [
        color='#ffbb78', chapter='07_dbm'),
     _m('bs-lwr', 'BS+LWR', _BS, first_arg='counts', lwr={'threshold': 0.4}, color='#e377c2', chapter='08_lwr',
        aliases=('lwr',)),
-    _m('mr2', 'MR²', 'mr2:MR2Loss', first_arg='num_classes', loss_kwargs=_MR2_KW, color='#d62728', chapter='04_mr2',
+    _m('mr2', 'MR²', 'mr2:MR2Loss', first_arg='num_classes', needs_features=True, loss_kwargs=_MR2_KW, color='#d62728', chapter='04_mr2',
        aliases=('mr2-paper',)),
-    _m('mr2-released', 'MR² (released)', 'mr2:MR2Loss', first_arg='num_classes',
+    _m('mr2-released', 'MR² (released)', 'mr2:MR2Loss', first_arg='num_classes', needs_features=True,
        loss_kwargs={**_MR2_KW, 'variant': 'released'}, color='#ff9896', chapter='04_mr2'),
 ]}
 _ALIASES = {a: m.name for m in METHODS.values() for a in m.aliases}
@@ -155,6 +156,7 @@ def build_method_loss(method, # a method name or `Method`
     counts = [int(c) for c in class_counts]
     if m.first_arg == 'counts': base = cls(counts, **kw)
     elif m.first_arg == 'num_classes': base = cls(len(counts), **kw)
+    elif 'num_classes' in inspect.signature(cls).parameters: base = cls(**{'num_classes': len(counts), **kw})   # CE, focal: K checked
     else: base = cls(**kw)
     lw = {**(m.lwr or {}), **(lwr or {})} if (m.lwr is not None or lwr is not None) else None
     if lw is None: return base
