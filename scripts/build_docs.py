@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Build the book's site with Quarto into _docs/ (`make docs`), executing no chapter.
 
-1. `nbdev_proc_nbs` (nbdev 2.4.14): writes nbs/nbdev.yml from settings.ini, the doc-link index, and copies
-   nbs/ into a fresh _proc/ through nbdev's notebook processors. settings.ini skips nbdev's
+1. what `nbdev_proc_nbs` (nbdev 2.4.14) does, except rebuilding margin_notes/_modidx.py (nbdev_export does
+   that; `make test` checks it is in sync): write nbs/nbdev.yml from settings.ini and copy nbs/ into a fresh
+   _proc/ through nbdev's notebook processors. settings.ini skips nbdev's
    `exec_show_docs` (which executed chapter cells at docs time) and adds `docs_procs:show_doc_outputs`
    (scripts/docs_procs.py), which renders only the API `show_doc` cells from the installed library. Every
    other output on the site is the committed one (`make outputs`, scripts/execute_book.py).
@@ -47,8 +48,10 @@ def main(argv=None) -> int:
     proc, docs = ROOT / '_proc', ROOT / '_docs'
     # nbdev copies nbs/ into _proc/ by modification time and misses changes behind the nbs/_quarto.yml symlink
     shutil.rmtree(proc, ignore_errors=True)
-    bindir = Path(sys.executable).parent
-    run([str(bindir / 'nbdev_proc_nbs'), '--n_workers', str(a.n_workers)], cwd=ROOT, env=env)
+    # nbdev_proc_nbs minus its rebuild of margin_notes/_modidx.py (nbdev_export's job; the build writes no
+    # tracked file except nbs/nbdev.yml, which is regenerated identically from settings.ini)
+    run([sys.executable, '-c', 'from nbdev.quarto import refresh_quarto_yml; from nbdev.serve import proc_nbs; '
+         f'refresh_quarto_yml(); proc_nbs(n_workers={a.n_workers})'], cwd=ROOT, env=env)
     t1 = time.time()
     cmd = [quarto, 'render', '--no-cache']
     if a.mathjax == 'local':
