@@ -17,6 +17,7 @@ __all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'DATASETS', 'PRESETS', 'Config', 'Con
 
 # %% ../nbs/16_config.ipynb #74f32037
 CIFAR_GROUPS = {'many': 100, 'few': 20}  # Many: > 100 training images, Few: < 20 (the CIFAR-LT convention)
+DRW_FRACTION = 0.8  # DRW methods switch on after this fraction of the epochs by default (160 of 200, the LDAM-DRW recipe)
 
 @dataclass
 class Config:
@@ -31,7 +32,8 @@ class Config:
     loss: str = 'erm'                    # a method of the registry (chapter 09_registry): 'erm', 'ldam-drw', 'bs', 'mr2', 'marc', ...
     loss_kwargs: dict = field(default_factory=dict)   # options of the method's loss (override the registry's defaults)
     lwr: Optional[dict] = None           # logit weight repulsion options (lwr.LWRLoss: threshold, schedule, lwr_weight, ...); None: the method's
-    drw_start: Optional[float] = None    # epoch from which DRW class weights apply; None: 0.8 of the run for DRW methods, never otherwise
+    drw_start: Optional[float] = None    # a fixed epoch from which DRW class weights apply (any method); None: `drw_start_frac` of the run for DRW methods, never otherwise
+    drw_start_frac: float = DRW_FRACTION # DRW methods: the start as a fraction of `epochs` (0.8: epoch 160 of 200, 8 of 10)
     drw_beta: float = 0.9999             # DRW effective-number beta
     posthoc: Optional[str] = None        # 'marc', 'la' or 'none' after training; None: the method's
     posthoc_kwargs: dict = field(default_factory=dict)  # options of the post-hoc step (override the registry's)
@@ -150,13 +152,12 @@ def apply_overrides(cfg: Config, # the base configuration
     return Config.from_dict(d)
 
 # %% ../nbs/16_config.ipynb #7467ad1f
-DRW_FRACTION = 0.8  # DRW methods switch on after this fraction of the epochs by default (160 of 200)
-
 def resolve(cfg: Config) -> dict:
     "The method, head, DRW start epoch, LWR options and post-hoc step a config trains with (chapter 16_config)."
     m = get_method(cfg.loss)
     lwr = {**(m.lwr or {}), **(cfg.lwr or {})} if (m.lwr is not None or cfg.lwr is not None) else None
-    drw = cfg.drw_start if cfg.drw_start is not None else (math.floor(DRW_FRACTION * cfg.epochs) if m.drw else None)
+    # a fixed epoch wins; otherwise DRW methods start at the first whole epoch past the fraction (floor(0.8 * 200) = 160)
+    drw = cfg.drw_start if cfg.drw_start is not None else (math.floor(cfg.drw_start_frac * cfg.epochs + 1e-9) if m.drw else None)
     posthoc = m.posthoc if cfg.posthoc is None else (None if cfg.posthoc == 'none' else cfg.posthoc)
     pkw = {**(m.posthoc_kwargs if posthoc == m.posthoc else {}), **cfg.posthoc_kwargs}
     return {'method': m, 'head': cfg.head or m.head, 'drw_start': drw, 'lwr': lwr, 'posthoc': posthoc, 'posthoc_kwargs': pkw}
@@ -206,6 +207,7 @@ def validate_config(cfg: Config, # the configuration to check
     if not cfg.imbalance_factor >= 1: raise ConfigError(f"{w}imbalance_factor must be >= 1, got {cfg.imbalance_factor}")
     if not 0 <= cfg.warmup_from <= 1: raise ConfigError(f"{w}warmup_from must lie in [0, 1], got {cfg.warmup_from}")
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0: raise ConfigError(f"{w}warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    if not 0 <= cfg.drw_start_frac < 1: raise ConfigError(f"{w}drw_start_frac must lie in [0, 1), got {cfg.drw_start_frac}")
     if not 0 <= cfg.drw_beta < 1: raise ConfigError(f"{w}drw_beta must lie in [0, 1), got {cfg.drw_beta}")
     if any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in cfg.milestones):
         raise ConfigError(f"{w}milestones must be a list of epochs, got {cfg.milestones!r}")
@@ -233,6 +235,9 @@ def validate_config(cfg: Config, # the configuration to check
         _nested(check_kwargs, LWRLoss, r['lwr'], w + 'lwr', skip=('base', 'head'))
     if r['drw_start'] is not None:
         if r['drw_start'] < 0: raise ConfigError(f"{w}drw_start must be >= 0, got {r['drw_start']}")
+        if r['drw_start'] >= cfg.epochs:
+            raise ConfigError(f"{w}drw_start={r['drw_start']:g} is not before the end of the run (epochs={cfg.epochs}): DRW would never "
+                              f"switch on; give an earlier drw_start or use drw_start_frac")
         if not hasattr(m.loss_class(), 'set_class_weight'): raise ConfigError(f"{w}loss {m.name!r} takes no class weights, so DRW cannot be applied")
     if r['posthoc'] == 'marc':
         from margin_notes.marc import fit_marc
@@ -295,15 +300,15 @@ _LDAM_R32 = dict(arch='resnet32', epochs=200, batch_size=128, optimizer='sgd', l
                  augment='crop-flip', amp='bf16', channels_last=True)
 _SRC_LDAM = ("LDAM-DRW ResNet-32 CIFAR recipe: SGD 0.1, mom 0.9, wd 2e-4, warm-up 5 ep, x0.01 at 160, x0.0001 at 180, "
              "batch 128, 200 ep, crop+flip")
-_DRW = "; DRW beta 0.9999 from epoch 160"
+_DRW = "; DRW beta 0.9999 from 80 % of the run (epoch 160 of 200)"
 
 # method -> (fields on top of the LDAM-DRW recipe, source note); MARC's stage 1 is its own recipe (below)
 _RECIPES = {
     'erm': ({}, "ERM (CE): " + _SRC_LDAM),
-    'ce-drw': (dict(drw_start=160), "CE-DRW: " + _SRC_LDAM + _DRW),
+    'ce-drw': ({}, "CE-DRW: " + _SRC_LDAM + _DRW),
     'focal': ({}, "Focal (gamma 1, LDAM code base): " + _SRC_LDAM),
     'ldam': ({}, "LDAM (cosine head, max margin 0.5, s 30): " + _SRC_LDAM),
-    'ldam-drw': (dict(drw_start=160), "LDAM-DRW: " + _SRC_LDAM + _DRW),
+    'ldam-drw': ({}, "LDAM-DRW: " + _SRC_LDAM + _DRW),
     'bs': ({}, "Balanced Softmax on the LDAM-DRW recipe [ours; the BS release trains 13k iterations at batch 512]: " + _SRC_LDAM),
     'la': ({}, "Logit-adjusted loss tau 1 on the LDAM-DRW recipe [ours]: " + _SRC_LDAM),
     'mr2': ({}, "MR² (lam 0.1, c-bar 1, EMA 0.9, L2) on the LDAM-DRW ResNet-32 recipe without DRW "
@@ -375,7 +380,7 @@ def _build_presets() -> dict:
     members = []
     for key in _DIGITS_SUITE:
         m = get_method(key)
-        kw = dict(loss=key, drw_start=32) if m.drw else dict(loss=key)   # DRW from epoch 32 of 40
+        kw = dict(loss=key)   # DRW methods: from 80 % of the run (epoch 32 of 40)
         if key in _POSTHOC_FROM: kw['from'] = _POSTHOC_FROM[key]
         members.append(dict(name=key, label=m.label, **kw))
         if 'from' not in kw:

@@ -277,7 +277,7 @@ def _smoke_cfg(cfg: Config) -> Config:
     d = cfg.to_dict()
     r = resolve(cfg)
     d.update(epochs=min(cfg.epochs, 2), warmup_epochs=min(cfg.warmup_epochs, 1), warmup_steps=None, device='cpu' if cfg.device == 'auto' else cfg.device,
-             num_workers=0, compile=False, milestones=[1], drw_start=None if r['drw_start'] is None else 1)
+             num_workers=0, compile=False, milestones=[1], drw_start=None if r['drw_start'] is None else min(cfg.epochs, 2) - 1)
     if cfg.dataset.startswith('cifar') or cfg.dataset.startswith('imagenet'):
         K = 10 if '10' in cfg.dataset and '100' not in cfg.dataset else 100
         d.update(dataset=f'synthetic-cifar{min(K, 10)}', batch_size=min(cfg.batch_size, 32), pipeline='gpu', data_kwargs={}, augment='crop-flip')

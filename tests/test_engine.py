@@ -52,7 +52,7 @@ def test_required_presets_exist_and_document_a_source():
     clip = PRESETS['imagenet-clip-rn50-mr2']
     assert (clip.optimizer, clip.lr, clip.weight_decay, clip.epochs, clip.batch_size) == ('adamw', 3e-5, 0.1, 10, 512)
     ldam = PRESETS['cifar10lt100-r32-ldam-drw']
-    assert (resolve(ldam)['head'], ldam.loss, ldam.drw_start, ldam.milestones, ldam.lr, ldam.weight_decay) == ('cosine', 'ldam-drw', 160, [160, 180], 0.1, 2e-4)
+    assert (resolve(ldam)['head'], ldam.loss, resolve(ldam)['drw_start'], ldam.milestones, ldam.lr, ldam.weight_decay) == ('cosine', 'ldam-drw', 160, [160, 180], 0.1, 2e-4)
     assert resolve(PRESETS['cifar100lt100-r32-dbm'])['method'].loss_kwargs.get('base', 'ce') == 'ce'   # DBM presets: DBM-CE
     assert 'SPEC' not in json.dumps({n: p.to_dict() for n, p in PRESETS.items()})
 
@@ -75,6 +75,7 @@ def test_every_preset_builds_its_loss(name):
     validate_config(cfg)
     model = torch.nn.Module(); model.head = torch.nn.Linear(16, K)
     loss = build_loss(cfg, counts, model)
+    if hasattr(loss, 'set_progress'): loss.set_progress(0.0)     # what the trainer does before the first step (LWR)
     r = resolve(cfg)
     out = torch.randn(8, K).clamp(-1, 1) if r['head'] == 'cosine' else torch.randn(8, K)
     val = loss(out, torch.randint(0, K, (8,)), features=torch.randn(8, 16))
@@ -91,6 +92,23 @@ def test_drw_methods_default_to_80_percent_of_the_run():
     assert resolve(Config(loss='ldam-drw', epochs=50))['drw_start'] == 40
     assert resolve(Config(loss='ldam', epochs=50))['drw_start'] is None
     assert resolve(Config(loss='bs', drw_start=3))['drw_start'] == 3
+
+
+def test_drw_start_follows_the_length_of_the_run():
+    "Every 200-epoch DRW preset starts DRW at epoch 160 as in the paper; shortened with --set epochs=10 it still switches on (epoch 8)."
+    drw_presets = [n for n, p in PRESETS.items() if not p.suite and resolve(p)['method'].drw and p.dataset != 'digits']
+    assert drw_presets
+    for n in drw_presets:
+        p = PRESETS[n]
+        assert p.drw_start is None and p.epochs == 200 and resolve(p)['drw_start'] == 160, n
+        short = get_config(n, ['epochs=10'])
+        validate_config(short)
+        assert resolve(short)['drw_start'] == 8, n
+    assert resolve(get_config('digits-lt-ldam-drw'))['drw_start'] == 32          # 0.8 of 40 epochs
+    with pytest.raises(ValueError, match='drw_start=160 is not before the end of the run'):
+        validate_config(get_config('cifar10lt100-r32-ldam-drw', ['epochs=10', 'drw_start=160']))
+    with pytest.raises(ValueError, match='drw_start=1 is not before the end of the run'):
+        validate_config(tiny('digits-lt-erm', 'drw_start=1', 'epochs=1'))
 
 
 # ---------------------------------------------------------------- schedules
@@ -235,7 +253,7 @@ def test_drw_switches_class_weights(tmp_path):
     w = _ckpt(tmp_path / 'r')['loss']['weight']
     counts = json.loads((tmp_path / 'r' / 'results.json').read_text())['class_counts']
     torch.testing.assert_close(w, drw_weights(counts, 0.9999).float())
-    fit(cfg.replace(epochs=1, drw_start=1), tmp_path / 's', verbose=False)   # the switch epoch is not reached
+    fit(cfg, tmp_path / 's', stop_after=1, verbose=False)   # stopped before the switch epoch
     assert _ckpt(tmp_path / 's')['loss'].get('weight') is None
 
 
