@@ -147,7 +147,8 @@ def probe_data(smoke=False):
 
 PROBE_FIT = dict(epochs=30, batch_size=256, lr=0.05)
 
-def run_probe(out_dir, smoke=False):
+def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, tag=''):
+    "Chapter 20's grids; `only` restricts to some config labels and `tag` names a partial file (merged by `merge`)."
     feats, (xte, yte), (xva, yva) = probe_data(smoke)
     fit = dict(PROBE_FIT) if not smoke else dict(epochs=2, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
@@ -165,6 +166,8 @@ def run_probe(out_dir, smoke=False):
                  [('dbm base=ce', 'dbm', dict(base='ce'), {}, None)] + [c for c in mr2 if 'spread' not in c[0]],
     }
     for name, configs in grids.items():
+        if name not in settings: continue
+        if only is not None: configs = [c for c in configs if c[0] in only]
         xtr, ytr, counts = P.probe_setting(feats, name)
         t0 = time.time()
         proj = P.fit_pca(xtr, pca)
@@ -172,7 +175,7 @@ def run_probe(out_dir, smoke=False):
         D, K = Xtr.shape[1], 10
         def make_model(h, scale): return P.ProbeNet(D, K, hidden=hidden, head=h, cosine_scale=scale).fit_standardization(Xtr)
         runs = run_grid(make_model, Xtr, ytr, Xte, yte, Xva, yva, configs, seeds, counts, **fit)
-        save_setting(out_dir / f"{name}.json", runs, counts, configs, dict(
+        save_setting(out_dir / f"{name}{tag}.json", runs, counts, configs, dict(
             setting=name, data='CIFAR-10 (JPEG)' + ('' if name == 'balanced' else '-LT, IF 100'), class_counts=counts,
             n_train=len(ytr), n_test=len(yte), n_val=len(yva), subsample_seed=0, smoke=smoke,
             backbone='EfficientNet-Lite0 (ImageNet weights, timm tf_efficientnet_lite0)', input_size=64, pca=pca,
@@ -181,6 +184,21 @@ def run_probe(out_dir, smoke=False):
             validation='CIFAR-10 (JPEG) test images 300-399 of every class (never scored); scored test: images 0-299',
             device=f"CPU, {torch.get_num_threads()} thread(s) on a shared 2-core machine", torch=torch.__version__,
             date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
+
+def merge_parts(path, parts):
+    "Merge partial grids (same setting, disjoint configs) written with a tag into one file."
+    runs, configs, meta = {}, [], None
+    for q in parts:
+        g = json.loads(Path(q).read_text())
+        for m in g['methods']:
+            lab = m['label']
+            if lab in runs: continue
+            runs[lab] = [{k: v for k, v in r.items() if k != 'report'} for r in g['runs'][lab]]
+            configs.append((lab, m['method'], m['loss_kwargs'], m['fit'], (0.5, 1.0, 1.5, 2.0) if lab == 'la-posthoc' else None))
+        if meta is None: meta = g['meta']
+        else: meta['wall_seconds'] = max(meta['wall_seconds'], g['meta']['wall_seconds'])
+    meta['note'] = f"merged from {len(parts)} processes run in parallel (disjoint methods)"
+    save_setting(path, runs, meta['class_counts'], configs, meta)
 
 def save_setting(path, runs, counts, configs, meta):
     erm_val = torch.tensor([r['val_per_class'] for r in runs['erm']])
@@ -296,7 +314,8 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
         from margin_notes.data import cifar10_jpeg_arrays, CIFAR_MEAN, CIFAR_STD
         a = cifar10_jpeg_arrays(max_per_class=20 if smoke else None)
         (xtr, ytr), (xte, yte) = a['train'], a['test']
-        n = 10 if smoke else 2000
+        n, n_te = (10, 10) if smoke else (300, 500)     # a CPU budget: 3,000 training and 5,000 test images
+        te = torch.cat([torch.nonzero(yte == k).flatten()[:n_te] for k in range(10)]); xte, yte = xte[te], yte[te]
         g = torch.Generator().manual_seed(0)
         keep = torch.cat([torch.nonzero(ytr == k).flatten()[torch.randperm(int((ytr == k).sum()), generator=g)[:n]] for k in range(10)])
         model = resnet32(10, weights=w).eval()
@@ -309,7 +328,7 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
         d = diagnose(ftr, ytr[keep], yte, pte, num_classes=10, bootstrap=200 if not smoke else 5)
         e = premise_entry('resnet32-cifar10', [d], CIFAR10_CLASSES, (
             f"reference ResNet-32 trained on real balanced CIFAR-10; statistics from {len(keep):,} training images "
-            f"({n}/class, seeded subsample), error on the {len(yte):,} CIFAR-10 (JPEG) test images; one model: the interval "
+            f"({n}/class, seeded subsample), error on {len(yte):,} CIFAR-10 (JPEG) test images (the first {n_te}/class); one model: the interval "
             "is a bootstrap over images"))
         e['bootstrap_ci'] = {c['statistic']: [c['ci_low'], c['ci_high']] for c in d['correlations']}
         entries.append(e); log(f"resnet32: {time.time() - t0:.0f} s, acc {100 * d['overall_accuracy']:.1f}")
@@ -390,7 +409,7 @@ class UserCNN(nn.Module):
     def forward(self, x):
         f = self.backbone(x); return f, self.head(f)
 
-def run_defaults(out_dir, smoke=False):
+def run_defaults(out_dir, smoke=False, extra=False):
     from margin_notes.data import load_dataset
     from margin_notes.dbm import DBMLoss
     d = load_dataset('fmnist', imbalance_factor=50, subsample_seed=0, max_per_class=60 if smoke else None)
@@ -402,6 +421,14 @@ def run_defaults(out_dir, smoke=False):
             ('MR2Loss(K, lam=0.1, rep_normalize=True)', False, lambda: MR2Loss(K, lam=0.1, variant='paper', rep_normalize=True)),
             ('DBMLoss(counts, base="ce")', True, lambda: DBMLoss(counts, base='ce')),
             ('DBMLoss(counts, base="bs")', True, lambda: DBMLoss(counts, base='bs'))]
+    if extra:   # references for DBM: the same head with plain CE / BS on s * cos, and BS on the linear head
+        from margin_notes.baselines import BalancedSoftmaxLoss
+        class ScaledCos(nn.Module):
+            def __init__(self, base, s=32.0): super().__init__(); self.base, self.s = base, s
+            def forward(self, cos, y, features=None): return self.base(self.s * cos, y)
+        cfgs = [('CE on s·cos (cosine head, s=32)', True, lambda: ScaledCos(nn.CrossEntropyLoss())),
+                ('BalancedSoftmaxLoss(counts) on s·cos (s=32)', True, lambda: ScaledCos(BalancedSoftmaxLoss(counts))),
+                ('BalancedSoftmaxLoss(counts) (linear head)', False, lambda: BalancedSoftmaxLoss(counts))]
     seeds = (0, 1, 2) if not smoke else (0,)
     epochs = 3 if not smoke else 1
     res, t_all = {}, time.time()
@@ -427,23 +454,32 @@ def run_defaults(out_dir, smoke=False):
             res[label].append({'seed': seed, 'per_class': acc.tolist(), 'overall': float(acc.mean()), 'seconds': time.time() - t0,
                                'loss_repr': rep})
             print(f"{label:40s} seed {seed}: {100 * acc.mean():5.1f} %  worst {100 * acc.min():5.1f}", flush=True)
-    atomic_write_json(out_dir / 'defaults.json', {'results': res, 'class_counts': counts, 'data': d.label, 'epochs': epochs,
+    atomic_write_json(out_dir / ('defaults-references.json' if extra else 'defaults.json'), {'results': res, 'class_counts': counts, 'data': d.label, 'epochs': epochs,
                                                   'seeds': list(seeds), 'smoke': smoke,
                                                   'model': 'conv16/2-conv32/2-fc128 (linear head; CosineClassifier for DBM)',
                                                   'optimizer': 'SGD lr 0.05 (constant), momentum 0.9, wd 5e-4, batch 128',
                                                   'test': 'Fashion-MNIST test set, 10,000 images', 'wall_seconds': time.time() - t_all,
                                                   'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
-    print(f"wrote {out_dir / 'defaults.json'}")
+    print(f"wrote {out_dir}")
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('what', choices=['premise', 'probe', 'fmnist', 'defaults'])
     ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
     ap.add_argument('--parts', default='resnet,effnet,fmnist,digits', help='premise: which models (comma-separated)')
+    ap.add_argument('--settings', default='balanced,lt100', help='probe: which settings')
+    ap.add_argument('--extra', action='store_true', help='defaults: the reference losses on the same heads')
+    ap.add_argument('--only', default=None, help='probe: only these config labels (|-separated)')
+    ap.add_argument('--tag', default='', help='probe: suffix of the partial output file')
+    ap.add_argument('--merge', default=None, help='probe: merge these partial files (|-separated) into SETTING.json')
     a = ap.parse_args()
     smoke = a.smoke is not None
     out = Path(a.smoke) if smoke else ROOT / 'results' / {'premise': 'premise', 'probe': 'cpu_features', 'fmnist': 'fmnist_lt',
                                                           'defaults': 'defaults'}[a.what]
     out.mkdir(parents=True, exist_ok=True)
     if a.what == 'premise': run_premise(out, smoke=smoke, parts=tuple(a.parts.split(',')))
+    elif a.what == 'defaults': run_defaults(out, smoke=smoke, extra=a.extra)
+    elif a.what == 'probe' and a.merge: merge_parts(out / f"{a.settings}.json", a.merge.split('|'))
+    elif a.what == 'probe': run_probe(out, smoke=smoke, settings=tuple(a.settings.split(',')),
+                                      only=None if a.only is None else a.only.split('|'), tag=a.tag)
     else: {'probe': run_probe, 'fmnist': run_fmnist, 'defaults': run_defaults}[a.what](out, smoke=smoke)
