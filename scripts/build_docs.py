@@ -63,6 +63,15 @@ def main(argv=None) -> int:
     t2 = time.time()
     shutil.rmtree(docs, ignore_errors=True)
     shutil.move(str(proc / docs.name), str(docs))
+    # Quarto stamps sitemap.xml with render times; use the last commit's date so that equal sources give equal sites
+    sm = docs / 'sitemap.xml'
+    if sm.exists():
+        import re
+        r = subprocess.run(['git', 'log', '-1', '--format=%cd', '--date=format-local:%Y-%m-%dT%H:%M:%SZ'],
+                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'TZ': 'UTC'})
+        when = r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+        sm.write_text(re.sub(r'\s*<lastmod>[^<]*</lastmod>', f'\n    <lastmod>{when}</lastmod>' if when else '',
+                             sm.read_text()))
     pages = sorted(docs.glob('*.html'))
     print(f'build-docs: {len(pages)} pages in {docs.relative_to(ROOT)}/ (MathJax: {a.mathjax}); '
           f'notebook processing {t1 - t0:.0f} s, quarto render {t2 - t1:.0f} s, total {time.time() - t0:.0f} s')
