@@ -216,6 +216,10 @@ def _torchvision_backbone(arch, weights=None):
     dim = net.fc.in_features; net.fc = nn.Identity()
     return net, dim
 
+class _NoWeightsNote:
+    "A logging filter that drops open_clip's 'No pretrained weights loaded' note."
+    def filter(self, record) -> bool: return 'No pretrained weights loaded' not in record.getMessage()
+
 def clip_backbone(name: str = 'RN50', # open_clip model name (e.g. 'RN50', 'ViT-B-32')
                   pretrained: Optional[str] = None, # local checkpoint file, or None for random weights
                  ):
@@ -223,7 +227,11 @@ def clip_backbone(name: str = 'RN50', # open_clip model name (e.g. 'RN50', 'ViT-
     open_clip = import_extra('open_clip')
     if pretrained is not None and not Path(pretrained).exists():
         raise FileNotFoundError(f"CLIP weights must be a local file; {pretrained} does not exist (no downloads at run time)")
-    model = open_clip.create_model(name, pretrained=str(pretrained) if pretrained else None)
+    import logging
+    quiet = _NoWeightsNote()   # random weights were asked for: open_clip's 'no pretrained weights' warning says nothing new
+    logging.getLogger().addFilter(quiet)
+    try: model = open_clip.create_model(name, pretrained=str(pretrained) if pretrained else None)
+    finally: logging.getLogger().removeFilter(quiet)
     visual = model.visual
     return visual, int(getattr(visual, 'output_dim', None) or model.text_projection.shape[1])
 
