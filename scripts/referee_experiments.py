@@ -201,6 +201,10 @@ def merge_parts(path, parts):
     save_setting(path, runs, meta['class_counts'], configs, meta)
 
 def save_setting(path, runs, counts, configs, meta):
+    if 'erm' not in runs:   # a partial grid (no ERM to define the groups): raw runs only, for `merge_parts`
+        atomic_write_json(path, {'runs': runs, 'class_counts': list(counts), 'partial': True, 'meta': meta,
+                                 'methods': [dict(label=c[0], method=c[1], loss_kwargs=c[2], fit=c[3]) for c in configs]})
+        print(f"wrote partial {path}", flush=True); return
     erm_val = torch.tensor([r['val_per_class'] for r in runs['erm']])
     difficulty = difficulty_groups(erm_val)            # from ERM on the validation slice, never from the scored test set
     sel = {}
