@@ -155,7 +155,7 @@ def margin_bound(empirical_risk, # empirical margin cross-entropy (mean of ℓ_�
         if not (np.isfinite(r) and r >= 0): raise ValueError(f"`empirical_risk` must be finite and >= 0, got {r}")
     return empirical_risk / _LN2 + complexity_term(variability, margins, Lambda, num_samples=num_samples, constant=constant)
 
-# %% ../nbs/01_bound.ipynb
+# %% ../nbs/01_bound.ipynb #17b85782
 def class_complexity_terms(variability, # A_k, shape (K,), >= 0
                            margins, # γ_k > 0, shape (K,)
                            class_counts, # N_k, training samples per class, shape (K,), >= 1
