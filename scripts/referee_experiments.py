@@ -255,7 +255,7 @@ def fmnist(imbalance_factor=None, smoke=False, n_val=200):
 
 FMNIST_FIT = dict(epochs=10, batch_size=128, lr=0.05)
 
-def run_fmnist(out_dir, smoke=False):
+def run_fmnist(out_dir, smoke=False, only=None, tag=''):
     d, (xte, yte), (xva, yva) = fmnist(100, smoke)
     fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
@@ -265,11 +265,12 @@ def run_fmnist(out_dir, smoke=False):
                ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
                ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
                ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None)]
+    if only is not None: configs = [c for c in configs if c[0] in only]
     t0 = time.time()
     counts = list(d.class_counts)
     runs = run_grid(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, xte, yte, xva, yva, configs, seeds,
                     counts, transform=image_transform(d.mean, d.std), **fit)
-    save_setting(out_dir / 'grid.json', runs, counts, configs, dict(
+    save_setting(out_dir / f'validated{tag}.json', runs, counts, configs, dict(
         data=d.label, dataset=d.name, class_counts=counts, n_train=len(d.train_labels), n_test=len(yte), n_val=len(yva),
         subsample_seed=0, imbalance_factor=100, model='SmallCNN conv16/2-conv32/2-fc128', smoke=smoke, **fit,
         optimizer='SGD momentum 0.9, wd 5e-4, half-cosine lr', seeds=list(seeds), wall_seconds=time.time() - t0,
@@ -486,4 +487,5 @@ if __name__ == '__main__':
     elif a.what == 'probe' and a.merge: merge_parts(out / f"{a.settings}.json", a.merge.split('|'))
     elif a.what == 'probe': run_probe(out, smoke=smoke, settings=tuple(a.settings.split(',')),
                                       only=None if a.only is None else a.only.split('|'), tag=a.tag)
-    else: {'probe': run_probe, 'fmnist': run_fmnist, 'defaults': run_defaults}[a.what](out, smoke=smoke)
+    elif a.what == 'fmnist' and a.merge: merge_parts(out / 'validated.json', a.merge.split('|'))
+    elif a.what == 'fmnist': run_fmnist(out, smoke=smoke, only=None if a.only is None else a.only.split('|'), tag=a.tag)
