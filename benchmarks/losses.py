@@ -286,7 +286,7 @@ def bench_mr2_vs_loop(cfg, device, threads):
         y = torch.randint(0, K, (B,), generator=g).to(device)
         z0 = (torch.randn(B, K, generator=g) * 3).to(device)
         f0 = (torch.relu(torch.randn(B, D, generator=g)) / math.sqrt(D)).to(device)
-        vec, loop = MR2Loss(K, lam=0.1).to(device), LoopMR2(K, lam=0.1).to(device)
+        vec, loop = MR2Loss(K, lam=0.1, variant='paper').to(device), LoopMR2(K, lam=0.1).to(device)
         # equality check on a fresh pair: loss value and gradient with respect to the features
         outs = {}
         for name, mod in (('vec', vec), ('loop', loop)):
@@ -302,7 +302,7 @@ def bench_mr2_vs_loop(cfg, device, threads):
         n = min(B, 48)
         sub = (z0[:n].double().cpu(), y[:n].cpu(), f0[:n].double().cpu())
         ref = naive_mr2_loss([sub], K, 1.0, 0.1, 0.9)[0]
-        naive_diff = max(abs(MR2Loss(K, lam=0.1)(*(t.float() if t.is_floating_point() else t for t in sub)).item() - ref),
+        naive_diff = max(abs(MR2Loss(K, lam=0.1, variant='paper')(*(t.float() if t.is_floating_point() else t for t in sub)).item() - ref),
                          abs(LoopMR2(K, lam=0.1)(*(t.float() if t.is_floating_point() else t for t in sub)).item() - ref))
         fns = {}
         for name, mod in (('vectorised', vec), ('loop', loop)):

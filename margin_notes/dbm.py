@@ -77,7 +77,7 @@ class DBMLoss(KeepBufferPrecision, nn.Module):
                  scale: float = 32.0, # s: logits are s * cosine (32 on CIFAR, 30 on ImageNet-LT)
                  margin: float = 0.1, # K_dbm: class margin of the rarest class, radians; 0 gives plain CE on s*cos
                  tau: float = 1.0, # exponent of the count ratio in the class margin
-                 base: str = 'ce', # 'ce' (DBM-CE) or 'bs' (DBM-BS: add log prior to every logit after the margins)
+                 base: str = 'bs', # 'bs' (DBM-BS, the default: add the log prior to every logit after the margins) or 'ce' (DBM-CE)
                  instance_weight: float = 1.0, # lambda_I, weight of the instance margin (0 switches it off)
                  hard_only: bool = True, # instance margin only on misclassified samples (paper); False: on all
                  reference: str = 'min', # class-margin reference count: 'min' (ours) or 'last_index' (release)
@@ -205,7 +205,7 @@ class DBMComposite(nn.Module):
                  **dbm_kwargs, # DBMLoss options: scale, margin, tau, instance_weight, hard_only, reference, ...
                 ):
         super().__init__()
-        self.base, self.dbm = base, DBMLoss(class_counts, **dbm_kwargs)
+        self.base, self.dbm = base, DBMLoss(class_counts, **{**dbm_kwargs, 'base': 'ce'})   # margins only; `base` does the rest
         self.last = {}
 
     def set_class_weight(self, w=None):

@@ -60,7 +60,7 @@ class MR2Loss(KeepBufferPrecision, nn.Module):
                  lam: float = 0.1, # weight of the representation-margin term (0 skips it)
                  momentum: float = 0.9, # EMA decay of the class statistics
                  *,
-                 variant: str = 'paper', # 'paper' or 'released' (the authors' code, chapter 22); the knobs below override it
+                 variant: str = 'released', # 'released' (the authors' code's scale, the default: see 'Defaults' below) or 'paper' (the paper-literal term); the knobs below override it
                  p: Optional[float] = None, # norm of the statistics (paper 2, released 5)
                  temperature: Union[float, str, None] = None, # T of the exponent; '10d' = 10 * feature dim
                  rep_scale: Union[float, str, None] = None, # factor on the representation term; 'd/10'

@@ -47,7 +47,9 @@ def _m(name, label, loss, **kw): return Method(name, label, loss, **kw)
 _CE, _BS = 'baselines:CELoss', 'baselines:BalancedSoftmaxLoss'
 _LDAM_KW = {'max_margin': 0.5, 'scale': 30.0}
 _DBM_KW = {'scale': 32.0, 'margin': 0.1, 'tau': 1.0}
+_DBM_CE_KW = {**_DBM_KW, 'base': 'ce'}   # DBM-CE (the library default base is 'bs', chapter 07)
 _MR2_KW = {'lam': 0.1, 'mean_margin': 1.0, 'momentum': 0.9}
+_MR2_PAPER_KW = {**_MR2_KW, 'variant': 'paper'}   # the paper-literal term (the library default is 'released', chapter 04)
 
 METHODS = {m.name: m for m in [
     _m('erm', 'ERM', _CE, color='#4d4d4d', chapter='05_baselines', aliases=('ce',)),
@@ -62,13 +64,13 @@ METHODS = {m.name: m for m in [
        chapter='05_baselines'),
     _m('la-posthoc', 'LA post-hoc', _CE, posthoc='la', posthoc_kwargs={'tau': 1.0}, color='#9edae5', chapter='05_baselines'),
     _m('marc', 'MARC', _CE, posthoc='marc', posthoc_kwargs={'gamma': 1.2}, color='#2ca02c', chapter='06_marc'),
-    _m('dbm', 'DBM', 'dbm:DBMLoss', first_arg='counts', head='cosine', loss_kwargs=_DBM_KW, color='#ff7f0e',
+    _m('dbm', 'DBM', 'dbm:DBMLoss', first_arg='counts', head='cosine', loss_kwargs=_DBM_CE_KW, color='#ff7f0e',
        chapter='07_dbm', aliases=('dbm-ce',)),
     _m('dbm-bs', 'DBM-BS', 'dbm:DBMLoss', first_arg='counts', head='cosine', loss_kwargs={**_DBM_KW, 'base': 'bs'},
        color='#ffbb78', chapter='07_dbm'),
     _m('bs-lwr', 'BS+LWR', _BS, first_arg='counts', lwr={'threshold': 0.4}, color='#e377c2', chapter='08_lwr',
        aliases=('lwr',)),
-    _m('mr2', 'MR²', 'mr2:MR2Loss', first_arg='num_classes', needs_features=True, loss_kwargs=_MR2_KW, color='#d62728', chapter='04_mr2',
+    _m('mr2', 'MR²', 'mr2:MR2Loss', first_arg='num_classes', needs_features=True, loss_kwargs=_MR2_PAPER_KW, color='#d62728', chapter='04_mr2',
        aliases=('mr2-paper',)),
     _m('mr2-released', 'MR² (released)', 'mr2:MR2Loss', first_arg='num_classes', needs_features=True,
        loss_kwargs={**_MR2_KW, 'variant': 'released'}, color='#ff9896', chapter='04_mr2'),

@@ -60,7 +60,7 @@ LOSSES.update({
     'ce-drw-weights': Case(lambda: CELoss(drw_class_weights_at(9, COUNTS, start_frac=0.8, total_epochs=10, beta=0.99))),
     'focal-num_classes': Case(lambda: FocalLoss(2.0, num_classes=K)),
     'ldam-drw-weights': Case(lambda: LDAMLoss(COUNTS, weight=drw_weights(COUNTS, 0.99)), 'cosines'),
-    'mr2-normalised': Case(lambda: MR2Loss(K, lam=0.3, rep_normalize=True, stats_mode='moment', feature_dim=D),
+    'mr2-normalised': Case(lambda: MR2Loss(K, lam=0.3, variant='paper', rep_normalize=True, stats_mode='moment', feature_dim=D),
                            features=True),
     'dbm+mr2': Case(lambda: DBMComposite(MR2Loss(K, lam=0.3), COUNTS, margin=0.3), 'cosines', features=True),
     'dbm+bs-lwr': Case(lambda: LWRLoss(DBMComposite(BalancedSoftmaxLoss(COUNTS), COUNTS), nn.Linear(D, K),

@@ -13,6 +13,8 @@ from hypothesis import given, settings, strategies as st
 from margin_notes.margins import optimal_margins
 from margin_notes.core import value_checks
 from margin_notes.mr2 import MR2Loss, naive_mr2_loss as naive_mr2
+import functools as _ft
+MR2Loss = _ft.partial(MR2Loss, variant='paper')   # these tests pin the form they check; the default is tested in test_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 

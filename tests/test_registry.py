@@ -20,9 +20,9 @@ def _by_hand(name, counts):
             'ldam': lambda: B.LDAMLoss(counts, max_margin=0.5, scale=30.0), 'ldam-drw': lambda: B.LDAMLoss(counts, max_margin=0.5, scale=30.0),
             'bs': lambda: B.BalancedSoftmaxLoss(counts), 'la': lambda: B.LogitAdjustedLoss(counts, tau=1.0),
             'la-posthoc': lambda: B.CELoss(), 'marc': lambda: B.CELoss(),
-            'dbm': lambda: DBMLoss(counts, scale=32.0, margin=0.1, tau=1.0),
+            'dbm': lambda: DBMLoss(counts, scale=32.0, margin=0.1, tau=1.0, base='ce'),
             'dbm-bs': lambda: DBMLoss(counts, scale=32.0, margin=0.1, tau=1.0, base='bs'),
-            'mr2': lambda: MR2Loss(K, lam=0.1, mean_margin=1.0, momentum=0.9),
+            'mr2': lambda: MR2Loss(K, lam=0.1, mean_margin=1.0, momentum=0.9, variant='paper'),
             'mr2-released': lambda: MR2Loss(K, lam=0.1, mean_margin=1.0, momentum=0.9, variant='released')}[name]()
 
 
