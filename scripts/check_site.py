@@ -127,7 +127,8 @@ def shows_something(src: str) -> bool:
     "Does this code cell, run, necessarily display something? (a top-level or loop-level print/display/figure,"
     "or a bare expression as its last statement)"
     import ast
-    try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
+    code = '\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!')))
+    try: tree = ast.parse(code)
     except SyntaxError: return False
     def calls(stmts):
         for st in stmts:
@@ -137,7 +138,10 @@ def shows_something(src: str) -> bool:
                 name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ''
                 yield name
     if any(n in ('print', 'display', 'show_doc') for n in calls(tree.body)): return True
-    if re.search(r'plt\.(subplots|figure)\(', src): return True
+    # a figure made at top level (not inside a function or class the cell only defines)
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    top = '\n'.join(ast.get_source_segment(code, st) or '' for st in tree.body if not isinstance(st, defs))
+    if re.search(r'plt\.(subplots|figure)\(', top): return True
     last = tree.body[-1] if tree.body else None
     return isinstance(last, ast.Expr) and isinstance(last.value, (ast.Name, ast.Attribute, ast.Subscript, ast.BinOp, ast.Tuple))
 
