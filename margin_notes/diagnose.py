@@ -190,6 +190,8 @@ def plot_diagnosis(d: dict, # output of `diagnose`
                   ):
     "Each statistic against per-class accuracy, one panel per statistic, with Spearman's rho (chapter 18_diagnose)."
     import matplotlib.pyplot as plt
+    from margin_notes.style import use_book_style
+    use_book_style()
     if axs is None: fig, axs = plt.subplots(1, len(stats), figsize=(3.0 * len(stats), 2.8), squeeze=False); axs = axs[0]
     else: fig = axs[0].figure
     acc = np.array([100 * r['acc'] for r in d['per_class']]); names = [r['class'] for r in d['per_class']]

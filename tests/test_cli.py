@@ -109,7 +109,9 @@ def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
     import csv, shlex, torch
     out = tmp_path / 'r'
     p = subprocess.Popen([sys.executable, '-m', 'margin_notes.cli', 'run', 'digits-lt-erm', '--set', 'epochs=150', '--out', str(out),
-                          '--no-progress'], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          '--no-progress'], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a job started in the background by a non-interactive shell inherits SIGINT as ignored: restore it
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not (out / 'checkpoint.pt').exists() and time.time() - t0 < 120 and p.poll() is None: time.sleep(0.1)
     assert p.poll() is None, p.communicate()
