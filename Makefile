@@ -4,7 +4,7 @@
 #   make docs      build the Quarto site into _docs/ (quarto from PATH, else QUARTO_INSTALLER); executes no chapter.
 #                  MATHJAX=local points the pages at Debian's libjs-mathjax (offline reading); default: the CDN
 #   make outputs   execute every chapter in the full configuration (slow/gpu cells skipped) and write the
-#                  outputs into the notebooks, which are committed with them (CHAPTERS="04_mr2 06_marc" for some)
+#                  outputs into the notebooks, which are committed with them (CHAPTERS="10_mr2 12_marc" for some)
 #   make check-site  make docs, then check every rendered page in headless Chromium
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c

@@ -29,7 +29,7 @@ class Config:
     subsample_seed: int = 0              # seed of the long-tailed selection (separate from `seed`)
     arch: str = 'mlp'                    # 'mlp' (flattened inputs) or a `models.make_model` name, e.g. 'resnet32'
     head: Optional[str] = None           # 'linear' or 'cosine'; None: the head the method needs
-    loss: str = 'erm'                    # a method of the registry (chapter 09_registry): 'erm', 'ldam-drw', 'bs', 'mr2', 'marc', ...
+    loss: str = 'erm'                    # a method of the registry (chapter 15_registry): 'erm', 'ldam-drw', 'bs', 'mr2', 'marc', ...
     loss_kwargs: dict = field(default_factory=dict)   # options of the method's loss (override the registry's defaults)
     lwr: Optional[dict] = None           # logit weight repulsion options (lwr.LWRLoss: threshold, schedule, lwr_weight, ...); None: the method's
     drw_start: Optional[float] = None    # a fixed epoch from which DRW class weights apply (any method); None: `drw_start_frac` of the run for DRW methods, never otherwise
@@ -44,7 +44,7 @@ class Config:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 2e-4
-    schedule: str = 'step'               # 'cosine', 'step' or 'constant' (chapter 17_schedules)
+    schedule: str = 'step'               # 'cosine', 'step' or 'constant' (chapter 07_schedules)
     warmup_epochs: float = 5.0           # linear warm-up length in epochs (fractional allowed)
     warmup_steps: Optional[int] = None   # warm-up length in iterations (overrides warmup_epochs)
     warmup_from: float = 0.0             # lr factor at the first step of warm-up
@@ -312,7 +312,7 @@ _RECIPES = {
     'bs': ({}, "Balanced Softmax on the LDAM-DRW recipe [ours; the BS release trains 13k iterations at batch 512]: " + _SRC_LDAM),
     'la': ({}, "Logit-adjusted loss tau 1 on the LDAM-DRW recipe [ours]: " + _SRC_LDAM),
     'mr2': ({}, "MR² (lam 0.1, c-bar 1, EMA 0.9, L2) on the LDAM-DRW ResNet-32 recipe without DRW "
-                "[ours; MR²'s CIFAR-100 setting, chapter 04]"),
+                "[ours; MR²'s CIFAR-100 setting, chapter 10]"),
     'dbm': (dict(batch_size=64, schedule='cosine'),
             "DBM-CE CIFAR-LT: cosine head, s 32, K_dbm 0.1, tau 1; SGD 0.1, wd 2e-4, warm-up 5 ep then cosine, batch 64, "
             "200 ep; crop+flip only [ours, release adds AutoAugment+Cutout]"),
@@ -332,7 +332,7 @@ def _cifar_method(method: str, K: int, IF: float) -> tuple:
     if method == 'marc':
         return (dict(_marc_stage1(K, IF), loss='marc'),
                 "MARC CIFAR-LT: stage 1 CE, batch 512, SGD wd 5e-4, warm-up 0.05->0.1 over 800 it then cosine, 13,000 it "
-                "(as epochs); stage 2 MARC gamma 1.2 on cached train logits (eval mode, no augmentation) [ours, chapter 06]")
+                "(as epochs); stage 2 MARC gamma 1.2 on cached train logits (eval mode, no augmentation) [ours, chapter 12]")
     fields, src = _RECIPES[get_method(method).name]
     return dict(_LDAM_R32, loss=get_method(method).name, **fields), src
 
@@ -366,7 +366,7 @@ def _build_presets() -> dict:
     P['imagenetlt-r50-bs'] = Config(name='imagenetlt-r50-bs', loss='bs', **inet,
                                     source="Balanced Softmax, ImageNet-LT ResNet-50, 90 ep, batch 256, SGD 0.1 cosine, wd 5e-4 [ours, the usual ImageNet-LT recipe]")
     P['imagenetlt-r50-bs-lwr'] = Config(name='imagenetlt-r50-bs-lwr', loss='bs-lwr', **inet,
-                                        source="BS + LWR (theta 0.4, lambda(t)=(1-t)^2), ImageNet-LT ResNet-50 (the LWR poster's table, chapter 08); recipe as imagenetlt-r50-bs [ours]")
+                                        source="BS + LWR (theta 0.4, lambda(t)=(1-t)^2), ImageNet-LT ResNet-50 (the LWR poster's table, chapter 14); recipe as imagenetlt-r50-bs [ours]")
     P['imagenetlt-x50-marc'] = Config(name='imagenetlt-x50-marc', loss='marc',
                                       posthoc_kwargs={'gamma': 1.2, 'optimizer': 'sgd', 'epochs': 10, 'batch_size': 256, 'lr': 0.05},
                                       **{**inet, 'arch': 'resnext50'},

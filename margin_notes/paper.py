@@ -76,7 +76,7 @@ FairDRO | 72.0 | 85.7 | 72.5 | 57.7
 MR² | 73.9 | 85.9 | 73.8 | 61.9
 """), notes=["Secondary summaries of the paper quote a different MR² row (71.8 / 85.0 / 72.0 / 58.5); the poster's values are used.",
              "Training recipe not given in the paper; the released script trains WRN-28-10 for 300 epochs with AutoAugment (chapter 22, MR² rows 13-14).",
-             "Easy/Medium/Hard: no code computes them; our reading is thirds of the ERM per-class ranking (chapter 12; unverified)."])
+             "Easy/Medium/Hard: no code computes them; our reading is thirds of the ERM per-class ranking (chapter 06; unverified)."])
 
 MR2_TABLE1B = PaperTable('mr2-table1b', 'MR² Table 1b (seed poster)', 'ImageNet (balanced), CLIP ResNet-50 fine-tuned', _EMH, _rows(_EMH, """
 ERM | 75.2 | 91.1 | 78.3 | 56.4
@@ -187,7 +187,7 @@ BS | 25.0 | 46.7 | 63.9 | 46.3
 BS + LWR | 28.8 | 51.6 | 64.0 | 49.3
 BS + LWR w/ proj | 30.0 | 49.9 | 65.3 | 49.5
 BS + λ(t) LWR w/ proj | 32.2 | 50.0 | 66.6 | 50.7
-"""), notes=["'w/ proj' is not defined anywhere in the poster (chapter 08).",
+"""), notes=["'w/ proj' is not defined anywhere in the poster (chapter 14).",
                         "The dataset is not named next to the table; the BS row (25.0 / 46.7 / 63.9 / 46.3) and the last row (32.2 / 50.0 / 66.6 / 50.7) "
                         "appear verbatim in the poster's CIFAR-100-LT (IF 100) Few / Medium / Many / All block, hence the attribution."])
 
@@ -199,7 +199,7 @@ LWR_THETA = PaperTable('lwr-theta', 'LWR poster, threshold ablation', 'same sett
 θ = 0.4 | 32.2 | 50.0 | 66.6 | 50.7
 θ = 0.6 | 31.3 | 49.7 | 65.5 | 49.9
 θ = 1.0 | 25.0 | 46.7 | 63.9 | 46.3
-"""), notes=["θ = 1.0 masks every pair, so it equals the plain BS baseline, as the book's reading of the formula predicts (chapter 08)."])
+"""), notes=["θ = 1.0 masks every pair, so it equals the plain BS baseline, as the book's reading of the formula predicts (chapter 14)."])
 
 LWR_SOTA = PaperTable('lwr-sota', 'LWR poster, state-of-the-art table (first block only)', 'unnamed; ResNet-50 unless noted (ResNeXt for BBN, UNO-IC, OLTR, LFME, ESQL)',
                       _AFMM, _rows(_AFMM, """

@@ -70,7 +70,7 @@ class ProbeNet(nn.Module):
 PROBE_METHODS = ('erm', 'focal', 'ldam-drw', 'bs', 'la', 'la-posthoc', 'marc', 'dbm', 'lwr', 'mr2')
 _PROBE_NAMES = {'dbm': 'dbm-bs'}   # the probe grids' `dbm` row is DBM on Balanced Softmax (registry 'dbm-bs')
 
-def probe_method(method: str # a name of PROBE_METHODS or any method of the registry (chapter 09_registry)
+def probe_method(method: str # a name of PROBE_METHODS or any method of the registry (chapter 15_registry)
                 ):
     "The registry entry a probe trains for `method` (`dbm` is DBM-BS in the probe grids) (chapter 19_probe)."
     from margin_notes.registry import get_method
@@ -328,7 +328,7 @@ def cifar10_probe_features(settings: dict, # name -> training counts per class (
                            size: int = 96, # input resolution of the backbone
                            test_per_class: Optional[int] = None, # first n test images per class (file order); None = all
                            pool_per_class: Optional[int] = None, # read only the first n training images per class (smoke)
-                           subsample_seed: int = 0, # seed of the per-class shuffle (chapter 10)
+                           subsample_seed: int = 0, # seed of the per-class shuffle (chapter 04)
                            batch_size: int = 100, # backbone batch size
                            backbone: Optional[nn.Module] = None, # default: EfficientNet-Lite0 with ImageNet weights
                            cache: bool = True, # cache under cache_dir('features'); False: a temporary folder

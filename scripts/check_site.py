@@ -81,7 +81,7 @@ def listed_chapters(cfg: dict | None = None) -> list[str]:
     return [Path(h).stem for _, h, _ in sidebar_entries(cfg) if h.endswith('.ipynb')]
 
 def page_name(stem: str) -> str:
-    "nbdev names pages without the number prefix: 04_mr2 -> mr2(.html)."
+    "nbdev names pages without the number prefix: 10_mr2 -> mr2(.html)."
     return re.sub(r'^\d+[a-zA-Z0-9]*_', '', stem.lower())
 
 def chapter_list_problems(cfg: dict | None = None, nbs: Path = NBS) -> list[str]:
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--no-build', action='store_true', help='check the _docs/ that is there')
     ap.add_argument('--docs', type=Path, default=DOCS)
-    ap.add_argument('--only', nargs='*', help='pages to check (e.g. mr2 or 04_mr2)')
+    ap.add_argument('--only', nargs='*', help='pages to check (e.g. mr2 or 10_mr2)')
     ap.add_argument('--shots', nargs='*', default=[], help='pages to screenshot into screenshots/')
     ap.add_argument('--budget', type=int, default=20000, help='virtual time budget per page (ms)')
     ap.add_argument('--timeout', type=int, default=120)

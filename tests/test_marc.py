@@ -19,7 +19,7 @@ def naive_weights(counts, gamma):
 
 
 def naive_objective(eta, wn, y, counts, omega, beta, gamma=1.2, wd=5e-4, reduction='weighted_mean'):
-    "The float64 loop reference of chapter 06 (exported, shared with the chapter's check)."
+    "The float64 loop reference of chapter 12 (exported, shared with the chapter's check)."
     return naive_marc_objective(eta, wn, y, counts, omega, beta, gamma, wd, reduction)
 
 

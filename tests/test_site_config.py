@@ -10,11 +10,12 @@ sys.path.insert(0, str(ROOT / 'scripts'))
 import check_site  # noqa: E402
 
 PARTS = {
-    'Part I · Theory': ['01_bound', '02_optimal_margins'],
-    'Part II · Methods': ['03_class_stats', '04_mr2', '05_baselines', '06_marc', '07_dbm', '08_lwr'],
-    'Part III · Library': ['00_core', '10_data', '11_models', '12_metrics', '13_engine', '14_cli', '15_style'],
-    'Part IV · Experiments': ['20_cpu_features', '21_fmnist_lt', '22_paper_vs_code', '30_mr2_cifar100',
-                              '31_marc_cifar_lt', '33_mr2_imagenet_clip'],
+    'Part I · Theory': ['01_bound', '02_optimal_margins', '03_class_stats'],
+    'Part II · Toolkit': ['00_core', '04_data', '05_models', '06_metrics', '07_schedules', '08_style', '09_engine'],
+    'Part III · Methods': ['10_mr2', '11_baselines', '12_marc', '13_dbm', '14_lwr', '15_registry'],
+    'Part IV · Running experiments': ['16_config', '17_cli', '18_diagnose', '19_probe'],
+    'Part V · Experiments': ['20_cpu_features', '21_fmnist_lt', '22_paper_vs_code', '30_mr2_cifar100',
+                             '31_marc_cifar_lt', '33_mr2_imagenet_clip'],
 }
 
 
@@ -60,7 +61,7 @@ def test_website_and_formats(cfg):
 
 def test_parts_in_order(cfg):
     secs = _sections(cfg)
-    assert list(secs) == list(PARTS), 'four parts, in this order'
+    assert list(secs) == list(PARTS), 'five parts, in this order'
     for part, want in PARTS.items():
         got = secs[part]
         assert [n for n in got if n in want] == want, f'{part}: chapters {want} in this order, got {got}'
@@ -87,7 +88,7 @@ def test_chapter_list_check_can_fail(cfg, tmp_path):
     assert any('99_unlisted' in p for p in probs)
     missing = [n for n in check_site.listed_chapters(cfg) if n != '00_core' and n not in check_site.PLANNED]
     assert all(any(n in p for p in probs) for n in missing)
-    bad = {'website': {'sidebar': {'contents': [{'section': 'x', 'contents': ['08_lwr.ipynb', '32_lwr.ipynb']}]}}}
+    bad = {'website': {'sidebar': {'contents': [{'section': 'x', 'contents': ['14_lwr.ipynb', '32_lwr.ipynb']}]}}}
     assert any('lwr.html' in p for p in check_site.chapter_list_problems(bad, nbs=tmp_path))
 
 
@@ -125,7 +126,7 @@ def test_style_module_used_by_figure_chapters():
     for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
         src = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code')
         draws = re.search(r'plt\.(subplots|figure|plot)\(|\.plot\(', src)
-        if draws and nb.stem != '15_style' and 'use_book_style' not in src and 'plot_sorted_per_class' not in src:
+        if draws and nb.stem != '08_style' and 'use_book_style' not in src and 'plot_sorted_per_class' not in src:
             offenders.append(nb.name)
     assert offenders == [], f'chapters drawing figures without use_book_style(): {offenders}'
 
