@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--out', default=None, help='output folder (default: runs/<name>)')
     r.add_argument('--resume', action='store_true', help='continue from the checkpoint in the output folder (same config)')
     r.add_argument('--force', action='store_true', help='with --resume: continue even if the config differs from the saved one')
-    r.add_argument('--smoke', action='store_true', help='tiny sizes (2 epochs, small or synthetic data)')
+    r.add_argument('--publish', default=None, metavar='DIR', help="when the run has finished (full configuration), copy its config, "
+                   "metrics and results (not the checkpoint) into DIR atomically, e.g. results/<chapter>/<run>/seed0")
+    r.add_argument('--smoke', action='store_true', help='tiny sizes: 2 epochs on generated stand-ins in the real data format (never published)')
     r.add_argument('--no-progress', action='store_true', help='no progress bar')
     r.add_argument('--dry-run', action='store_true', help='check and print the resolved config, then exit')
     groups = dict(type=float, default=None, metavar='N')
@@ -71,20 +73,25 @@ def _parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/17_cli.ipynb #5da01ec6
 def _resume_command(a, out: Path) -> str:
-    argv = ['margin-notes', 'run', a.config, *(['--set', *a.overrides] if a.overrides else []), '--out', str(out), '--resume']
+    argv = ['margin-notes', 'run', a.config, *(['--set', *a.overrides] if a.overrides else []), '--out', str(out), *(['--publish', a.publish] if a.publish else []), '--resume']
     return shlex.join(argv + (['--smoke'] if a.smoke else []) + (['--no-progress'] if a.no_progress else []))
 
 def _cmd_run(a) -> int:
-    from margin_notes.config import get_config, validate_config
+    from margin_notes.config import get_config, validate_config, ConfigError
     ov = list(a.overrides)
     if a.smoke: ov.append('smoke=true')
     if a.no_progress: ov.append('progress=false')
     cfg = validate_config(get_config(a.config, ov))
+    if a.publish and (cfg.suite or cfg.smoke):
+        raise ConfigError(f"--publish takes one full-configuration run, not {'a suite' if cfg.suite else 'a smoke run'}")
     if a.dry_run: print(json.dumps(cfg.to_dict(), indent=2)); return 0
     out = Path(a.out) if a.out else Path('runs') / cfg.name
-    print(f"margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else ''), flush=True)
-    from margin_notes.engine import run_config, TrainingInterrupted
-    try: run_config(cfg, out, resume=a.resume, force=a.force)
+    from margin_notes.engine import run_config, TrainingInterrupted, publish_run, smoke_tag
+    print(f"{smoke_tag(cfg)}margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else ''), flush=True)
+    if cfg.smoke: print(f"{smoke_tag(cfg)}{cfg.name}: 2 epochs on a few images per class; its numbers mean nothing", flush=True)
+    try:
+        res = run_config(cfg, out, resume=a.resume, force=a.force)
+        if a.publish and res.get('finished', True): print(f"published -> {publish_run(out, a.publish)}")
     except KeyboardInterrupt as e:
         done = f"after {e.epochs_done} of {e.epochs} epochs of {e.out_dir}" if isinstance(e, TrainingInterrupted) else "before an epoch was saved"
         print(f"margin-notes run: interrupted {done}; resume with: {_resume_command(a, out)}", file=sys.stderr)

@@ -12,8 +12,9 @@ from typing import Optional
 from .registry import get_method, check_kwargs, check_method_kwargs, _accepts
 
 # %% auto #0
-__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'DATASETS', 'PRESETS', 'Config', 'ConfigError', 'parse_overrides', 'apply_overrides',
-           'resolve', 'validate_config', 'suite_members', 'get_config', 'config_changes', 'check_resume']
+__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'DATASETS', 'ENGINE_DATA_KEYS', 'PRESETS', 'Config', 'ConfigError', 'parse_overrides',
+           'apply_overrides', 'resolve', 'validate_config', 'suite_members', 'get_config', 'config_changes',
+           'check_resume']
 
 # %% ../nbs/16_config.ipynb #74f32037
 CIFAR_GROUPS = {'many': 100, 'few': 20}  # Many: > 100 training images, Few: < 20 (the CIFAR-LT convention)
@@ -37,6 +38,7 @@ class Config:
     drw_beta: float = 0.9999             # DRW effective-number beta
     posthoc: Optional[str] = None        # 'marc', 'la' or 'none' after training; None: the method's
     posthoc_kwargs: dict = field(default_factory=dict)  # options of the post-hoc step (override the registry's)
+    wise_ft_alpha: Optional[float] = None  # CLIP zero-shot runs: also report the WiSE-FT interpolation with this weight on the fine-tuned model (0.6 in MR²'s release)
     epochs: int = 200
     batch_size: int = 128                # global batch (split over processes under torchrun)
     optimizer: str = 'sgd'               # 'sgd' or 'adamw'
@@ -172,6 +174,7 @@ _TYPES = {'dict': (dict,), 'list': (list, tuple)}
 DATASETS = ('digits', 'synthetic-cifar10', 'synthetic-cifar100', 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist',
             'imagenet-lt', 'places-lt', 'imagenet')
 _SYNTHETIC_KEYS = ('n_max', 'test_per_class', 'size')
+ENGINE_DATA_KEYS = ('color_jitter', 'image_size')   # data_kwargs read by the engine's image transforms, not by `data.load_dataset`
 
 def _check_type(name: str, ann: str, v):
     a = ann.replace(' ', '')
@@ -254,10 +257,13 @@ def validate_config(cfg: Config, # the configuration to check
             if k not in _SYNTHETIC_KEYS:
                 near = difflib.get_close_matches(k, _SYNTHETIC_KEYS, n=1)
                 raise ConfigError(f"{w}data_kwargs.{k}: the synthetic set takes {', '.join(_SYNTHETIC_KEYS)}" + (f"; did you mean {near[0]!r}?" if near else ''))
-    elif ds != 'imagenet':
+    else:
         from margin_notes.data import load_dataset
-        _nested(check_kwargs, load_dataset, {k: v for k, v in cfg.data_kwargs.items() if k != 'color_jitter'}, w + 'data_kwargs',
+        _nested(check_kwargs, load_dataset, {k: v for k, v in cfg.data_kwargs.items() if k not in ENGINE_DATA_KEYS}, w + 'data_kwargs',
                      skip=('name', 'imbalance_factor', 'subsample_seed'))
+    if cfg.wise_ft_alpha is not None:
+        if not 0 <= cfg.wise_ft_alpha <= 1: raise ConfigError(f"{w}wise_ft_alpha must lie in [0, 1], got {cfg.wise_ft_alpha}")
+        if not cfg.model_kwargs.get('zero_shot'): raise ConfigError(f"{w}wise_ft_alpha interpolates with a zero-shot CLIP head: it needs model_kwargs.zero_shot=true")
     return cfg
 
 # %% ../nbs/16_config.ipynb #91478fef
@@ -367,16 +373,25 @@ def _build_presets() -> dict:
                                     source="Balanced Softmax, ImageNet-LT ResNet-50, 90 ep, batch 256, SGD 0.1 cosine, wd 5e-4 [ours, the usual ImageNet-LT recipe]")
     P['imagenetlt-r50-bs-lwr'] = Config(name='imagenetlt-r50-bs-lwr', loss='bs-lwr', **inet,
                                         source="BS + LWR (theta 0.4, lambda(t)=(1-t)^2), ImageNet-LT ResNet-50 (the LWR poster's table, chapter 14); recipe as imagenetlt-r50-bs [ours]")
+    for m, what in (('ce-drw', 'CE-DRW (DRW from epoch 72 of 90, our choice: the poster gives no start)'), ('focal', 'Focal (gamma 1)'),
+                    ('la', 'Logit-adjusted loss (tau 1)')):
+        P[f'imagenetlt-r50-{m}'] = Config(name=f'imagenetlt-r50-{m}', loss=m, **inet, source=f"{what}, ImageNet-LT ResNet-50; recipe as imagenetlt-r50-bs [ours]")
+        P[f'imagenetlt-r50-{m}-lwr'] = Config(name=f'imagenetlt-r50-{m}-lwr', loss=m, lwr={'threshold': 0.4}, **inet,
+                                              source=f"{what} + LWR (theta 0.4, lambda(t)=(1-t)^2), ImageNet-LT ResNet-50; recipe as imagenetlt-r50-bs [ours]")
     P['imagenetlt-x50-marc'] = Config(name='imagenetlt-x50-marc', loss='marc',
                                       posthoc_kwargs={'gamma': 1.2, 'optimizer': 'sgd', 'epochs': 10, 'batch_size': 256, 'lr': 0.05},
                                       **{**inet, 'arch': 'resnext50'},
                                       source="MARC ImageNet-LT: ResNeXt-50, stage 1 CE 90 ep cosine 0.1->0, batch 256, wd 5e-4; stage 2 10 ep cosine 0.05->0 on cached logits")
-    P['imagenet-clip-rn50-mr2'] = Config(
-        name='imagenet-clip-rn50-mr2', dataset='imagenet', arch='clip:RN50', loss='mr2',
-        loss_kwargs={'lam': 0.1, 'momentum': 0.999, 'p': 5}, epochs=10, batch_size=512, optimizer='adamw', lr=3e-5,
-        weight_decay=0.1, schedule='cosine', warmup_epochs=0, warmup_steps=500, grad_clip=1.0, augment='rrc-flip',
-        amp='bf16', channels_last=True, pipeline='dataloader', num_workers=16, eval_every=5,
-        source="MR² ImageNet released recipe: CLIP RN-50 + zero-shot head, AdamW 3e-5, wd 0.1, clip 1.0, cosine with 500 warm-up steps, batch 512, 10 ep; EMA 0.999, L5. Needs ImageNet + CLIP weights (GPU users only)")
+    clip = dict(dataset='imagenet', arch='clip:RN50', model_kwargs={'zero_shot': True, 'templates': 'openai', 'pretrained': 'openai'},
+                wise_ft_alpha=0.6, epochs=10, batch_size=512, optimizer='adamw', lr=3e-5, weight_decay=0.1, schedule='cosine',
+                warmup_epochs=0, warmup_steps=500, grad_clip=1.0, augment='rrc-flip', amp='bf16', channels_last=True,
+                pipeline='dataloader', num_workers=16, eval_every=5)
+    src = ("CLIP RN-50 image tower + zero-shot head (OpenAI weights, 80 ImageNet templates), AdamW 3e-5, wd 0.1, clip 1.0, cosine with "
+           "500 warm-up steps, batch 512, 10 ep; reports zero-shot, fine-tuned and WiSE-FT (alpha 0.6); needs ImageNet and the CLIP weights")
+    P['imagenet-clip-rn50-erm'] = Config(name='imagenet-clip-rn50-erm', loss='erm', **clip, source="ERM (CE) fine-tuning, MR²'s released ImageNet recipe: " + src)
+    P['imagenet-clip-rn50-mr2'] = Config(name='imagenet-clip-rn50-mr2', loss='mr2', **clip,
+                                         loss_kwargs={'lam': 0.1, 'momentum': 0.999, 'p': 5, 'variant': 'released', 'spread_margin': True},
+                                         source="MR² (released scale, L5, EMA 0.999, 2 s-bar kept), MR²'s released ImageNet recipe: " + src)
     members = []
     for key in _DIGITS_SUITE:
         m = get_method(key)

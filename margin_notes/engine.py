@@ -14,21 +14,22 @@ import torch.nn as nn
 
 from .core import seed_everything, atomic_write_json, atomic_torch_save, check_class_counts, smoke_or
 from .config import (Config, ConfigError, PRESETS, apply_overrides, get_config, resolve, validate_config,
-                                 check_resume, suite_members)
+                                 check_resume, suite_members, ENGINE_DATA_KEYS)
 from .models import MLPClassifier, head_weight_norms
 from .registry import build_method_loss, get_method
 from .report import outputs_report, summary_table, plot_summary, write_summary, write_csv
 from .schedules import lr_at_step
 
 # %% auto #0
-__all__ = ['load_data', 'make_batches', 'build_model', 'build_loss', 'lr_at', 'build_optimizer', 'train_epochs',
-           'collect_outputs', 'apply_posthoc', 'dist_info', 'TrainingInterrupted', 'build_training', 'fit', 'load_run',
-           'evaluate_run', 'calibrate_run', 'run_suite', 'run_config']
+__all__ = ['STANDIN_DATASETS', 'PUBLISHED_FILES', 'load_data', 'make_batches', 'build_model', 'build_loss', 'lr_at',
+           'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info', 'smoke_tag',
+           'TrainingInterrupted', 'build_training', 'fit', 'load_run', 'evaluate_run', 'calibrate_run', 'run_suite',
+           'run_config', 'publish_run']
 
 # %% ../nbs/09_engine.ipynb #24b45af6
-def load_data(cfg: Config # dataset, imbalance_factor, subsample_seed, data_kwargs
-             ):
-    "The `DataBundle` (or `ListBundle`) of `cfg`, long-tailed as configured (chapter 09_engine)."
+STANDIN_DATASETS = ('cifar10', 'cifar100', 'cifar10-jpeg', 'imagenet', 'imagenet-lt')  # smoke runs read generated stand-ins of these
+
+def _load(cfg: Config):
     from margin_notes import data as D
     ds = cfg.dataset.lower().replace('_', '-')
     IF = cfg.imbalance_factor if cfg.imbalance_factor != 1 else None
@@ -37,11 +38,17 @@ def load_data(cfg: Config # dataset, imbalance_factor, subsample_seed, data_kwar
         size = int(kw.pop('size', 32))
         kw.setdefault('n_max', 20 if cfg.smoke else smoke_or(5000, 20)); kw.setdefault('test_per_class', 5 if cfg.smoke else smoke_or(100, 5))
         return D.load_dataset('synthetic', imbalance_factor=IF, num_classes=K, image_shape=(3, size, size), seed=cfg.subsample_seed, **kw)
-    if ds == 'imagenet':
-        raise ConfigError("full ImageNet (the MR² CLIP recipe) is not loaded by margin_notes.data yet: the preset records the "
-                          "recipe; train it with your own ImageNet loader, or use 'imagenet-lt' with data_kwargs.root")
-    kw = {k: v for k, v in cfg.data_kwargs.items() if k != 'color_jitter'}
+    kw = {k: v for k, v in cfg.data_kwargs.items() if k not in ENGINE_DATA_KEYS}
+    if ds in ('imagenet', 'imagenet-lt', 'places-lt'): return D.load_dataset(ds, **kw)
     return D.load_dataset(ds, imbalance_factor=IF, subsample_seed=cfg.subsample_seed, **kw)
+
+def load_data(cfg: Config # dataset, imbalance_factor, subsample_seed, data_kwargs
+             ):
+    "The `DataBundle` (or `ListBundle`) of `cfg`; a smoke config reads format-identical stand-ins of the large data sets (chapter 09_engine)."
+    if cfg.smoke and cfg.dataset.lower().replace('_', '-') in STANDIN_DATASETS:
+        from margin_notes.standins import standin_root, using_data_root
+        with using_data_root(standin_root()): return _load(cfg)
+    return _load(cfg)
 
 # %% ../nbs/09_engine.ipynb #07cba484
 def make_batches(data, # a DataBundle or ListBundle from `load_data`
@@ -62,21 +69,39 @@ def make_batches(data, # a DataBundle or ListBundle from `load_data`
                   channels_last=cfg.channels_last, num_workers=cfg.num_workers)
     if not getattr(data, 'in_memory', True):
         ds = getattr(data, split)
-        tf = imagenet_transform(train, color_jitter=float(cfg.data_kwargs.get('color_jitter', 0.0)) if train else 0.0)
+        if ds is None: raise ConfigError(f"{data.label} has no {split!r} split (no list file / folder for it)")
+        spec = _input_spec(cfg.arch)
+        size = int(cfg.data_kwargs.get('image_size', spec['size']))
+        tf = imagenet_transform(train, size=size, resize=round(size * 256 / 224), mean=spec['mean'], std=spec['std'],
+                                color_jitter=float(cfg.data_kwargs.get('color_jitter', 0.0)) if train else 0.0)
         return make_loader(ds, transform=tf, **common)
     return make_loader(data, split=split, gpu_resident=cfg.pipeline != 'dataloader', pad=4 if aug == 'crop-flip' else 0,
                        flip=aug == 'crop-flip', **common)
+
+def _input_spec(arch: str) -> dict:
+    "Resolution and normalisation of list-file images for `arch` (ImageNet's for the MLP and unknown names)."
+    from margin_notes.models import input_spec
+    from margin_notes.data import IMAGENET_MEAN, IMAGENET_STD
+    try: return input_spec(arch)
+    except ValueError: return {'size': 224, 'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
 
 # %% ../nbs/09_engine.ipynb #1fd0ef59
 def build_model(cfg: Config, # arch, model_kwargs (head from the method unless set)
                 num_classes: int, # K
                 in_shape: Sequence[int], # shape of one input, e.g. (1, 8, 8)
+                class_names: Optional[Sequence[str]] = None, # class names (a CLIP zero-shot head is built from them)
                ) -> nn.Module:
     "The classifier of `cfg`: `models.MLPClassifier` for arch='mlp', else `models.make_model` (chapter 09_engine)."
     head = resolve(cfg)['head']
     if cfg.arch == 'mlp': return MLPClassifier(int(np.prod(in_shape)), num_classes, head=head, **cfg.model_kwargs)
     from margin_notes.models import make_model
-    return make_model(cfg.arch, num_classes, head=head, **cfg.model_kwargs)
+    kw = dict(cfg.model_kwargs)
+    if kw.pop('zero_shot', False):
+        if not cfg.arch.startswith('clip:'): raise ConfigError(f"model_kwargs.zero_shot needs a CLIP arch ('clip:<name>'), got {cfg.arch!r}")
+        if not class_names: raise ConfigError(f"a zero-shot head needs the class names of the data set; {cfg.dataset!r} has none")
+        kw['class_names'] = list(class_names)
+    if 'pretrained' in kw: kw['weights'] = kw.pop('pretrained')
+    return make_model(cfg.arch, num_classes, head=head, **kw)
 
 def build_loss(cfg: Config, # loss (a registry method), loss_kwargs, lwr
                class_counts, # training images per class (K,)
@@ -272,24 +297,41 @@ def _progress(iterable, cfg: Config, rank: int, **kw):
     from tqdm.auto import tqdm
     return tqdm(iterable, **kw)
 
+# %% ../nbs/09_engine.ipynb #a1f17e03
+def _uses_standins(cfg: Config) -> bool:
+    ds = cfg.dataset.lower().replace('_', '-')
+    return cfg.smoke and (ds in STANDIN_DATASETS or ds.startswith('synthetic'))
+
+def smoke_tag(cfg: Config # a run configuration
+             ) -> str:
+    "'' for a real run; otherwise the prefix every console line and results file of a smoke run carries (chapter 09_engine)."
+    if not cfg.smoke: return ''
+    return '[smoke run, stand-in data] ' if _uses_standins(cfg) else '[smoke run] '
+
 def _smoke_cfg(cfg: Config) -> Config:
-    "Shrink a config for smoke runs: 2 epochs, small synthetic or sub-sampled data."
-    d = cfg.to_dict()
-    r = resolve(cfg)
-    d.update(epochs=min(cfg.epochs, 2), warmup_epochs=min(cfg.warmup_epochs, 1), warmup_steps=None, device='cpu' if cfg.device == 'auto' else cfg.device,
-             num_workers=0, compile=False, milestones=[1], drw_start=None if r['drw_start'] is None else min(cfg.epochs, 2) - 1)
-    if cfg.dataset.startswith('cifar') or cfg.dataset.startswith('imagenet'):
-        K = 10 if '10' in cfg.dataset and '100' not in cfg.dataset else 100
-        d.update(dataset=f'synthetic-cifar{min(K, 10)}', batch_size=min(cfg.batch_size, 32), pipeline='gpu', data_kwargs={}, augment='crop-flip')
-        if cfg.arch not in ('resnet32', 'mlp'): d['arch'] = 'resnet32'
-    d['posthoc_kwargs'] = {k: v for k, v in cfg.posthoc_kwargs.items() if k == 'gamma'}
+    "Shrink a config for smoke runs: 2 epochs on generated stand-ins in the real data format, small inputs, a tiny random CLIP."
+    d, r, ds = cfg.to_dict(), resolve(cfg), cfg.dataset.lower().replace('_', '-')
+    d.update(epochs=min(cfg.epochs, 2), warmup_epochs=min(cfg.warmup_epochs, 1), warmup_steps=None, eval_every=1,
+             device='cpu' if cfg.device == 'auto' else cfg.device, num_workers=0, compile=False, milestones=[1],
+             drw_start=None if r['drw_start'] is None else min(cfg.epochs, 2) - 1)
+    if ds in STANDIN_DATASETS:
+        dk = {k: v for k, v in cfg.data_kwargs.items() if k in ('color_jitter', 'max_per_class')}
+        if ds.startswith('imagenet'): dk['image_size'] = 64
+        else: dk.setdefault('max_per_class', 10)
+        d.update(batch_size=min(cfg.batch_size, 16), data_kwargs=dk)
+    if cfg.arch.startswith('clip:'):
+        from margin_notes.models import register_tiny_clip
+        d['arch'] = 'clip:' + register_tiny_clip()
+        d['model_kwargs'] = {k: v for k, v in cfg.model_kwargs.items() if k != 'pretrained'}   # random weights, no file
+    d['posthoc_kwargs'] = {k: (min(v, 2) if k == 'epochs' else v) for k, v in cfg.posthoc_kwargs.items()}
     return Config.from_dict(d)
 
 def _run_results(cfg: Config, data, model, out_te, y_te, posthoc: Optional[str], posthoc_kwargs: dict, amp, dev) -> dict:
     "The results of a trained model: report of the test outputs; with a post-hoc step, stage 1 kept and the calibrated report."
     counts = list(data.class_counts)
-    res = {'dataset': data.name, 'num_classes': data.num_classes, 'class_counts': counts, 'reported': 'last epoch',
-           'epochs': cfg.epochs, **outputs_report(out_te, y_te, counts, **cfg.report)}
+    res = {'dataset': data.name + (' [stand-in]' if _uses_standins(cfg) else ''), 'num_classes': data.num_classes,
+           'class_counts': counts, 'reported': 'last epoch', 'epochs': cfg.epochs, **outputs_report(out_te, y_te, counts, **cfg.report)}
+    if cfg.smoke: res['smoke'] = smoke_tag(cfg).strip() + ': the numbers say nothing about the method'
     if posthoc:
         res['stage1'] = {'per_class_accuracy': res['per_class_accuracy'], 'report': res['report']}
         plain = make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256), split='train')
@@ -309,12 +351,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 # %% ../nbs/09_engine.ipynb #7280899b
 def build_training(cfg: Config, # the run configuration
-                   data, # its data (num_classes, class_counts, image_shape)
+                   data, # its data (num_classes, class_counts, image_shape, class names)
                    dev, # the device
                    distributed: bool = False, # wrap the forward call in DistributedDataParallel
                   ) -> tuple:
     "(model, loss, optimiser, forward call returning (features, outputs)) of a run (chapter 09_engine)."
-    model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224)).to(dev)
+    names = getattr(data, 'class_names', None) or getattr(data, 'classes', None)
+    model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224), names).to(dev)
     if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
     if distributed and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loss_fn = build_loss(cfg, list(data.class_counts), model).to(dev)
@@ -325,6 +368,46 @@ def build_training(cfg: Config, # the run configuration
         fwd = DDP(fwd, device_ids=[dev.index] if dev.type == 'cuda' else None)
     if cfg.compile: fwd = torch.compile(fwd, mode=cfg.compile_mode)
     return model, loss_fn, opt, fwd
+
+# %% ../nbs/09_engine.ipynb #a1f17e02
+def _drw_setup(cfg: Config, counts, spe: int, dev) -> tuple:
+    "(DRW class weights, the global step they switch on at), or (None, None) without DRW."
+    start = resolve(cfg)['drw_start']
+    if start is None: return None, None
+    from margin_notes.baselines import drw_weights
+    return torch.as_tensor(drw_weights(counts, beta=cfg.drw_beta), dtype=torch.float32, device=dev), int(round(start * spe))
+
+def _restore(s: Optional[dict], model, opt, loss_fn, gen, drw_w, drw_step, spe: int) -> tuple:
+    "Load a checkpoint dict into the run's parts; returns (first epoch to train, history rows)."
+    if s is None: return 0, []
+    model.load_state_dict(s['model']); opt.load_state_dict(s['optimizer'])
+    if drw_w is not None: loss_fn.set_class_weight(drw_w if s['epoch'] * spe >= drw_step else None)
+    loss_fn.load_state_dict(s['loss'], strict=False)
+    _set_rng_state(s['rng'], gen)
+    return s['epoch'], list(s['rows'])
+
+def _zero_shot_state(cfg: Config, model, out_dir: Path, rank: int) -> Optional[Path]:
+    "A CLIP zero-shot run keeps its weights before fine-tuning in out_dir/zero_shot.pt (written once); None otherwise."
+    if not cfg.model_kwargs.get('zero_shot'): return None
+    p = out_dir / 'zero_shot.pt'
+    if rank == 0 and not p.exists(): atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, p)
+    return p
+
+def _clip_rows(cfg: Config, model, zs_path: Path, test_b, counts, amp) -> dict:
+    "Reports of the zero-shot model and of the WiSE-FT interpolation (alpha = cfg.wise_ft_alpha); the model ends fine-tuned."
+    from margin_notes.clip import wise_ft
+    dev = next(model.parameters()).device
+    zs = {k: v.to(dev) for k, v in torch.load(zs_path, map_location=dev, weights_only=True).items()}
+    ft = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rows = {}
+    try:
+        model.load_state_dict(zs)
+        rows['zero_shot'] = outputs_report(*collect_outputs(model, test_b, amp), counts, **cfg.report)
+        if cfg.wise_ft_alpha is not None:
+            model.load_state_dict(wise_ft(zs, ft, cfg.wise_ft_alpha))
+            rows['wise_ft'] = {'alpha': cfg.wise_ft_alpha, **outputs_report(*collect_outputs(model, test_b, amp), counts, **cfg.report)}
+    finally: model.load_state_dict(ft)
+    return rows
 
 # %% ../nbs/09_engine.ipynb #5f72ff38
 def fit(cfg: Config, # run configuration
@@ -350,39 +433,28 @@ def fit(cfg: Config, # run configuration
     seed_everything(cfg.seed)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)   # batch order and augmentation, on the device
     data = data if data is not None else load_data(cfg)
-    K, counts = data.num_classes, list(data.class_counts)
+    counts = list(data.class_counts)
     model, loss_fn, opt, fwd = build_training(cfg, data, dev, distributed)
+    zs_path = _zero_shot_state(cfg, model, out_dir, rank)
     amp = _amp_dtype(cfg, dev)
     train_b = make_batches(data, cfg, dev, True, gen, rank, world)
     test_b = make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256))
     spe = len(train_b)
     if spe == 0: raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({sum(counts)} images)")
-    r = resolve(cfg)
-    drw_w = drw_step = None
-    if r['drw_start'] is not None:
-        from margin_notes.baselines import drw_weights
-        drw_w = torch.as_tensor(drw_weights(counts, beta=cfg.drw_beta), dtype=torch.float32, device=dev)
-        drw_step = int(round(r['drw_start'] * spe))
-    start, rows = 0, []
-    if s is not None:
-        model.load_state_dict(s['model']); opt.load_state_dict(s['optimizer'])
-        if drw_w is not None: loss_fn.set_class_weight(drw_w if s['epoch'] * spe >= drw_step else None)
-        loss_fn.load_state_dict(s['loss'], strict=False)
-        _set_rng_state(s['rng'], gen); start, rows = s['epoch'], list(s['rows'])
+    drw_w, drw_step = _drw_setup(cfg, counts, spe, dev)
+    start, rows = _restore(s, model, opt, loss_fn, gen, drw_w, drw_step, spe)
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     last_eval, done = [None], [start]
-    bar = _progress(range(start, end), cfg, rank, desc=cfg.name, initial=start, total=cfg.epochs, unit='ep', leave=False)
+    bar = _progress(range(start, end), cfg, rank, desc=smoke_tag(cfg) + cfg.name, initial=start, total=cfg.epochs, unit='ep', leave=False)
     def epoch_end(epoch, row):
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            out_te, y_te = collect_outputs(model, test_b, amp)
-            last_eval[0] = (out_te, y_te)
-            row['test_acc'] = (out_te.argmax(1) == y_te).float().mean().item()
+            last_eval[0] = collect_outputs(model, test_b, amp)
+            row['test_acc'] = (last_eval[0][0].argmax(1) == last_eval[0][1]).float().mean().item()
         rows.append(row)
         if rank == 0:
             write_csv(out_dir / 'metrics.csv', rows)
             atomic_torch_save({'epoch': epoch + 1, 'model': model.state_dict(), 'optimizer': opt.state_dict(),
-                               'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows,
-                               'config': cfg.to_dict()}, ck)
+                               'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows, 'config': cfg.to_dict()}, ck)
         done[0] = epoch + 1
         if hasattr(bar, 'update'): bar.update(1); bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", acc=f"{row.get('test_acc', float('nan')):.3f}")
         if on_epoch is not None: on_epoch(epoch, row)
@@ -394,14 +466,14 @@ def fit(cfg: Config, # run configuration
         if hasattr(bar, 'close'): bar.close()
     if end < cfg.epochs: return {'epochs_done': end, 'finished': False}
     out_te, y_te = last_eval[0] if last_eval[0] is not None else collect_outputs(model, test_b, amp)
-    res = {'name': cfg.name, **_run_results(cfg, data, model, out_te, y_te, r['posthoc'], r['posthoc_kwargs'], amp, dev),
+    r = resolve(cfg)
+    res = {'name': smoke_tag(cfg) + cfg.name, **_run_results(cfg, data, model, out_te, y_te, r['posthoc'], r['posthoc_kwargs'], amp, dev),
+           **(_clip_rows(cfg, model, zs_path, test_b, counts, amp) if zs_path is not None else {}),
            **_provenance(cfg, t_start, dev), 'world_size': world, 'history': rows}
     if rank == 0:
         atomic_write_json(out_dir / 'results.json', res)
-        if verbose:
-            rp = res['report']
-            print(f"{cfg.name}: overall {100 * rp['overall']:.1f}%, worst class {100 * rp['worst']:.1f}% "
-                  f"({cfg.epochs} epochs, {res['wall_time_s']:.1f} s) -> {out_dir}")
+        if verbose: print(f"{res['name']}: overall {100 * res['report']['overall']:.1f}%, worst class {100 * res['report']['worst']:.1f}% "
+                          f"({cfg.epochs} epochs, {res['wall_time_s']:.1f} s) -> {out_dir}")
     return res
 
 # %% ../nbs/09_engine.ipynb #cce2a319
@@ -414,7 +486,8 @@ def load_run(run_dir, # a folder written by `fit`
     cfg = cfg.replace(device=device) if device != 'auto' else cfg
     dev = _resolve_device(cfg)
     data = load_data(cfg)
-    model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224)).to(dev)
+    names = getattr(data, 'class_names', None) or getattr(data, 'classes', None)
+    model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224), names).to(dev)
     s = torch.load(run_dir / 'checkpoint.pt', map_location=dev, weights_only=False)
     model.load_state_dict(s['model'])
     return cfg, data, model.eval()
@@ -474,7 +547,7 @@ def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' pre
             if data is None: data = load_data(_smoke_cfg(mcfg) if mcfg.smoke else mcfg)
             r = fit(mcfg, out_dir / key, resume=resume, data=data, verbose=False, force=force)
         results[label] = r
-        if verbose: print(f"  {label:<12} overall {100 * r['report']['overall']:5.1f}%  ({r['wall_time_s']:.1f} s)", flush=True)
+        if verbose: print(f"  {smoke_tag(mcfg)}{label:<12} overall {100 * r['report']['overall']:5.1f}%  ({r['wall_time_s']:.1f} s)", flush=True)
     summary = {'suite': cfg.name, 'source': cfg.source, 'skipped': {}, 'wall_time_s': time.time() - t0,
                'methods': {k: {'run': r['name'], 'report': r['report'], 'per_class_accuracy': r['per_class_accuracy']}
                            for k, r in results.items()},
@@ -491,3 +564,22 @@ def run_config(cfg: Config, # a single-run or suite configuration
     "Train `cfg`: a single run (`fit`) or a suite (`run_suite`) (chapter 09_engine)."
     if cfg.suite: return run_suite(cfg, out_dir, resume, verbose, force)
     return fit(cfg, out_dir, resume=resume, verbose=verbose, force=force)
+
+# %% ../nbs/09_engine.ipynb #a1f17e07
+PUBLISHED_FILES = ('config.json', 'metrics.csv', 'results.json')
+
+def publish_run(work_dir, # a run folder written by `fit`
+                dest, # where the finished run goes, e.g. results/<chapter>/<run>/seed0
+               ) -> Path:
+    "Copy a finished, full-configuration run's config, metrics and results into `dest` atomically (chapter 09_engine)."
+    import shutil
+    work_dir, dest = Path(work_dir), Path(dest)
+    if not (work_dir / 'results.json').exists(): raise ValueError(f"{work_dir} holds no finished run (no results.json)")
+    res = json.loads((work_dir / 'results.json').read_text())
+    if res.get('config', {}).get('smoke') or res.get('smoke'): raise ValueError(f"{work_dir} is a smoke run: it is never published")
+    tmp = dest.with_name(f".{dest.name}.publishing"); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    for f in PUBLISHED_FILES:
+        if (work_dir / f).exists(): shutil.copy2(work_dir / f, tmp / f)
+    if dest.exists(): shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest

@@ -14,7 +14,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['METRIC_LABELS', 'MR2_TABLE1A', 'MR2_TABLE1B', 'MARC_TABLE2', 'MARC_TABLE4', 'DBM_CIFAR100LT', 'LWR_COMPAT',
            'LWR_ABLATION', 'LWR_THETA', 'LWR_SOTA', 'PAPER_TABLES', 'NOT_RUN', 'PaperTable', 'ResultPart', 'load_runs',
-           'compare_table', 'table_markdown', 'PlannedRun', 'results_root', 'run_command', 'plan_table', 'planned_runs']
+           'compare_table', 'table_markdown', 'PlannedRun', 'results_root', 'run_command', 'plan_table', 'planned_runs',
+           'train_planned']
 
 # %% ../nbs/29_paper.ipynb #501751db
 METRIC_LABELS = {'overall': 'Overall', 'easy': 'Easy', 'medium': 'Medium', 'hard': 'Hard',
@@ -337,7 +338,8 @@ class PlannedRun:
 
 def results_root() -> Path:
     "The repository's `results/` folder (where committed results of full runs go) (chapter 29_paper)."
-    return Path(__file__).resolve().parent.parent / 'results'
+    import margin_notes
+    return Path(margin_notes.__file__).resolve().parent.parent / 'results'
 
 def _fmt_override(k, v) -> str:
     if isinstance(v, (dict, list)): v = json.dumps(v, separators=(', ', ': '))
@@ -351,11 +353,11 @@ def run_command(run: PlannedRun, # the planned run
                 seed: int = 0, # training seed
                 gpus: int = 1, # >1: the torchrun form
                ) -> str:
-    "The shell command that trains `run` for one seed into `results/<chapter>/<name>/seed<k>` (chapter 29_paper)."
+    "The shell command that trains `run` for one seed in `runs/…` and publishes it, finished, to `results/<chapter>/<name>/seed<k>` (chapter 29_paper)."
     if run.preset is None: return '—'
     sets = [_fmt_override(k, v) for k, v in run.overrides.items()] + [f'seed={seed}']
-    out = f"results/{chapter}/{run.folder}/seed{seed}"
-    cmd = f"run {run.preset} --set {' '.join(sets)} --out {out}"
+    rel = f"{chapter}/{run.folder}/seed{seed}"
+    cmd = f"run {run.preset} --set {' '.join(sets)} --out runs/{rel} --publish results/{rel}"
     return f"margin-notes {cmd}" if gpus == 1 else f"torchrun --nproc_per_node={gpus} -m margin_notes.cli {cmd}"
 
 def plan_table(plan: list, # PlannedRun rows
@@ -390,4 +392,34 @@ def planned_runs(plan: list, # PlannedRun rows
         p = root / chapter / r.folder
         if not load_runs(p): out[r.label] = None; continue
         out[r.label] = ResultPart(p, r.part) if r.part else p
+    return out
+
+# %% ../nbs/29_paper.ipynb #b2e7a002
+def train_planned(plan: list, # PlannedRun rows
+                  chapter: str, # results sub-folder of the chapter
+                  seeds=(0, 1, 2), # training seeds
+                  smoke: Optional[bool] = None, # default: `core.is_smoke()`; smoke runs go to a scratch folder and are never published
+                  verbose: bool = True, # one line per run
+                 ) -> dict:
+    "Train every planned run that has a preset and no results yet; publish each finished full run into results/ (chapter 29_paper)."
+    import shutil, tempfile
+    from margin_notes.core import cache_dir, is_smoke
+    from margin_notes.config import PRESETS, get_config
+    from margin_notes.engine import fit, publish_run
+    smoke = is_smoke() if smoke is None else smoke
+    scratch = Path(tempfile.mkdtemp(prefix='margin-notes-smoke-')) if smoke else None
+    out, seen = {}, set()
+    try:
+        for r in plan:
+            if r.preset is None or r.part is not None or r.preset not in PRESETS or r.folder in seen: continue
+            seen.add(r.folder)
+            for s in (list(seeds)[:1] if smoke else seeds):
+                rel = Path(chapter) / r.folder / f'seed{s}'
+                if not smoke and (results_root() / rel / 'results.json').exists(): continue
+                cfg = get_config(r.preset, {**r.overrides, 'seed': s, 'progress': False, **({'smoke': True} if smoke else {})})
+                work = (scratch if smoke else cache_dir('runs')) / rel
+                out[(r.folder, s)] = res = fit(cfg, work, resume=not smoke, verbose=verbose)
+                if not smoke: publish_run(work, results_root() / rel)
+    finally:
+        if scratch is not None: shutil.rmtree(scratch, ignore_errors=True)
     return out
