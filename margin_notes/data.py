@@ -18,11 +18,12 @@ from .core import cache_dir, data_root, find_data, is_smoke, smoke_or, atomic_to
 
 # %% auto #0
 __all__ = ['N_MAX', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CIFAR10_CLASSES', 'FMNIST_CLASSES',
-           'FMNIST_DIRS', 'cifar_lt_counts', 'lt_indices', 'class_groups', 'DataBundle', 'cifar10_jpeg_arrays',
-           'read_idx', 'load_dataset', 'read_list_file', 'ListFileDataset', 'ListBundle', 'load_list_dataset',
-           'make_fake_list_tree', 'crop_flip', 'random_crop_flip', 'GPULoader', 'TensorImageDataset',
-           'small_image_transform', 'imagenet_transform', 'ShardedLoader', 'make_loader', 'augmentation_stats',
-           'coordinate_probe', 'channel_stats']
+           'STANDIN_MARKER', 'FMNIST_DIRS', 'cifar_lt_counts', 'lt_indices', 'class_groups', 'DataBundle',
+           'is_standin_root', 'cifar10_jpeg_arrays', 'read_idx', 'read_cifar_python', 'load_dataset', 'read_list_file',
+           'ListFileDataset', 'ListBundle', 'imagenet_class_names', 'load_list_dataset', 'make_fake_list_tree',
+           'load_imagenet', 'crop_flip', 'random_crop_flip', 'GPULoader', 'TensorImageDataset', 'small_image_transform',
+           'imagenet_transform', 'ShardedLoader', 'make_loader', 'augmentation_stats', 'coordinate_probe',
+           'channel_stats']
 
 # %% ../nbs/04_data.ipynb #9d483d0a
 N_MAX = {10: 5000, 100: 500}  # CIFAR-10 / CIFAR-100 head-class sizes
@@ -138,6 +139,18 @@ def _synthetic(num_classes=10, image_shape=(3, 32, 32), class_counts=None, imbal
     return dict(train_images=xtr, train_labels=ytr, test_images=xte, test_labels=yte, num_classes=num_classes,
                 classes=[f'class{k}' for k in range(num_classes)], mean=(0.5,) * C, std=(0.25,) * C)
 
+# %% ../nbs/04_data.ipynb #0ccc6880
+STANDIN_MARKER = 'STANDIN'
+
+def is_standin_root(path, # a data root or a dataset folder
+                   ) -> bool:
+    "True when `path` holds the `STANDIN` marker file that generated stand-in data carries (chapter 04_data)."
+    return path is not None and (Path(path) / STANDIN_MARKER).is_file()
+
+def _from_standin(*paths) -> bool:
+    "True when one of `paths`, its parent or its grandparent carries the stand-in marker."
+    return any(is_standin_root(q) for p in paths if p is not None for q in (Path(p), Path(p).parent, Path(p).parent.parent))
+
 # %% ../nbs/04_data.ipynb #276b8bbf
 def _jpeg_archive() -> Optional[Path]:
     return find_data('cifar10-jpeg.tar.gz', 'cifar10-jpeg/cifar10-jpeg.tar.gz')
@@ -177,7 +190,9 @@ def cifar10_jpeg_arrays(max_per_class: Optional[int] = None, # read only the fir
                        ) -> dict:
     "CIFAR-10 (JPEG) as uint8 tensors {'train': (x, y), 'test': (x, y), 'classes'}; decoded once and cached (chapter 04_data)."
     path = _jpeg_archive()
-    if path is None: raise FileNotFoundError(f"cifar10-jpeg.tar.gz not found under the data root {data_root()} (set MARGIN_NOTES_DATA)")
+    if path is None: raise FileNotFoundError(f"cifar10-jpeg.tar.gz not found under the data root {data_root()}; expected <data root>/cifar10-jpeg.tar.gz holding train/<class>/NNNN.jpg and test/<class>/NNNN.jpg (set MARGIN_NOTES_DATA)")
+    if _from_standin(path):  # generated archive: tiny, decoded every time, never mixed with the real decode's cache
+        return {**_decode_jpeg_tar(path, max_per_class), 'standin': True}
     cache = cache_dir('cifar10-jpeg') / 'cifar10_jpeg_uint8.pt'
     if max_per_class is not None:
         if cache.exists():  # slice the full decode when it is there
@@ -234,20 +249,61 @@ def _digits(test_per_class=50):
     return dict(train_images=x[~test], train_labels=y[~test], test_images=x[test], test_labels=y[test],
                 num_classes=10, classes=[str(k) for k in range(10)], mean=(0.306,), std=(0.375,))
 
-# %% ../nbs/04_data.ipynb #707ee2e5
-def _torchvision_cifar(num_classes, download=False, root=None):
-    import torchvision
-    cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
-    roots = [Path(root)] if root else [data_root() / 'cifar', cache_dir('torchvision')]
-    last = None
-    for r in roots:
-        try: tr, te = cls(str(r), train=True, download=download), cls(str(r), train=False, download=download)
-        except RuntimeError as e: last = e; continue
-        x = lambda ds: torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        y = lambda ds: torch.tensor(ds.targets, dtype=torch.int64)
-        return dict(train_images=x(tr), train_labels=y(tr), test_images=x(te), test_labels=y(te),
-                    num_classes=num_classes, classes=list(tr.classes), mean=CIFAR_MEAN, std=CIFAR_STD)
-    raise FileNotFoundError(f"CIFAR-{num_classes} not found in {[str(r) for r in roots]}; pass download=True on a connected machine ({last})")
+# %% ../nbs/04_data.ipynb #f84c2113
+# name of the folder, training files, test files, meta file, key of the class names, key of the labels
+_CIFAR_LAYOUT = {10: ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'], 'batches.meta', b'label_names', b'labels'),
+                 100: ('cifar-100-python', ['train'], ['test'], 'meta', b'fine_label_names', b'fine_labels')}
+
+def _cifar_files(K): s, tr, te, m = _CIFAR_LAYOUT[K][:4]; return f"{s}/{{{', '.join(tr + te + [m])}}}"
+
+def _unpickle(path):
+    import pickle
+    with open(path, 'rb') as f: return pickle.load(f, encoding='bytes')
+
+def read_cifar_python(folder, # a `cifar-10-batches-py` or `cifar-100-python` folder
+                      num_classes: int = 10, # 10 or 100: which layout to expect
+                     ) -> dict:
+    "CIFAR-10/100 from the original python-pickle files: uint8 (N, 3, 32, 32) images, int64 labels, class names (chapter 04_data)."
+    _, train, test, meta, names_key, labels_key = _CIFAR_LAYOUT[num_classes]
+    folder = Path(folder)
+    missing = [f for f in train + test + [meta] if not (folder / f).is_file()]
+    if missing: raise FileNotFoundError(f"CIFAR-{num_classes}: {folder} lacks {missing}; expected the python layout {_cifar_files(num_classes)}")
+    def split(files):
+        xs, ys = [], []
+        for f in files:
+            d = _unpickle(folder / f)
+            x, y = np.asarray(d.get(b'data', [])), np.asarray(d.get(labels_key, []), dtype=np.int64)
+            if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
+                raise ValueError(f"CIFAR-{num_classes}: {f} holds data {x.dtype} {x.shape} and {len(y)} labels; expected b'data' uint8 (N, 3072) and {labels_key!r} (N,)")
+            xs.append(x); ys.append(y)
+        return torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32)), torch.from_numpy(np.concatenate(ys))
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(folder / meta)[names_key]]
+    (xtr, ytr), (xte, yte) = split(train), split(test)
+    if max(int(ytr.max()), int(yte.max())) >= len(names): raise ValueError(f"CIFAR-{num_classes}: labels exceed the {len(names)} names in {meta}")
+    return dict(train_images=xtr, train_labels=ytr, test_images=xte, test_labels=yte, num_classes=len(names), classes=names)
+
+# %% ../nbs/04_data.ipynb #f75ff9ba
+def _cifar_dir(num_classes, root=None) -> Optional[Path]:
+    "The `cifar-10-batches-py` / `cifar-100-python` folder under `root` (or `root` itself), else under the default places."
+    sub = _CIFAR_LAYOUT[num_classes][0]
+    for r in ([Path(root)] if root else [data_root() / 'cifar', data_root(), cache_dir('torchvision')]):
+        if r.name == sub and r.is_dir(): return r
+        if (r / sub).is_dir(): return r / sub
+    return None
+
+def _cifar(num_classes, download=False, root=None):
+    d = _cifar_dir(num_classes, root)
+    if d is None and download:  # torchvision fetches and checks the original archive; the reader above reads it
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+        cls = tvd.CIFAR10 if num_classes == 10 else tvd.CIFAR100
+        dest = Path(root) if root else cache_dir('torchvision')
+        download_and_extract_archive(cls.url, str(dest), filename=cls.filename, md5=cls.tgz_md5)
+        d = _cifar_dir(num_classes, dest)
+    if d is None:
+        where = [str(root)] if root else [str(data_root() / 'cifar'), str(data_root()), str(cache_dir('torchvision'))]
+        raise FileNotFoundError(f"CIFAR-{num_classes} not found in {where}; expected the python layout {_cifar_files(num_classes)} (pass root=, or download=True on a connected machine)")
+    return {**read_cifar_python(d, num_classes), 'mean': CIFAR_MEAN, 'std': CIFAR_STD, 'standin': _from_standin(d)}
 
 # %% ../nbs/04_data.ipynb #efc993ea
 _LT_NMAX = {'cifar10': 5000, 'cifar10-jpeg': 5000, 'cifar100': 500, 'fmnist': 6000, 'digits': 120}
@@ -268,19 +324,24 @@ def _cap_per_class(d, n):
         d[f'{split}_images'], d[f'{split}_labels'] = x[keep], y[keep]
     return d
 
-def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'digits', 'synthetic', optional '-lt<IF>'; 'imagenet_lt', 'places_lt'
+def _mark_standin(b):
+    "Append ' [stand-in]' to the label of a bundle read from generated data (chapter 25)."
+    if b.info.get('standin') and not b.label.endswith('[stand-in]'): b.label += ' [stand-in]'
+    return b
+
+def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'digits', 'synthetic', optional '-lt<IF>'; 'imagenet', 'imagenet_lt', 'places_lt'
                  imbalance_factor: Optional[float] = None, # long-tailed training subset with this IF (overrides the name)
                  selection: str = 'shuffle', # 'shuffle' (reference subsets) or 'first'
                  subsample_seed: int = 0, # seed of the LT subsample (not the training seed)
                  max_per_class: Optional[int] = None, # cap the per-class pool (smoke runs)
                  download: bool = False, # allow torchvision to download CIFAR
-                 root: Optional[str] = None, # CIFAR folder, or the image root of ImageNet-LT / Places-LT
+                 root: Optional[str] = None, # CIFAR folder, ImageNet root, or the image root of ImageNet-LT / Places-LT
                  **kwargs, # synthetic: num_classes, image_shape, class_counts, n_max, test_per_class, seed; digits: test_per_class; list files: list_dir, ...
                 ):
-    "Load a dataset as a `DataBundle` (uint8 images in memory) or, for ImageNet-LT/Places-LT, a `ListBundle` (chapter 04_data)."
+    "Load a dataset as a `DataBundle` (uint8 images in memory) or, for ImageNet / ImageNet-LT / Places-LT, a `ListBundle` (chapter 04_data)."
     key = name.lower().replace('-', '_')
-    if key in ('imagenet_lt', 'places_lt'):
-        return load_list_dataset(key, image_root=root, **kwargs)
+    if key in ('imagenet_lt', 'places_lt'): return _mark_standin(load_list_dataset(key, image_root=root, max_per_class=max_per_class, **kwargs))
+    if key == 'imagenet': return _mark_standin(load_imagenet(root, max_per_class=max_per_class))
     base, if_name = _parse_name(name)
     if base is None: raise ValueError(f"unknown dataset {name!r}")
     IF = imbalance_factor if imbalance_factor is not None else if_name
@@ -292,10 +353,11 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
     elif base == 'cifar10-jpeg':
         a = cifar10_jpeg_arrays(max_per_class=max_per_class)
         d = dict(train_images=a['train'][0], train_labels=a['train'][1], test_images=a['test'][0], test_labels=a['test'][1],
-                 num_classes=10, classes=a['classes'], mean=CIFAR_MEAN, std=CIFAR_STD)
-    elif base in ('cifar10', 'cifar100'): d = _torchvision_cifar(10 if base == 'cifar10' else 100, download, root)
+                 num_classes=10, classes=a['classes'], mean=CIFAR_MEAN, std=CIFAR_STD, standin=a.get('standin', False))
+    elif base in ('cifar10', 'cifar100'): d = _cifar(10 if base == 'cifar10' else 100, download, root)
     elif base == 'fmnist': d = _fmnist()
     elif base == 'digits': d = _digits(**kwargs)
+    if d.pop('standin', False): info['standin'] = True
     if max_per_class is not None and base != 'synthetic': d = _cap_per_class(d, max_per_class); info['max_per_class'] = max_per_class
     label, short = _LABELS[base], base
     idx = None
@@ -312,9 +374,9 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
         short = f"{base}-lt{IFs}"
         info.update(imbalance_factor=IF, n_max=n_max, selection=selection, subsample_seed=subsample_seed)
         if max_per_class is not None and n_max < _LT_NMAX[base]: label += ' [small stand-in]'
-    return DataBundle(name=short, label=label, train_indices=idx, info=info, **d)
+    return _mark_standin(DataBundle(name=short, label=label, train_indices=idx, info=info, **d))
 
-# %% ../nbs/04_data.ipynb #dd00d46e
+# %% ../nbs/04_data.ipynb #39d35a24
 def read_list_file(path, # a list file: "<relative path> <label>" per line
                   ) -> tuple:
     "Paths (list of str) and labels (int64 array) of a list file (chapter 04_data)."
@@ -327,60 +389,110 @@ def read_list_file(path, # a list file: "<relative path> <label>" per line
         paths.append(p); labels.append(int(lab))
     return paths, np.asarray(labels, dtype=np.int64)
 
+def _first_per_class(labels, # int labels (N,)
+                     n: int, # samples to keep per class
+                    ) -> np.ndarray:
+    "Indices (ascending) of the first `n` samples of every class in file order."
+    order = np.argsort(labels, kind='stable'); y = labels[order]
+    return np.sort(order[np.arange(len(y)) - np.searchsorted(y, y) < n])
+
 class ListFileDataset(torch.utils.data.Dataset):
-    "Images listed in a list file under `image_root`, opened lazily (chapter 04_data)."
-    def __init__(self, image_root, list_file, transform=None):
+    "Images listed in a list file (or given as paths and labels) under `image_root`, opened lazily (chapter 04_data)."
+    def __init__(self, image_root, # folder the paths are relative to
+                 list_file, # a list file, or a (paths, labels) pair
+                 transform=None): # applied to each PIL image
         self.image_root, self.transform = Path(image_root), transform
-        self.paths, self.labels = read_list_file(list_file)
+        if isinstance(list_file, (str, os.PathLike)): self.paths, self.labels = read_list_file(list_file)
+        else: self.paths, self.labels = list(list_file[0]), np.asarray(list_file[1], dtype=np.int64)
     def __len__(self): return len(self.paths)
     def __getitem__(self, i):
         from PIL import Image
-        with Image.open(self.image_root / self.paths[i]) as im: img = im.convert('RGB')
+        with Image.open(self.image_root / self.paths[i].lstrip('/')) as im: img = im.convert('RGB')
         return (self.transform(img) if self.transform else img), int(self.labels[i])
+    def capped(self, n: int): # samples to keep per class
+        "The first `n` samples of every class (file order), e.g. for smoke runs."
+        keep = _first_per_class(self.labels, n)
+        return ListFileDataset(self.image_root, ([self.paths[i] for i in keep], self.labels[keep]), self.transform)
 
+# %% ../nbs/04_data.ipynb #7f76cc73
 @dataclass
 class ListBundle:
-    "A list-file dataset (ImageNet-LT, Places-LT): train/val/test `ListFileDataset`s without transforms (chapter 04_data)."
-    name: str
-    label: str
+    "A dataset of image files (ImageNet, ImageNet-LT, Places-LT): train/val/test `ListFileDataset`s without transforms (chapter 04_data)."
+    name: str # short name, e.g. 'imagenet_lt'
+    label: str # display name for tables and figures
     train: Optional[ListFileDataset]
     val: Optional[ListFileDataset]
     test: Optional[ListFileDataset]
-    num_classes: int
-    class_counts: list
+    num_classes: int # K
+    class_counts: Optional[list] # training images per class, in label order
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    classes: Optional[list] = None # class ids in label order (ImageNet wnids), None when unknown
+    class_names: Optional[list] = None # readable class names (prompts of a zero-shot CLIP head), None when unknown
+    info: dict = field(default_factory=dict) # provenance: source, roots, max_per_class, standin
     in_memory = False
 
-_LIST_PREFIX = {'imagenet_lt': ('ImageNet_LT', 1000, 'ImageNet-LT'), 'places_lt': ('Places_LT', 365, 'Places-LT')}
+_LIST_PREFIX = {'imagenet_lt': ('ImageNet_LT', 1000, 'ImageNet-LT', 'imagenet'), 'places_lt': ('Places_LT', 365, 'Places-LT', 'places365')}
 
+def _list_classes(sets, K) -> Optional[list]:
+    "wnids in label order read off list paths `<split>/<wnid>/<file>`, or None when they do not cover every class."
+    wn = {}
+    for s in sets.values():
+        for p, y in zip(s.paths if s is not None else [], s.labels.tolist() if s is not None else []):
+            parts = p.strip('/').split('/')
+            if len(parts) >= 3: wn.setdefault(y, parts[-2])
+    return [wn[k] for k in range(K)] if len(wn) == K and all(k in wn for k in range(K)) else None
+
+# %% ../nbs/04_data.ipynb #abad5443
+def imagenet_class_names(wnids: Sequence[str], # class ids in label order
+                         root=None, # folder that may hold classnames.txt
+                        ) -> list:
+    "Readable names: `<root>/classnames.txt`, else open_clip's ImageNet names for the 1000 standard classes, else the wnids (chapter 04_data)."
+    f = Path(root) / 'classnames.txt' if root is not None else None
+    if f is not None and f.is_file():
+        names = [l.strip() for l in f.read_text().splitlines() if l.strip()]
+        if len(names) != len(wnids): raise ValueError(f"{f} has {len(names)} names for {len(wnids)} classes; expected one name per line in label order")
+        return names
+    if len(wnids) == 1000 and all(re.fullmatch(r'n\d{8}', w) for w in wnids):
+        try:
+            from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+            return list(IMAGENET_CLASSNAMES)
+        except ImportError: pass
+    return list(wnids)
+
+# %% ../nbs/04_data.ipynb #bd424a45
 def load_list_dataset(name: str, # 'imagenet_lt' or 'places_lt'
-                      image_root=None, # folder the list paths are relative to
+                      image_root=None, # folder the list paths are relative to (default: <data root>/imagenet or /places365)
                       list_dir=None, # folder holding the list files (default: image_root, then <data root>/<name>)
+                      max_per_class: Optional[int] = None, # keep the first n images of every class in each list (smoke runs)
                      ) -> ListBundle:
-    "ImageNet-LT / Places-LT from their list files under a user-given image root (chapter 04_data)."
-    prefix, K, label = _LIST_PREFIX[name]
-    if image_root is None: raise ValueError(f"{label} needs `root=` (the image folder); images are not shipped")
+    "ImageNet-LT / Places-LT from their list files and an image root (chapter 04_data)."
+    prefix, K, label, img_sub = _LIST_PREFIX[name]
+    image_root = Path(image_root) if image_root is not None else data_root() / img_sub
     dirs = [Path(d) for d in (list_dir, image_root, data_root() / name) if d is not None]
-    def find(split):
-        for d in dirs:
-            if (d / f'{prefix}_{split}.txt').exists(): return d / f'{prefix}_{split}.txt'
-        return None
-    sets = {s: (ListFileDataset(image_root, p) if (p := find(s)) else None) for s in ('train', 'val', 'test')}
-    if sets['train'] is None and sets['test'] is None: raise FileNotFoundError(f"no {prefix}_*.txt list files in {[str(d) for d in dirs]}")
-    K = max([K] + [int(s.labels.max()) + 1 for s in sets.values() if s is not None and len(s)])
+    layout = f"the lists {prefix}_{{train,val,test}}.txt in <data root>/{name}/ and the images they name under <data root>/{img_sub}/"
+    find = lambda s: next((d / f'{prefix}_{s}.txt' for d in dirs if (d / f'{prefix}_{s}.txt').is_file()), None)
+    lists = {s: find(s) for s in ('train', 'val', 'test')}
+    if lists['train'] is None and lists['test'] is None: raise FileNotFoundError(f"{label}: no {prefix}_*.txt list files in {[str(d) for d in dirs]}; expected {layout} (or pass root=/list_dir=)")
+    if not image_root.is_dir(): raise FileNotFoundError(f"{label}: image folder {image_root} does not exist; expected {layout} (or pass root=)")
+    sets = {s: (ListFileDataset(image_root, p) if p else None) for s, p in lists.items()}
+    standin = _from_standin(image_root, *[p.parent for p in lists.values() if p])
+    seen = max([int(s.labels.max()) + 1 for s in sets.values() if s is not None and len(s)] or [0])
+    K = seen if standin else max(K, seen)  # a generated set declares its own classes; a real one has the published K
+    if max_per_class is not None: sets = {s: (d.capped(max_per_class) if d is not None else None) for s, d in sets.items()}
     counts = np.bincount(sets['train'].labels, minlength=K).tolist() if sets['train'] is not None else None
-    if counts is None:
-        cc = find_data(f'class_counts/{prefix}.json')
-        counts = json.loads(cc.read_text()) if cc else None
-    return ListBundle(name=name, label=label, num_classes=K, class_counts=counts, **sets)
+    if counts is None and (cc := find_data(f'class_counts/{prefix}.json')) is not None: counts = json.loads(cc.read_text())
+    classes = _list_classes(sets, K) if name == 'imagenet_lt' else None
+    info = {'source': name, **({'max_per_class': max_per_class} if max_per_class is not None else {}), **({'standin': True} if standin else {})}
+    return ListBundle(name=name, label=label, num_classes=K, class_counts=counts, classes=classes,
+                      class_names=imagenet_class_names(classes, image_root) if classes else None, info=info, **sets)
 
 # %% ../nbs/04_data.ipynb #8281d7da
 def make_fake_list_tree(root, # folder to create
                         counts=(5, 3, 1), # training images per class
                         per_class_eval=(2, 2), # val and test images per class
                         prefix='ImageNet_LT', size=(40, 30), seed=0):
-    "Write a tiny image tree and list files in the ImageNet-LT format, for tests (chapter 04_data)."
+    "Write a tiny image tree and list files in the ImageNet-LT format (lists next to the images), for tests (chapter 04_data)."
     from PIL import Image
     root, rng = Path(root), np.random.default_rng(seed)
     lines = {'train': [], 'val': [], 'test': []}
@@ -394,7 +506,42 @@ def make_fake_list_tree(root, # folder to create
         for i in range(per_class_eval[0]): save(f'train/{wnid}/{wnid}_v{i}.JPEG', k); lines['val'].append(f'train/{wnid}/{wnid}_v{i}.JPEG {k}')
         for i in range(per_class_eval[1]): save(f'val/{wnid}/ILSVRC2012_val_{k:04d}{i:04d}.JPEG', k); lines['test'].append(f'val/{wnid}/ILSVRC2012_val_{k:04d}{i:04d}.JPEG {k}')
     for s, l in lines.items(): (root / f'{prefix}_{s}.txt').write_text('\n'.join(l) + '\n')
+    (root / STANDIN_MARKER).write_text('generated test images, not a real dataset\n')
     return root
+
+# %% ../nbs/04_data.ipynb #52385991
+_IMAGE_EXT = ('.jpeg', '.jpg', '.png')
+_IMAGENET_LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (ImageFolder layout; default root <data root>/imagenet)"
+
+def _scan_split(split_dir: Path, # <root>/train or <root>/val
+                wnids: Optional[list] = None, # label order to use (default: the sorted class folders found)
+               ) -> tuple:
+    "Class ids, relative paths and labels of `<split>/<wnid>/<image>` files, in ImageFolder order."
+    found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    wnids = found if wnids is None else wnids
+    index = {w: k for k, w in enumerate(wnids)}
+    if extra := [w for w in found if w not in index]: raise ValueError(f"ImageNet: {split_dir} has class folders {extra[:3]} that train/ lacks; expected {_IMAGENET_LAYOUT}")
+    paths, labels = [], []
+    for w in found:
+        files = sorted(e.name for e in os.scandir(split_dir / w) if e.is_file() and e.name.lower().endswith(_IMAGE_EXT))
+        paths += [f'{split_dir.name}/{w}/{f}' for f in files]; labels += [index[w]] * len(files)
+    return wnids, paths, np.asarray(labels, dtype=np.int64)
+
+def load_imagenet(root=None, # folder holding train/ and val/ (default: <data root>/imagenet)
+                  max_per_class: Optional[int] = None, # keep the first n images of every class (smoke runs)
+                 ) -> ListBundle:
+    "ImageNet-2012 from an ImageFolder tree as a `ListBundle` (train: train/, test: val/); labels = sorted wnid order (chapter 04_data)."
+    root = Path(root) if root is not None else data_root() / 'imagenet'
+    if not ((root / 'train').is_dir() and (root / 'val').is_dir()): raise FileNotFoundError(f"ImageNet: no train/ and val/ folders in {root}; expected {_IMAGENET_LAYOUT}")
+    wnids, tp, tl = _scan_split(root / 'train')
+    if not len(tl): raise ValueError(f"ImageNet: {root / 'train'} holds no <wnid>/ folders with images; expected {_IMAGENET_LAYOUT}")
+    _, vp, vl = _scan_split(root / 'val', wnids)
+    train, test = ListFileDataset(root, (tp, tl)), ListFileDataset(root, (vp, vl))
+    if max_per_class is not None: train, test = train.capped(max_per_class), test.capped(max_per_class)
+    info = {'source': 'imagenet', **({'max_per_class': max_per_class} if max_per_class is not None else {}), **({'standin': True} if _from_standin(root) else {})}
+    return ListBundle(name='imagenet', label='ImageNet', train=train, val=None, test=test, num_classes=len(wnids),
+                      class_counts=np.bincount(train.labels, minlength=len(wnids)).tolist(), classes=wnids,
+                      class_names=imagenet_class_names(wnids, root), info=info)
 
 # %% ../nbs/04_data.ipynb #a307c1db
 def crop_flip(x: torch.Tensor, # images (B, C, H, W), any dtype

@@ -130,7 +130,8 @@ def test_idx_reader_roundtrip(tmp_path):
 def test_list_files_fake_tree(tmp_path):
     make_fake_list_tree(tmp_path, counts=(4, 2, 1), per_class_eval=(1, 2), prefix='Places_LT')
     b = load_dataset('places_lt', root=tmp_path)
-    assert b.num_classes == 365 and b.class_counts[:4] == [4, 2, 1, 0]
+    # a generated tree (marker file) has exactly its own classes and says so in its label
+    assert b.num_classes == 3 and b.class_counts == [4, 2, 1] and b.info['standin'] and b.label == 'Places-LT [stand-in]'
     assert len(b.val) == 3 and len(b.test) == 6 and b.test.paths[0].startswith('val/')
     loader = make_loader(b.test, batch_size=3, train=False, num_workers=0, transform=imagenet_transform(False, size=24, resize=28))
     x, y = next(iter(loader))
@@ -139,7 +140,7 @@ def test_list_files_fake_tree(tmp_path):
     with pytest.raises(ValueError): read_list_file(tmp_path / 'bad.txt')
 
 
-def test_real_imagenet_lt_lists():
+def test_real_imagenet_lt_lists(tmp_path):
     p = find_data('imagenet_lt/ImageNet_LT_test.txt')
     if p is None: pytest.skip('ImageNet-LT list files not under the data root')
     import hashlib
@@ -149,8 +150,11 @@ def test_real_imagenet_lt_lists():
     assert len(paths) == 50000 and np.bincount(labels).tolist() == [50] * 1000
     paths, labels = read_list_file(find_data('imagenet_lt/ImageNet_LT_val.txt'))
     assert len(paths) == 20000 and np.bincount(labels).tolist() == [20] * 1000
-    b = load_dataset('imagenet_lt', root='/nonexistent-images', list_dir=str(p.parent))
+    with pytest.raises(FileNotFoundError, match='<data root>/imagenet/'):
+        load_dataset('imagenet_lt', root='/nonexistent-images', list_dir=str(p.parent))
+    b = load_dataset('imagenet_lt', root=tmp_path, list_dir=str(p.parent))
     assert b.train is None and len(b.val) == 20000 and len(b.test) == 50000 and b.num_classes == 1000
+    assert 'standin' not in b.info and b.label == 'ImageNet-LT' and b.classes[0] == 'n01440764' and len(set(b.classes)) == 1000
     assert b.class_counts == json.loads(find_data('class_counts/ImageNet_LT.json').read_text())
     for name, total, groups in (('ImageNet_LT', 115846, (385, 479, 136)), ('Places_LT', 62500, (131, 163, 71))):
         c = json.loads(find_data(f'class_counts/{name}.json').read_text())
@@ -237,8 +241,9 @@ def test_gpuloader_cuda():
     assert x.is_cuda and y.is_cuda and x.dtype == torch.float32
 
 
-def test_torchvision_cifar_missing_is_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match='download=True'): load_dataset('cifar100-lt100', root=str(tmp_path))
+def test_cifar_missing_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match='download=True') as e: load_dataset('cifar100-lt100', root=str(tmp_path))
+    assert 'cifar-100-python/{train, test, meta}' in str(e.value) and '\n' not in str(e.value)
 
 
 def test_cifar_lt_counts_min_count_floors_instead_of_raising():
