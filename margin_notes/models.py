@@ -221,17 +221,11 @@ class _NoWeightsNote:
     def filter(self, record) -> bool: return 'No pretrained weights loaded' not in record.getMessage()
 
 def clip_backbone(name: str = 'RN50', # open_clip model name (e.g. 'RN50', 'ViT-B-32')
-                  pretrained: Optional[str] = None, # local checkpoint file, or None for random weights
+                  pretrained: Optional[str] = None, # local checkpoint file, an open_clip tag already cached, or None for random weights
                  ):
-    "The image tower of an open_clip model and its output dimension; weights only from a local file (chapter 05_models)."
-    open_clip = import_extra('open_clip')
-    if pretrained is not None and not Path(pretrained).exists():
-        raise FileNotFoundError(f"CLIP weights must be a local file; {pretrained} does not exist (no downloads at run time)")
-    import logging
-    quiet = _NoWeightsNote()   # random weights were asked for: open_clip's 'no pretrained weights' warning says nothing new
-    logging.getLogger().addFilter(quiet)
-    try: model = open_clip.create_model(name, pretrained=str(pretrained) if pretrained else None)
-    finally: logging.getLogger().removeFilter(quiet)
+    "The image tower of an open_clip model and its output dimension; weights only from local files, never downloaded (chapter 05_models)."
+    from margin_notes.clip import load_clip   # local files / cached tags only (chapter 26_clip)
+    model = load_clip(name, pretrained)
     visual = model.visual
     return visual, int(getattr(visual, 'output_dim', None) or model.text_projection.shape[1])
 
@@ -272,34 +266,68 @@ def _imagenet_sets():
 
 # %% ../nbs/05_models.ipynb #a37f0c86
 _TINY_CLIP = {'embed_dim': 32, 'vision_cfg': {'image_size': 64, 'layers': [1, 1, 1, 1], 'width': 8, 'patch_size': None},
-              'text_cfg': {'context_length': 16, 'vocab_size': 256, 'width': 32, 'heads': 2, 'layers': 1}}
+              'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1}}  # CLIP's BPE vocabulary
 
 def register_tiny_clip(name: str = 'mn-tiny-RN') -> str:
-    "Register a tiny RN-style open_clip config (for tests of the CLIP path) and return its name (chapter 05_models)."
+    "Register a tiny RN-style open_clip config (image and text towers; for tests of the CLIP path) and return its name (chapter 05_models)."
     from open_clip.factory import _MODEL_CONFIGS
     _MODEL_CONFIGS[name] = json.loads(json.dumps(_TINY_CLIP))
     return name
 
 # %% ../nbs/05_models.ipynb #a7b13570
+def _clip_model(name: str, # open_clip model name
+                num_classes: int, # K
+                head: str = 'linear', # a linear/cosine head; with `class_names`, only 'linear' (the zero-shot head is linear)
+                weights=None, # local file or cached open_clip tag (same as `pretrained`)
+                class_names=None, # K class names: a zero-shot head from their text embeddings (chapter 26_clip)
+                zero_shot: Optional[bool] = None, # None: a zero-shot head exactly when `class_names` is given
+                templates='openai', # prompt templates of the zero-shot head
+                pretrained=None, # another name for `weights` (the engine's model_kwargs use it)
+                **kwargs, # passed to `margin_notes.clip.clip_classifier` (tokenizer, quick_gelu, device)
+               ) -> Classifier:
+    "CLIP image tower with a linear/cosine head, or with the zero-shot head of chapter 26_clip when class names are given."
+    if weights is not None and pretrained is not None and str(weights) != str(pretrained):
+        raise ValueError("CLIP weights given twice (`weights` and `pretrained`): give one")
+    weights = weights if weights is not None else pretrained
+    zero_shot = class_names is not None if zero_shot is None else bool(zero_shot)
+    if zero_shot:
+        if class_names is None: raise ValueError("a zero-shot CLIP head needs `class_names`")
+        if head != 'linear': raise ValueError(f"the zero-shot CLIP head is linear on normalised features; `head` must be 'linear', got {head!r}")
+        n = 1000 if isinstance(class_names, str) else len(class_names)
+        if n != num_classes: raise ValueError(f"{n} class names for {num_classes} classes")
+        from margin_notes.clip import clip_classifier
+        return clip_classifier(name, class_names, pretrained=weights, templates=templates, **kwargs)
+    if kwargs: raise ValueError(f"unexpected arguments for a CLIP tower with a {head} head: {sorted(kwargs)}")
+    bb, dim = clip_backbone(name, pretrained=weights)
+    return Classifier(bb, build_head(head, dim, num_classes), dim, arch='clip:' + name.lower().replace('-', '_'))
+
+#| export
 def make_model(arch: str, # 'resnet32', 'wrn28_10', 'resnet50', 'resnext50', 'efficientnet_lite0', 'clip:<open_clip name>'
                num_classes: int, # K
                head: str = 'linear', # 'linear' or 'cosine'
                weights=None, # checkpoint path (resnet32/resnet50/resnext50/clip), or True for efficientnet_lite0's ImageNet weights
-               **kwargs, # passed to the backbone (e.g. dropout for WRN)
+               **kwargs, # passed to the backbone (e.g. dropout for WRN); for clip see `_clip_model`
               ) -> Classifier:
     "Build a `Classifier` (backbone + linear or cosine head) by architecture name (chapter 05_models)."
     a = arch.lower().replace('-', '_')
+    if a.startswith('clip:'): return _clip_model(arch.split(':', 1)[1], num_classes, head, weights, **kwargs)
     if a == 'resnet32': return resnet32(num_classes, weights=weights, head=head)
     if a in ('wrn28_10', 'wrn'):
         bb = WideResNet(28, 10, **kwargs); dim = bb.feature_dim
     elif a in ('resnet50', 'resnext50', 'resnet18'): bb, dim = _torchvision_backbone(a, weights)
     elif a == 'efficientnet_lite0': bb, dim = efficientnet_lite0(pretrained=bool(weights) if weights is not None else True), 1280
-    elif a.startswith('clip:'): bb, dim = clip_backbone(arch.split(':', 1)[1], pretrained=weights)
     else: raise ValueError(f"unknown architecture {arch!r}")
     return Classifier(bb, build_head(head, dim, num_classes), dim, arch=a)
 
 # %% ../nbs/05_models.ipynb #b20a12ad
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # OpenAI's, as in open_clip
+
+def _clip_image_size(name: str) -> int:
+    "The input resolution of an open_clip config (224 when open_clip is absent or the name unknown)."
+    try: cfg = import_extra('open_clip').get_model_config(name)
+    except ImportError: cfg = None
+    size = (cfg or {}).get('vision_cfg', {}).get('image_size', 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 def input_spec(arch: str # an architecture name accepted by `make_model`
               ) -> dict:
@@ -309,7 +337,7 @@ def input_spec(arch: str # an architecture name accepted by `make_model`
     if a in ('resnet32', 'wrn28_10', 'wrn'): return {'size': 32, 'mean': CIFAR_MEAN, 'std': CIFAR_STD}
     if a in ('resnet50', 'resnext50', 'resnet18'): return {'size': 224, 'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
     if a == 'efficientnet_lite0': return {'size': 224, 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
-    if a.startswith('clip:'): return {'size': 224, 'mean': CLIP_MEAN, 'std': CLIP_STD}
+    if a.startswith('clip:'): return {'size': _clip_image_size(arch.split(':', 1)[1]), 'mean': CLIP_MEAN, 'std': CLIP_STD}
     raise ValueError(f"unknown architecture {arch!r}")
 
 # %% ../nbs/05_models.ipynb #a4d41d86
