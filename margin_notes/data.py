@@ -363,6 +363,7 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
     idx = None
     if IF is not None:
         n_max = _LT_NMAX[base] if max_per_class is None else min(_LT_NMAX[base], max_per_class)
+        if info.get('standin'): n_max = min(n_max, int(torch.bincount(d['train_labels']).min()))  # generated: a few per class
         if n_max == _LT_NMAX[base]: counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max)
         else:  # small stand-in: same shape of profile, at least one image per class
             counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max, min_count=1)
