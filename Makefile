@@ -1,11 +1,13 @@
 # margin_notes: everything a fresh clone needs goes through these targets.
-#   make test   set up .venv, check notebooks and modules are in sync, run every chapter (smoke) and pytest
+#   make test   set up .venv, check notebooks and modules are in sync, run every chapter (smoke), the `#| gpu`
+#               cells of chapters 04, 09 and 30- in smoke mode on stand-in data (make test-gpu-cells), and pytest
 #   make run    set up .venv, run the book's main job on bundled real data (no download)
 #   make docs      build the Quarto site into _docs/ (quarto from PATH, else QUARTO_INSTALLER); executes no chapter.
 #                  MATHJAX=local points the pages at Debian's libjs-mathjax (offline reading); default: the CDN
 #   make outputs   execute every chapter in the full configuration (slow/gpu cells skipped) and write the
 #                  outputs into the notebooks, which are committed with them (CHAPTERS="10_mr2 12_marc" for some)
 #   make check-site  make docs, then check every rendered page in headless Chromium
+#   make gpu-check   on a CUDA machine: measure losses, engine, a CIFAR-10 (JPEG)-LT run and CLIP into results/gpu/ (chapter 34)
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 # pip on these machines warns about configured local indexes that do not exist; hide only those lines
@@ -27,7 +29,7 @@ CHAPTERS ?=
 # the data root of `make outputs` (the chapters' full configuration reads real data)
 DATA ?= $(if $(MARGIN_NOTES_DATA),$(MARGIN_NOTES_DATA),../shared/data)
 
-.PHONY: install test test-nbs test-py sync-check check-outputs run docs outputs check-site bench clean
+.PHONY: install test test-nbs test-gpu-cells test-py sync-check check-outputs run docs outputs check-site bench gpu-check clean
 install: $(STAMP)
 
 $(BIN)/python:
@@ -50,6 +52,11 @@ sync-check: install
 test-nbs: install
 	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing
 
+# the `#| gpu` cells (skipped by test-nbs) in smoke mode on the CPU: same code path, stand-in data, scratch folders
+GPU_CELL_CHAPTERS ?= ^(04_data|09_engine|3[0-9]_.*)\.ipynb$$
+test-gpu-cells: install
+	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing --flags gpu --file_re '$(GPU_CELL_CHAPTERS)'
+
 test-py: install
 	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
 
@@ -62,7 +69,8 @@ test: install
 	$(MAKE) --no-print-directory sync-check && \
 	$(MAKE) --no-print-directory check-outputs && \
 	$(MAKE) --no-print-directory test-nbs && \
-	echo "make test: chapters done in $$(( $$(date +%s) - start )) s" && \
+	$(MAKE) --no-print-directory test-gpu-cells && \
+	echo "make test: chapters (and their GPU cells in smoke mode) done in $$(( $$(date +%s) - start )) s" && \
 	$(MAKE) --no-print-directory test-py
 
 run: install
@@ -90,6 +98,9 @@ check-site: docs
 bench: install
 	$(BIN)/python benchmarks/losses.py
 	$(BIN)/python benchmarks/pipeline.py
+
+gpu-check: install
+	MARGIN_NOTES_DATA="$(DATA)" $(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf _docs _proc _site .pytest_cache _render screenshots
