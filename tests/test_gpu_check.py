@@ -163,3 +163,10 @@ def test_checker_flags_a_syncing_loss_on_cuda():
     assert bad['passed'] is False and 'set_sync_debug_mode' in bad['method'] and 'synchroniz' in bad['error'].lower()
     assert good['passed'] is True
     assert torch.cuda.get_sync_debug_mode() == 0
+
+
+def test_budget_cuts_repeats_short_and_says_so():
+    "A part past its budget keeps the first round, skips the remaining repeats, and records that it did."
+    S = {**gc.settings_for('smoke')['clip'], 'rounds': 3}
+    res, notes = gc.part_clip(S, torch.device('cpu'), gc.Budget(0), lambda m: None, smoke=True)
+    assert res['rounds_done'] == 1 and any('budget of 0 s spent: 1 of 3 rounds' in n for n in notes)
