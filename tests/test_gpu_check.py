@@ -77,6 +77,7 @@ def test_smoke_default_folder_is_temporary():
     where = Path(r.stdout.split('writing to ', 1)[1].split()[0])
     assert where.is_dir() and 'gpu-check-smoke-' in where.name and gc.RESULTS_DIR.resolve() not in where.parents
     assert json.loads((where / 'clip.json').read_text())['smoke']
+    import shutil; shutil.rmtree(where)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the refusal is what happens without CUDA')
