@@ -99,7 +99,9 @@ def _cmd_run(a) -> int:
     return 0
 
 def _groups(a, saved: dict) -> dict:
-    return {'many': a.many if a.many is not None else saved.get('many', 100), 'few': a.few if a.few is not None else saved.get('few', 20)}
+    "Many/Few thresholds: the command line's, else the saved run's, else the CIFAR-LT convention (config.CIFAR_GROUPS)."
+    from margin_notes.config import CIFAR_GROUPS
+    return {k: getattr(a, k) if getattr(a, k) is not None else saved.get(k, CIFAR_GROUPS[k]) for k in ('many', 'few')}
 
 def _cmd_eval(a) -> int:
     from margin_notes.engine import evaluate_run

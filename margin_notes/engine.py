@@ -66,7 +66,7 @@ def make_batches(data, # a DataBundle or ListBundle from `load_data`
     aug = cfg.augment if train else 'none'
     g = generator if generator is not None else torch.Generator(device=device).manual_seed(0)
     common = dict(batch_size=bs, train=train, device=device, generator=g, rank=rank, world=world,
-                  channels_last=cfg.channels_last, num_workers=cfg.num_workers)
+                  channels_last=cfg.channels_last and torch.device(device).type == 'cuda', num_workers=cfg.num_workers)
     if not getattr(data, 'in_memory', True):
         ds = getattr(data, split)
         if ds is None: raise ConfigError(f"{data.label} has no {split!r} split (no list file / folder for it)")
@@ -309,15 +309,15 @@ def smoke_tag(cfg: Config # a run configuration
     return '[smoke run, stand-in data] ' if _uses_standins(cfg) else '[smoke run] '
 
 def _smoke_cfg(cfg: Config) -> Config:
-    "Shrink a config for smoke runs: 2 epochs on generated stand-ins in the real data format, small inputs, a tiny random CLIP."
+    "Shrink a config for smoke runs: 2 epochs on a few generated stand-in images per class in the real data format, small inputs, a tiny random CLIP."
     d, r, ds = cfg.to_dict(), resolve(cfg), cfg.dataset.lower().replace('_', '-')
     d.update(epochs=min(cfg.epochs, 2), warmup_epochs=min(cfg.warmup_epochs, 1), warmup_steps=None, eval_every=1,
              device='cpu' if cfg.device == 'auto' else cfg.device, num_workers=0, compile=False, milestones=[1],
              drw_start=None if r['drw_start'] is None else min(cfg.epochs, 2) - 1)
-    if ds in STANDIN_DATASETS:
+    if ds in STANDIN_DATASETS:   # a few dozen training images: every step of the code path, in seconds on a CPU
         dk = {k: v for k, v in cfg.data_kwargs.items() if k in ('color_jitter', 'max_per_class')}
-        if ds.startswith('imagenet'): dk['image_size'] = 64
-        else: dk.setdefault('max_per_class', 10)
+        if ds.startswith('imagenet'): dk['image_size'] = 64 if cfg.arch.startswith('clip:') else 32
+        else: dk.setdefault('max_per_class', 2 if ds == 'cifar100' else 8)
         d.update(batch_size=min(cfg.batch_size, 16), data_kwargs=dk)
     if cfg.arch.startswith('clip:'):
         from margin_notes.models import register_tiny_clip
@@ -358,7 +358,7 @@ def build_training(cfg: Config, # the run configuration
     "(model, loss, optimiser, forward call returning (features, outputs)) of a run (chapter 09_engine)."
     names = getattr(data, 'class_names', None) or getattr(data, 'classes', None)
     model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224), names).to(dev)
-    if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
+    if cfg.channels_last and dev.type == 'cuda': model = model.to(memory_format=torch.channels_last)   # slower on CPUs
     if distributed and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loss_fn = build_loss(cfg, list(data.class_counts), model).to(dev)
     opt = build_optimizer(cfg, model.parameters())

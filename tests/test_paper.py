@@ -136,10 +136,11 @@ def test_plan_commands_and_lookup(tmp_path):
             P.PlannedRun('BS + LWR', 'cifar100lt100-r32-bs', name='bs-lwr-t0.2', overrides={'lwr': {'threshold': 0.2}}),
             P.PlannedRun('Softmax', 'cifar100lt100-r32-marc', part='stage1'),
             P.PlannedRun('JTT', None)]
-    assert P.run_command(plan[0], 'ch', seed=1) == 'margin-notes run cifar100-r32-erm --set seed=1 --out results/ch/cifar100-r32-erm/seed1'
+    assert P.run_command(plan[0], 'ch', seed=1) == ('margin-notes run cifar100-r32-erm --set seed=1 --out runs/ch/cifar100-r32-erm/seed1 '
+                                                    '--publish results/ch/cifar100-r32-erm/seed1')
     c = P.run_command(plan[1], 'ch', seed=0, gpus=8)
     assert c.startswith('torchrun --nproc_per_node=8 -m margin_notes.cli run cifar100lt100-r32-bs --set ')
-    assert "'lwr={\"threshold\": 0.2}'" in c and c.endswith('--out results/ch/bs-lwr-t0.2/seed0')
+    assert "'lwr={\"threshold\": 0.2}'" in c and c.endswith('--out runs/ch/bs-lwr-t0.2/seed0 --publish results/ch/bs-lwr-t0.2/seed0')
     assert P.run_command(plan[3], 'ch') == '—'
     assert all(v is None for v in P.planned_runs(plan, 'ch', root=tmp_path).values())
     _write(tmp_path / 'ch' / 'cifar100-r32-erm' / 'seed0', [0.5, 0.7])
