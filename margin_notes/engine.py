@@ -520,7 +520,7 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     r = resolve(cfg)
     kw = {**(r['posthoc_kwargs'] if r['posthoc'] == method else {}), **kw}
     ncfg = cfg.replace(name=name or f'{cfg.name}+{method}', posthoc=method, posthoc_kwargs=kw)
-    res = {'name': ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev), **_provenance(ncfg, t0, dev)}
+    res = {'name': smoke_tag(cfg) + ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev), **_provenance(ncfg, t0, dev)}
     res['stage1']['run'] = str(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True); ncfg.save(out_dir / 'config.json')
     atomic_write_json(out_dir / 'results.json', res)
@@ -548,11 +548,12 @@ def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' pre
             r = fit(mcfg, out_dir / key, resume=resume, data=data, verbose=False, force=force)
         results[label] = r
         if verbose: print(f"  {smoke_tag(mcfg)}{label:<12} overall {100 * r['report']['overall']:5.1f}%  ({r['wall_time_s']:.1f} s)", flush=True)
-    summary = {'suite': cfg.name, 'source': cfg.source, 'skipped': {}, 'wall_time_s': time.time() - t0,
+    summary = {'suite': smoke_tag(cfg) + cfg.name, 'source': cfg.source, 'skipped': {}, 'wall_time_s': time.time() - t0,
                'methods': {k: {'run': r['name'], 'report': r['report'], 'per_class_accuracy': r['per_class_accuracy']}
                            for k, r in results.items()},
                'class_counts': next(iter(results.values()))['class_counts'] if results else None}
-    write_summary(summary, out_dir, verbose=verbose)
+    if cfg.smoke: summary['smoke'] = smoke_tag(cfg).strip() + ': the numbers say nothing about the methods'
+    write_summary(summary, out_dir, verbose=verbose, tag=smoke_tag(cfg))
     return summary
 
 def run_config(cfg: Config, # a single-run or suite configuration

@@ -107,6 +107,7 @@ def write_csv(path, # file to write (atomically)
 def write_summary(summary: dict, # {'suite', 'source', 'methods': {label: result}, 'class_counts', 'skipped'}
                   out_dir, # folder for summary.{json,csv,md} and per_class.png
                   verbose: bool = True, # print the table and where the files went
+                  tag: str = '', # prefix of every printed line (a smoke run's `engine.smoke_tag`)
                  ):
     "Write summary.json / summary.csv / summary.md / per_class.png and print the table (chapter 24_report)."
     from margin_notes.core import atomic_write_json, atomic_write_bytes
@@ -125,10 +126,11 @@ def write_summary(summary: dict, # {'suite', 'source', 'methods': {label: result
         try: plot_summary(methods, out_dir / 'per_class.png', title=summary.get('suite'))
         except ImportError as e: fig_note = f" (no per_class.png: {e})"
     if verbose:
-        print(f"\n{summary.get('suite', '')}: test accuracy (%), classes ordered head to tail" + (f"; train counts {counts}" if counts else ''))
-        print(table)
-        if summary.get('skipped'): print('skipped:', '; '.join(f'{k} ({v})' for k, v in summary['skipped'].items()))
-        print(f"\noutputs: {out_dir.resolve()}/  (summary.md, summary.csv, summary.json, per_class.png, one folder per method){fig_note}")
+        lines = [f"{summary.get('suite', '')}: test accuracy (%), classes ordered head to tail" + (f"; train counts {counts}" if counts else ''),
+                 *table.splitlines()]
+        if summary.get('skipped'): lines.append('skipped: ' + '; '.join(f'{k} ({v})' for k, v in summary['skipped'].items()))
+        lines.append(f"outputs: {out_dir.resolve()}/  (summary.md, summary.csv, summary.json, per_class.png, one folder per method){fig_note}")
+        print('\n'.join(tag + l for l in lines))
 
 def collect_results(dirs: Sequence, # run folders (results.json), suite folders (summary.json) or folders of runs
                    ) -> dict:

@@ -29,11 +29,13 @@ def test_preset_runs_in_smoke_mode(preset, tmp_path, capsys):
     _TIMES[preset] = time.time() - t0
     out = capsys.readouterr().out
     assert rc == 0, out
-    lines = [l for l in out.splitlines() if l.strip() and not l.startswith(' ' * 4)]
-    assert lines and all('[smoke' in l for l in lines if not l.lstrip().startswith(('source:', '|', '-'))), out
+    lines = [l for l in out.splitlines() if l.strip() and not l.lstrip().startswith('source:')]   # the recipe line under the first
+    assert lines and all('[smoke run' in l for l in lines), out
     files = list((tmp_path / 'run').rglob('results.json'))
     assert files, f'{preset}: no results.json'
     for f in files:
         res = json.loads(f.read_text())
         assert res['config']['smoke'] and res['name'].startswith('[smoke run') and 'smoke' in res, f
+    for f in (tmp_path / 'run').rglob('summary.json'):
+        assert json.loads(f.read_text())['suite'].startswith('[smoke run'), f
         if PRESETS[preset].dataset not in ('digits', 'fmnist'): assert res['dataset'].endswith('[stand-in]'), res['dataset']
