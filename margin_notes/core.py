@@ -99,6 +99,7 @@ def _check_values(t: torch.Tensor) -> bool:
     if kind == 'meta': return False
     return _VALUE_CHECKS['cpu'] if kind == 'cpu' else _VALUE_CHECKS['accelerators']
 
+# %% ../nbs/00_core.ipynb #d7b0df42
 def _not_a_tensor(name: str, x) -> str:
     hint = ' (convert it with torch.as_tensor)' if type(x).__module__.split('.')[0] == 'numpy' else ''
     return f"`{name}` must be a torch.Tensor, got {type(x).__name__}{hint}"
@@ -130,6 +131,7 @@ def check_targets(targets: torch.Tensor, # integer labels, shape (B,), any integ
             raise ValueError(f"`{name}` must lie in [0, {num_classes}), got labels from {lo} to {hi}")
     return targets if targets.dtype == torch.int64 else targets.long()
 
+# %% ../nbs/00_core.ipynb #c7783a2f
 def check_logits_targets(logits: torch.Tensor, # scores, shape (B, K)
                          targets: torch.Tensor, # labels, shape (B,)
                          name: str = 'logits', # argument name used in error messages
@@ -158,6 +160,7 @@ def check_cosines(cosines: torch.Tensor, # the input of a cosine loss, shape (B,
             raise ValueError(f"{owner} expects `{name}` in [-1, 1] from a cosine head (CosineClassifier); got values up to "
                              f"{top:.3g}: did you pass nn.Linear logits?")
 
+# %% ../nbs/00_core.ipynb #a3c8e9a3
 def loss_targets(logits: torch.Tensor, # the loss's scores (B, K): logits, or cosines when `cosine_owner` is given
                  targets: torch.Tensor, # labels (B,), any integer dtype
                  num_classes: Optional[int] = None, # expected K, if known
@@ -180,6 +183,7 @@ def check_features(features: torch.Tensor, # penultimate features, shape (B, D)
     if not features.is_floating_point(): raise ValueError(f"`{name}` must be floating point, got {features.dtype}")
     check_finite(features, name)
 
+# %% ../nbs/00_core.ipynb #d261b592
 def check_class_counts(class_counts, # training images per class, in label order
                        num_classes: Optional[int] = None, # expected K, if known
                        name: str = 'class_counts', # argument name used in error messages
@@ -195,6 +199,7 @@ def check_class_counts(class_counts, # training images per class, in label order
     if bad: raise ValueError(f"`{name}` must be positive; class(es) {bad[:10]} have count <= 0")
     return c
 
+# %% ../nbs/00_core.ipynb #e23198e6
 def check_num_classes(num_classes, # the value to check
                       name: str = 'num_classes', # argument name used in the error message
                      ) -> int:
@@ -254,6 +259,7 @@ def _param_comments(fn) -> dict:
     except (tokenize.TokenError, IndentationError, SyntaxError): pass
     return out
 
+# %% ../nbs/00_core.ipynb #80ad255e
 def _fmt_annotation(a) -> str:
     if a is inspect.Parameter.empty: return ''
     return a if isinstance(a, str) else getattr(a, '__name__', None) or repr(a).replace('typing.', '')
@@ -274,6 +280,7 @@ def params_doc(fn, # a Python function (for a class: its `__init__`)
         lines += [f"{star}{name} : {kind}" if kind else f"{star}{name}", f"    {comments[name]}"]
     return '\n'.join(lines) if len(lines) > 2 else ''
 
+# %% ../nbs/00_core.ipynb #ba6a65be
 def _append_params(obj, fn):
     sec = params_doc(fn)
     doc = (obj.__doc__ or '').rstrip()
@@ -313,6 +320,7 @@ def atomic_write_bytes(path, # destination file (its folder is created if missin
         raise
     return path
 
+# %% ../nbs/00_core.ipynb #0b07e426
 def _json_default(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -328,6 +336,7 @@ def atomic_write_json(path, # destination file
     "Write `obj` as JSON atomically. NaN is written as `NaN` (undefined groups stay undefined)."
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent, default=_json_default) + '\n').encode())
 
+# %% ../nbs/00_core.ipynb #910a5421
 def atomic_torch_save(obj: Any, # anything `torch.save` accepts
                       path, # destination file
                      ):
