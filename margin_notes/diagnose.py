@@ -82,6 +82,50 @@ def _per_class_acc(y, pred, K):
     hit = np.bincount(y[pred == y], minlength=K).astype(float)
     return np.where(n > 0, hit / np.maximum(n, 1), np.nan), n
 
+# %% ../nbs/18_diagnose.ipynb #7ff61c83
+def _diagnosis_rows(st, counts, ntest, acc, classes, K, mean_margin):
+    "One dict per class: name, counts, accuracy, every statistic and the margin it gives."
+    rows = []
+    for k in range(K):
+        r = {'class': classes[k] if classes is not None else str(k), 'count': int(counts[k]), 'test': int(ntest[k]),
+             'acc': float(acc[k])}
+        for s in STATISTICS: r[s] = float(st[s][k])
+        rows.append(r)
+    gam = {s: optimal_margins(np.nan_to_num(st[s], nan=0.0), mean_margin) for s in STATISTICS}
+    for k, r in enumerate(rows):
+        for s in STATISTICS: r[f'gamma_{s}'] = float(gam[s][k])
+    return rows
+
+# %% ../nbs/18_diagnose.ipynb #7f15e46c
+def _bootstrap_rhos(f, y, ty, tp, counts, K, bootstrap, seed):
+    "Spearman's rho of every statistic (and the count) with the error, per bootstrap resample."
+    # bootstrap: resample the training rows within each class (statistics) and the test rows within each class (error)
+    boot = {s: [] for s in STATISTICS + ('count',)}
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        yn = y.numpy()
+        tr_idx = [np.flatnonzero(yn == k) for k in range(K)]; te_idx = [np.flatnonzero(ty == k) for k in range(K)]
+        for _ in range(int(bootstrap)):
+            i = np.concatenate([rng.choice(ix, len(ix)) for ix in tr_idx if len(ix)])
+            j = np.concatenate([rng.choice(ix, len(ix)) for ix in te_idx if len(ix)])
+            sb = _stats_all(f[i], y[i], K)
+            eb = 1 - _per_class_acc(ty[j], tp[j], K)[0]
+            for s in STATISTICS: boot[s].append(spearman(sb[s], eb))
+            boot['count'].append(spearman(counts.astype(float), eb))
+    return boot
+
+def _correlations(st, counts, err, boot):
+    "Spearman's rho of every statistic with the error, and its 95 % bootstrap interval."
+    corr = []
+    for s in STATISTICS + ('count',):
+        v = counts.astype(float) if s == 'count' else st[s]
+        rho = spearman(v, err)
+        b = np.asarray([x for x in boot[s] if np.isfinite(x)])
+        lo, hi = (np.percentile(b, [2.5, 97.5]) if len(b) else (float('nan'), float('nan')))
+        corr.append({'statistic': s, 'spearman_vs_error': rho, 'ci_low': float(lo), 'ci_high': float(hi)})
+    return corr
+
+# %% ../nbs/18_diagnose.ipynb #f3aef32b
 def diagnose(features, # (N, D) training features of the model (penultimate layer)
              labels, # (N,) training labels
              test_labels, # (M,) held-out labels
@@ -107,35 +151,9 @@ def diagnose(features, # (N, D) training features of the model (penultimate laye
     if counts.shape != (K,): raise ValueError(f"`class_counts` must have {K} entries, got {counts.shape}")
     acc, ntest = _per_class_acc(ty, tp, K)
     err = 1 - acc
-    rows = []
-    for k in range(K):
-        r = {'class': classes[k] if classes is not None else str(k), 'count': int(counts[k]), 'test': int(ntest[k]),
-             'acc': float(acc[k])}
-        for s in STATISTICS: r[s] = float(st[s][k])
-        rows.append(r)
-    gam = {s: optimal_margins(np.nan_to_num(st[s], nan=0.0), mean_margin) for s in STATISTICS}
-    for k, r in enumerate(rows):
-        for s in STATISTICS: r[f'gamma_{s}'] = float(gam[s][k])
-    # bootstrap: resample the training rows within each class (statistics) and the test rows within each class (error)
-    boot = {s: [] for s in STATISTICS + ('count',)}
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        yn = y.numpy()
-        tr_idx = [np.flatnonzero(yn == k) for k in range(K)]; te_idx = [np.flatnonzero(ty == k) for k in range(K)]
-        for _ in range(int(bootstrap)):
-            i = np.concatenate([rng.choice(ix, len(ix)) for ix in tr_idx if len(ix)])
-            j = np.concatenate([rng.choice(ix, len(ix)) for ix in te_idx if len(ix)])
-            sb = _stats_all(f[i], y[i], K)
-            eb = 1 - _per_class_acc(ty[j], tp[j], K)[0]
-            for s in STATISTICS: boot[s].append(spearman(sb[s], eb))
-            boot['count'].append(spearman(counts.astype(float), eb))
-    corr = []
-    for s in STATISTICS + ('count',):
-        v = counts.astype(float) if s == 'count' else st[s]
-        rho = spearman(v, err)
-        b = np.asarray([x for x in boot[s] if np.isfinite(x)])
-        lo, hi = (np.percentile(b, [2.5, 97.5]) if len(b) else (float('nan'), float('nan')))
-        corr.append({'statistic': s, 'spearman_vs_error': rho, 'ci_low': float(lo), 'ci_high': float(hi)})
+    rows = _diagnosis_rows(st, counts, ntest, acc, classes, K, mean_margin)
+    boot = _bootstrap_rhos(f, y, ty, tp, counts, K, bootstrap, seed)
+    corr = _correlations(st, counts, err, boot)
     return {'per_class': rows, 'correlations': corr, 'num_classes': K, 'bootstrap': int(bootstrap),
             'overall_accuracy': float((tp == ty).mean()), 'mean_class_accuracy': float(np.nanmean(acc)),
             'spread_share': float(np.nanmedian(st['spread'] / st['A']))}
@@ -168,6 +186,7 @@ def markdown_table(df, # a pandas DataFrame
         lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
     return '\n'.join(lines)
 
+# %% ../nbs/18_diagnose.ipynb #7eb433e4
 def diagnosis_markdown(d: dict) -> str:
     "The diagnosis as Markdown: the per-class table, the correlations and a one-line verdict (chapter 18_diagnose)."
     pc, cr = diagnosis_tables(d)
@@ -183,6 +202,7 @@ def diagnosis_markdown(d: dict) -> str:
             + markdown_table(cr) + f"\n\nSpearman correlation with the per-class error (95 % bootstrap interval, "
             f"{d['bootstrap']} resamples). {verdict}: rho = {a['spearman_vs_error']:+.2f}.\n")
 
+# %% ../nbs/18_diagnose.ipynb #8e4804bd
 def plot_diagnosis(d: dict, # output of `diagnose`
                    stats: Sequence[str] = ('A', 'mean_norm', 'spread', 'A_c'), # which statistics to draw
                    title: Optional[str] = None, # figure title
@@ -217,6 +237,7 @@ def _features_preds(model, data, cfg, split):
             f = model.backbone(xb); fs.append(f.float().cpu()); ys.append(yb.cpu()); ps.append(model.head(f).argmax(1).cpu())
     return torch.cat(fs), torch.cat(ys), torch.cat(ps)
 
+# %% ../nbs/18_diagnose.ipynb #ef0ab113
 def diagnose_run(run_dir, # a folder written by `margin-notes run` (config.json + checkpoint.pt)
                  bootstrap: int = 200, # bootstrap resamples
                  device: str = 'cpu', # where to recompute the features
@@ -241,9 +262,9 @@ def _run_dirs(path: Path) -> list:
     if not subs: raise FileNotFoundError(f"{path}: neither a run folder (checkpoint.pt) nor a suite of run folders")
     return subs
 
-def main(argv: Optional[Sequence[str]] = None # command-line arguments (default: sys.argv[1:])
-        ) -> int:
-    "`python -m margin_notes.diagnose RUN_DIR [--out DIR] [--bootstrap B]`: write diagnose.md/.json/.png per run (chapter 18_diagnose)."
+# %% ../nbs/18_diagnose.ipynb #71bc6aec
+def _parser():
+    "The argument parser of `margin-notes diagnose`."
     import argparse
     ap = argparse.ArgumentParser(prog='margin-notes diagnose', description=(
         "Per-class counts, accuracy, MR²'s statistic A_k and its parts, the margins each gives, and their rank "
@@ -252,6 +273,13 @@ def main(argv: Optional[Sequence[str]] = None # command-line arguments (default:
     ap.add_argument('--out', default=None, help='output folder (default: RUN_DIR/diagnose for each run)')
     ap.add_argument('--bootstrap', type=int, default=200, help='bootstrap resamples for the intervals (default 200)')
     ap.add_argument('--device', default='cpu', help="device for the feature pass (default 'cpu')")
+    return ap
+
+# %% ../nbs/18_diagnose.ipynb #d2a882cc
+def main(argv: Optional[Sequence[str]] = None # command-line arguments (default: sys.argv[1:])
+        ) -> int:
+    "`python -m margin_notes.diagnose RUN_DIR [--out DIR] [--bootstrap B]`: write diagnose.md/.json/.png per run (chapter 18_diagnose)."
+    ap = _parser()
     a = ap.parse_args(argv)
     root = Path(a.run_dir)
     if not root.is_dir(): ap.error(f"{root} is not a folder")
