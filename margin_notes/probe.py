@@ -38,6 +38,7 @@ def make_scaled_head(in_features: int, # feature dimension d
     from margin_notes.models import build_head
     return build_head(head, in_features, num_classes, scale=cosine_scale)
 
+# %% ../nbs/19_probe.ipynb #b05de77f
 class ProbeNet(nn.Module):
     "Standardise → optional MLP adapter (D→hidden→ReLU) → linear or cosine head (chapter 19_probe)."
     def __init__(self,
@@ -127,6 +128,59 @@ class Probe:
         return self.posthoc(out) if self.posthoc is not None else out
 
 # %% ../nbs/19_probe.ipynb #c51ad85e
+def _fit_inputs(inputs, labels, class_counts, num_classes):
+    "`fit_method`'s input checks: returns the labels as int64 and the class counts as a float64 tensor (K,)."
+    if len(inputs) != len(labels):
+        raise ValueError(f"`inputs` and `labels` differ in length: {len(inputs)} vs {len(labels)}")
+    labels = labels.long()
+    if class_counts is None:
+        K = num_classes or int(labels.max()) + 1
+        class_counts = torch.bincount(labels, minlength=K)
+    counts = check_class_counts(class_counts, num_classes, 'class_counts')
+    K = len(counts)
+    check_targets(labels, K, len(labels), 'labels')
+    return labels, counts
+
+# %% ../nbs/19_probe.ipynb #6847b0c8
+def _fit_trained(m, method, method_head, make_model, inputs, labels, counts, config, t0, *, epochs, batch_size, lr, momentum,
+                 weight_decay, seed, drw_at, drw_beta, cosine_scale, loss_kwargs, transform) -> Probe:
+    "`fit_method` for a method with a training loss (`m` its registry entry); returns the `Probe`."
+    from margin_notes.data import GPULoader
+    from margin_notes.engine import train_epochs
+    from margin_notes.schedules import cosine_lr
+    g = seed_everything(seed)
+    model = make_model(method_head, 1.0 if m.head == 'cosine' else cosine_scale)
+    loss = make_method_loss(method, counts, model.head, loss_kwargs)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    batches = GPULoader(inputs, labels, batch_size, train=True, generator=g, transform=transform or (lambda x: x.float()))
+    total = epochs * len(batches)
+    drw = {}
+    if m.drw:
+        from margin_notes.baselines import drw_weights
+        drw = dict(drw_step=int(math.floor(drw_at * total)), drw_weights=drw_weights(counts, beta=drw_beta).float())
+    rows = train_epochs(model, loss, batches, opt, lambda it: cosine_lr(lr, it, total), epochs, **drw)
+    history = [{'epoch': r['epoch'], **{k[len('train_'):]: v for k, v in r.items() if k.startswith('train_')}} for r in rows]
+    model.eval(); loss.eval()
+    return Probe(method, model, loss, transform=transform, history=history, seconds=time.perf_counter() - t0, config=config)
+
+# %% ../nbs/19_probe.ipynb #e6ed08a5
+def _fit_posthoc(m, method, method_head, make_model, inputs, labels, counts, config, t0, erm_probe, loss_kwargs, marc_kwargs,
+                 **erm_kw) -> Probe:
+    "`fit_method` for a post-hoc method (`m` its registry entry): the `erm` model (`erm_probe` or trained with `erm_kw`), then the step."
+    base = erm_probe
+    if base is None or base.config.get('head') != method_head or base.config.get('seed') != erm_kw['seed']:
+        base = fit_method(make_model, inputs, labels, 'erm', head=method_head, class_counts=counts, **erm_kw)
+    probe = Probe(method, base.model, base.loss, transform=erm_kw['transform'], history=base.history, config={**config, 'base': 'erm'})
+    if m.posthoc == 'la':
+        from margin_notes.baselines import logit_adjust_posthoc
+        tau = {**m.posthoc_kwargs, **(loss_kwargs or {})}.get('tau', 1.0)
+        probe.posthoc = lambda z: logit_adjust_posthoc(z, counts, tau=tau)
+    else:
+        probe.marc, probe.posthoc = _fit_marc_probe(base, inputs, labels, counts, **{**m.posthoc_kwargs, **(marc_kwargs or {})})
+    probe.seconds = time.perf_counter() - t0 + base.seconds
+    return probe
+
+# %% ../nbs/19_probe.ipynb #d66fd706
 def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module with .backbone and .head
                inputs: torch.Tensor, # training inputs (N, ...): cached features or images
                labels: torch.Tensor, # labels (N,)
@@ -152,52 +206,16 @@ def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module 
               ) -> Probe:
     "Train a model with one of the book's methods through the trainer's loop (`engine.train_epochs`); returns a `Probe` (chapter 19_probe)."
     m, method_head = probe_method(method), probe_head(method, head)
-    if len(inputs) != len(labels):
-        raise ValueError(f"`inputs` and `labels` differ in length: {len(inputs)} vs {len(labels)}")
-    labels = labels.long()
-    if class_counts is None:
-        K = num_classes or int(labels.max()) + 1
-        class_counts = torch.bincount(labels, minlength=K)
-    counts = check_class_counts(class_counts, num_classes, 'class_counts')
-    K = len(counts)
-    check_targets(labels, K, len(labels), 'labels')
+    labels, counts = _fit_inputs(inputs, labels, class_counts, num_classes)
     config = dict(method=method, head=method_head, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, seed=seed, drw_at=drw_at, cosine_scale=cosine_scale,
                   loss_kwargs=loss_kwargs or {}, marc_kwargs=marc_kwargs or {}, **(extra or {}))
     t0 = time.perf_counter()
+    train = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed,
+                 cosine_scale=cosine_scale, transform=transform)
     if m.posthoc is not None:   # train (or reuse) the plain model, then the post-hoc step
-        base = erm_probe
-        if base is None or base.config.get('head') != method_head or base.config.get('seed') != seed:
-            base = fit_method(make_model, inputs, labels, 'erm', head=method_head, epochs=epochs, batch_size=batch_size,
-                              lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed, class_counts=counts,
-                              cosine_scale=cosine_scale, transform=transform, extra=extra)
-        probe = Probe(method, base.model, base.loss, transform=transform, history=base.history, config={**config, 'base': 'erm'})
-        if m.posthoc == 'la':
-            from margin_notes.baselines import logit_adjust_posthoc
-            tau = {**m.posthoc_kwargs, **(loss_kwargs or {})}.get('tau', 1.0)
-            probe.posthoc = lambda z: logit_adjust_posthoc(z, counts, tau=tau)
-        else:
-            probe.marc, probe.posthoc = _fit_marc_probe(base, inputs, labels, counts, **{**m.posthoc_kwargs, **(marc_kwargs or {})})
-        probe.seconds = time.perf_counter() - t0 + base.seconds
-        return probe
-
-    from margin_notes.data import GPULoader
-    from margin_notes.engine import train_epochs
-    from margin_notes.schedules import cosine_lr
-    g = seed_everything(seed)
-    model = make_model(method_head, 1.0 if m.head == 'cosine' else cosine_scale)
-    loss = make_method_loss(method, counts, model.head, loss_kwargs)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    batches = GPULoader(inputs, labels, batch_size, train=True, generator=g, transform=transform or (lambda x: x.float()))
-    total = epochs * len(batches)
-    drw = {}
-    if m.drw:
-        from margin_notes.baselines import drw_weights
-        drw = dict(drw_step=int(math.floor(drw_at * total)), drw_weights=drw_weights(counts, beta=drw_beta).float())
-    rows = train_epochs(model, loss, batches, opt, lambda it: cosine_lr(lr, it, total), epochs, **drw)
-    history = [{'epoch': r['epoch'], **{k[len('train_'):]: v for k, v in r.items() if k.startswith('train_')}} for r in rows]
-    model.eval(); loss.eval()
-    return Probe(method, model, loss, transform=transform, history=history, seconds=time.perf_counter() - t0, config=config)
+        return _fit_posthoc(m, method, method_head, make_model, inputs, labels, counts, config, t0, erm_probe, loss_kwargs, marc_kwargs, **train, extra=extra)
+    return _fit_trained(m, method, method_head, make_model, inputs, labels, counts, config, t0, **train, drw_at=drw_at, drw_beta=drw_beta, loss_kwargs=loss_kwargs)
 
 # %% ../nbs/19_probe.ipynb #07e56e0b
 def train_probe(train_feats: torch.Tensor, # cached training features (N, D)
@@ -263,6 +281,25 @@ def _method_spec(m):
     label, name, kw = m
     return label, name, dict(kw or {})
 
+def _grid_specs(methods):
+    "(label, name, loss_kwargs) of every method, a plain `erm` added when missing and put first (difficulty, post-hoc reuse)."
+    specs = [_method_spec(m) for m in methods]
+    if not any(name == 'erm' for _, name, kw in specs if not kw): specs = [('erm', 'erm', {})] + specs
+    specs.sort(key=lambda s: not (s[1] == 'erm' and not s[2]))  # plain erm first (difficulty, post-hoc reuse)
+    return specs
+
+# %% ../nbs/19_probe.ipynb #029bafc1
+def _grid_summary(runs, counts, difficulty):
+    "Add an accuracy report to every run; returns the mean/std summary of each method."
+    from margin_notes.metrics import accuracy_report, aggregate_reports
+    summary = {}
+    for label, rs in runs.items():
+        for r in rs: r['report'] = accuracy_report(torch.tensor(r['per_class']), counts.tolist(), difficulty)
+        summary[label] = aggregate_reports([r['report'] for r in rs])
+        summary[label]['seconds_per_run'] = float(np.mean([r['seconds'] for r in rs]))
+    return summary
+
+# %% ../nbs/19_probe.ipynb #c7a638e5
 def run_method_grid(train_feats: torch.Tensor, # (N, D) cached training features
                     train_labels: torch.Tensor, # (N,)
                     test_feats: torch.Tensor, # (M, D) cached test features
@@ -277,10 +314,8 @@ def run_method_grid(train_feats: torch.Tensor, # (N, D) cached training features
                     **train_kwargs, # passed to train_probe / fit_method (head, hidden, epochs, batch_size, lr, transform, ...)
                    ) -> dict:
     "Train every method × seed, evaluate per class, and build accuracy reports (chapter 19_probe)."
-    from margin_notes.metrics import accuracy_report, difficulty_groups, aggregate_reports
-    specs = [_method_spec(m) for m in methods]
-    if not any(name == 'erm' for _, name, kw in specs if not kw): specs = [('erm', 'erm', {})] + specs
-    specs.sort(key=lambda s: not (s[1] == 'erm' and not s[2]))  # plain erm first (difficulty, post-hoc reuse)
+    from margin_notes.metrics import difficulty_groups
+    specs = _grid_specs(methods)
     K = int(train_labels.max()) + 1 if class_counts is None else len(class_counts)
     counts = torch.bincount(train_labels.long(), minlength=K) if class_counts is None else torch.as_tensor(class_counts)
     runs, erm_probes = {}, {}
@@ -296,11 +331,7 @@ def run_method_grid(train_feats: torch.Tensor, # (N, D) cached training features
             runs[label].append({'seed': seed, 'per_class': acc.tolist(), 'seconds': p.seconds, 'final_train': last})
             if verbose: print(f"{label:14s} seed {seed}: {100 * acc.mean():5.1f} %  worst {100 * acc.min():5.1f} %  ({p.seconds:.1f} s)", flush=True)
     if difficulty is None: difficulty = difficulty_groups(torch.tensor([r['per_class'] for r in runs['erm']]))
-    summary = {}
-    for label, rs in runs.items():
-        for r in rs: r['report'] = accuracy_report(torch.tensor(r['per_class']), counts.tolist(), difficulty)
-        summary[label] = aggregate_reports([r['report'] for r in rs])
-        summary[label]['seconds_per_run'] = float(np.mean([r['seconds'] for r in rs]))
+    summary = _grid_summary(runs, counts, difficulty)
     return {'runs': runs, 'summary': summary, 'difficulty_groups': difficulty, 'class_counts': counts.tolist(),
             'seeds': list(seeds), 'methods': [dict(label=l, method=n, loss_kwargs=k) for l, n, k in specs],
             'train_kwargs': {k: v for k, v in train_kwargs.items() if not callable(v)}}
@@ -324,24 +355,10 @@ def cifar10_probe_settings(balanced_per_class: int = 500, # images per class of 
     for f in imbalance_factors: out[f"lt{f:g}"] = cifar_lt_counts(10, f)
     return out
 
-def cifar10_probe_features(settings: dict, # name -> training counts per class (K,), e.g. {'lt100': cifar_lt_counts(10, 100)}
-                           size: int = 96, # input resolution of the backbone
-                           test_per_class: Optional[int] = None, # first n test images per class (file order); None = all
-                           pool_per_class: Optional[int] = None, # read only the first n training images per class (smoke)
-                           subsample_seed: int = 0, # seed of the per-class shuffle (chapter 04)
-                           batch_size: int = 100, # backbone batch size
-                           backbone: Optional[nn.Module] = None, # default: EfficientNet-Lite0 with ImageNet weights
-                           cache: bool = True, # cache under cache_dir('features'); False: a temporary folder
-                           verbose: bool = True, # print progress and the measured rate
-                          ) -> dict:
-    "EfficientNet-Lite0 features of the CIFAR-10 (JPEG) images the given settings need, cached in chunks (chapter 19_probe)."
-    import tempfile, json
-    from pathlib import Path
-    from margin_notes.data import cifar10_jpeg_arrays, lt_indices
-    from margin_notes.models import cache_features, feature_cache_path, efficientnet_lite0
-    arrays = cifar10_jpeg_arrays(max_per_class=pool_per_class)
-    (xtr, ytr), (xte, yte) = arrays['train'], arrays['test']
-    K = len(arrays['classes'])
+# %% ../nbs/19_probe.ipynb #92783ba8
+def _probe_plan(ytr, settings: dict, K: int, subsample_seed: int):
+    "The training images the settings need and their chunks: (need (K,), indices, ranks, [(chunk name, mask or None)])."
+    from margin_notes.data import lt_indices
     need = torch.zeros(K, dtype=torch.long)
     for name, c in settings.items():
         c = torch.as_tensor([int(v) for v in c])
@@ -360,6 +377,59 @@ def cifar10_probe_features(settings: dict, # name -> training counts per class (
         c = torch.as_tensor([int(v) for v in c])
         lo, hi = done[ytr[idx]], torch.maximum(done, c)[ytr[idx]]
         chunks.append((f"train-{name}", (rk >= lo) & (rk < hi))); done = torch.maximum(done, c)
+    return need, idx, rk, chunks
+
+# %% ../nbs/19_probe.ipynb #1526d51e
+def _encode_chunk(name, x, y, backbone, tf, tag, size, test_per_class, batch_size, tmp, verbose):
+    "Encode one chunk, or read its cache file: ((features, labels), its entry of info['chunks'], timing record or None)."
+    import json
+    from margin_notes.models import cache_features, feature_cache_path
+    dname = f"cifar10-jpeg-{name}-{tag}-test{test_per_class}" if name == 'test' else f"cifar10-jpeg-{name}-{tag}"
+    path = (tmp / f"{name}.pt") if tmp is not None else feature_cache_path('efficientnet_lite0', dname, f'size{size}')
+    hit = path.exists()
+    side = path.with_suffix('.timing.json')   # how long the encoding took when the cache was filled
+    t0 = time.perf_counter()
+    d = cache_features(backbone, x, y, model_name='efficientnet_lite0', data_name=dname, transform=tf,
+                       batch_size=batch_size, path=path)
+    dt = time.perf_counter() - t0
+    if not hit:
+        from margin_notes.core import atomic_write_json
+        atomic_write_json(side, {'images': len(y), 'seconds': dt, 'size': size, 'threads': torch.get_num_threads()})
+    timing = json.loads(side.read_text()) if side.exists() else None
+    info = {'images': len(y), 'cached': hit, 'encode_seconds': timing and timing['seconds']}
+    if verbose: print(f"{name}: {len(y):,} images " + ('(cached)' if hit else f"in {dt:.0f} s ({len(y) / dt:.1f} img/s)"), flush=True)
+    return (d['features'], d['labels']), info, timing
+
+def _probe_result(out, chunks, ytr, idx, rk, settings, info):
+    "The result of `cifar10_probe_features`: the training rows of every chunk (in chunk order), the test set, the settings and `info`."
+    tr = [(name, m) for name, m in chunks[1:] if len(out[name][1])]
+    tr_f = torch.cat([out[name][0] for name, _ in tr])
+    tr_y = torch.cat([ytr[idx[m]] for _, m in tr]); tr_rank = torch.cat([rk[m] for _, m in tr])
+    tr_index = torch.cat([idx[m] for _, m in tr])
+    return {'train_features': tr_f, 'train_labels': tr_y, 'train_rank': tr_rank, 'train_index': tr_index,
+            'test_features': out['test'][0], 'test_labels': out['test'][1], 'settings': {k: list(map(int, v)) for k, v in settings.items()},
+            'info': dict(info, n_train_encoded=len(tr_y), n_test=len(out['test'][1]))}
+
+# %% ../nbs/19_probe.ipynb #f62fb858
+def cifar10_probe_features(settings: dict, # name -> training counts per class (K,), e.g. {'lt100': cifar_lt_counts(10, 100)}
+                           size: int = 96, # input resolution of the backbone
+                           test_per_class: Optional[int] = None, # first n test images per class (file order); None = all
+                           pool_per_class: Optional[int] = None, # read only the first n training images per class (smoke)
+                           subsample_seed: int = 0, # seed of the per-class shuffle (chapter 04)
+                           batch_size: int = 100, # backbone batch size
+                           backbone: Optional[nn.Module] = None, # default: EfficientNet-Lite0 with ImageNet weights
+                           cache: bool = True, # cache under cache_dir('features'); False: a temporary folder
+                           verbose: bool = True, # print progress and the measured rate
+                          ) -> dict:
+    "EfficientNet-Lite0 features of the CIFAR-10 (JPEG) images the given settings need, cached in chunks (chapter 19_probe)."
+    import tempfile
+    from pathlib import Path
+    from margin_notes.data import cifar10_jpeg_arrays
+    from margin_notes.models import efficientnet_lite0
+    arrays = cifar10_jpeg_arrays(max_per_class=pool_per_class)
+    (xtr, ytr), (xte, yte) = arrays['train'], arrays['test']
+    K = len(arrays['classes'])
+    need, idx, rk, chunks = _probe_plan(ytr, settings, K, subsample_seed)
     if test_per_class is not None:
         te = torch.cat([torch.nonzero(yte == k).flatten()[:test_per_class] for k in range(K)])
         xte, yte = xte[te], yte[te]
@@ -370,33 +440,13 @@ def cifar10_probe_features(settings: dict, # name -> training counts per class (
     for name, mask in chunks:
         x, y = (xte, yte) if mask is None else (xtr[idx[mask]], ytr[idx[mask]])
         if len(y) == 0: out[name] = (None, y); continue
-        dname = f"cifar10-jpeg-{name}-{tag}-test{test_per_class}" if name == 'test' else f"cifar10-jpeg-{name}-{tag}"
-        path = (tmp / f"{name}.pt") if tmp is not None else feature_cache_path('efficientnet_lite0', dname, f'size{size}')
-        hit = path.exists()
-        side = path.with_suffix('.timing.json')   # how long the encoding took when the cache was filled
-        t0 = time.perf_counter()
-        d = cache_features(backbone, x, y, model_name='efficientnet_lite0', data_name=dname, transform=tf,
-                           batch_size=batch_size, path=path)
-        dt = time.perf_counter() - t0
-        if not hit:
-            from margin_notes.core import atomic_write_json
-            atomic_write_json(side, {'images': len(y), 'seconds': dt, 'size': size, 'threads': torch.get_num_threads()})
-        timing = json.loads(side.read_text()) if side.exists() else None
+        out[name], chunk_info[name], timing = _encode_chunk(name, x, y, backbone, tf, tag, size, test_per_class, batch_size, tmp, verbose)
         if timing is not None: t_all += timing['seconds']; n_all += timing['images']
-        chunk_info[name] = {'images': len(y), 'cached': hit, 'encode_seconds': timing and timing['seconds']}
-        if verbose: print(f"{name}: {len(y):,} images " + ('(cached)' if hit else f"in {dt:.0f} s ({len(y) / dt:.1f} img/s)"), flush=True)
-        out[name] = (d['features'], d['labels'])
-    tr = [(name, m) for name, m in chunks[1:] if len(out[name][1])]
-    tr_f = torch.cat([out[name][0] for name, _ in tr])
-    tr_y = torch.cat([ytr[idx[m]] for _, m in tr]); tr_rank = torch.cat([rk[m] for _, m in tr])
-    tr_index = torch.cat([idx[m] for _, m in tr])
-    return {'train_features': tr_f, 'train_labels': tr_y, 'train_rank': tr_rank, 'train_index': tr_index,
-            'test_features': out['test'][0], 'test_labels': out['test'][1], 'settings': {k: list(map(int, v)) for k, v in settings.items()},
-            'info': dict(size=size, test_per_class=test_per_class, subsample_seed=subsample_seed, pool_per_class=pool_per_class,
-                         encoded_images=n_all, encode_seconds=t_all, images_per_second=(n_all / t_all if t_all else None),
-                         chunks=chunk_info,
-                         n_train_encoded=len(tr_y), n_test=len(out['test'][1]))}
+    info = dict(size=size, test_per_class=test_per_class, subsample_seed=subsample_seed, pool_per_class=pool_per_class,
+                encoded_images=n_all, encode_seconds=t_all, images_per_second=(n_all / t_all if t_all else None), chunks=chunk_info)
+    return _probe_result(out, chunks, ytr, idx, rk, settings, info)
 
+# %% ../nbs/19_probe.ipynb #29c2a14d
 def probe_setting(feats: dict, # output of cifar10_probe_features
                   name: str, # one of feats['settings']
                  ) -> tuple:
@@ -444,6 +494,7 @@ def grid_table(result: dict, # output of run_method_grid (or its JSON)
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient='index')
 
+# %% ../nbs/19_probe.ipynb #00124771
 def save_grid(result: dict, # output of run_method_grid
               path, # JSON path; a CSV with one row per run is written next to it
               meta: Optional[dict] = None, # data, epochs, device, ... stored under 'meta'
