@@ -14,8 +14,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['METRIC_LABELS', 'MR2_TABLE1A', 'MR2_TABLE1B', 'MARC_TABLE2', 'MARC_TABLE4', 'DBM_CIFAR100LT', 'LWR_COMPAT',
            'LWR_ABLATION', 'LWR_THETA', 'LWR_SOTA', 'PAPER_TABLES', 'NOT_RUN', 'PaperTable', 'ResultPart', 'load_runs',
-           'compare_table', 'table_markdown', 'PlannedRun', 'results_root', 'run_command', 'plan_table', 'planned_runs',
-           'train_planned']
+           'compare_table', 'table_markdown', 'PlannedRun', 'results_root', 'run_command', 'plan_table',
+           'plan_markdown', 'planned_runs', 'train_planned']
 
 # %% ../nbs/29_paper.ipynb #501751db
 METRIC_LABELS = {'overall': 'Overall', 'easy': 'Easy', 'medium': 'Medium', 'hard': 'Hard',
@@ -379,6 +379,14 @@ def plan_table(plan: list, # PlannedRun rows
                      f'command ({gpus} GPUs)': run_command(r, chapter, 0, gpus) if r.part is None else '',
                      'time on one GPU': r.estimate, 'note': r.note})
     return pd.DataFrame(recs)
+
+def plan_markdown(df, # a frame from `plan_table`
+                 ) -> str:
+    "The plan as a markdown table whose commands are shown whole, as code to copy (chapter 29_paper)."
+    df = df.copy()
+    for col in [c for c in df.columns if str(c).startswith('command')]:
+        df[col] = [f"`{v}`" if v and v != '—' and not str(v).startswith('(') else v for v in df[col]]
+    return table_markdown(df, caption=False)
 
 def planned_runs(plan: list, # PlannedRun rows
                  chapter: str, # results sub-folder of the chapter
