@@ -382,11 +382,14 @@ def plan_table(plan: list, # PlannedRun rows
 
 def plan_markdown(df, # a frame from `plan_table`
                  ) -> str:
-    "The plan as a markdown table whose commands are shown whole, as code to copy (chapter 29_paper)."
-    df = df.copy()
-    for col in [c for c in df.columns if str(c).startswith('command')]:
-        df[col] = [f"`{v}`" if v and v != '—' and not str(v).startswith('(') else v for v in df[col]]
-    return table_markdown(df, caption=False)
+    "The plan as a markdown table (row, preset, status, time, note) followed by its one-GPU commands, whole, in a shell block (chapter 29_paper)."
+    cmd = 'command (1 GPU, seed 0)'
+    table = table_markdown(df[[c for c in df.columns if not str(c).startswith('command')]], caption=False)
+    runs = [(r, c) for r, c, st in zip(df['row'], df[cmd], df['status']) if st == 'ok' and not str(c).startswith('(')]
+    if not runs: return table
+    block = '\n'.join(f"# {r}\n{c}" for r, c in runs)
+    return (f"{table}\n\nThe commands (seed 0; for P GPUs put `torchrun --nproc_per_node=P -m margin_notes.cli` "
+            f"in place of `margin-notes`):\n\n```sh\n{block}\n```")
 
 def planned_runs(plan: list, # PlannedRun rows
                  chapter: str, # results sub-folder of the chapter
