@@ -104,6 +104,7 @@ def write_csv(path, # file to write (atomically)
     w.writeheader(); w.writerows(rows)
     atomic_write_bytes(Path(path), buf.getvalue().encode())
 
+# %% ../nbs/24_report.ipynb #1add0922
 def write_summary(summary: dict, # {'suite', 'source', 'methods': {label: result}, 'class_counts', 'skipped'}
                   out_dir, # folder for summary.{json,csv,md} and per_class.png
                   verbose: bool = True, # print the table and where the files went
@@ -132,6 +133,7 @@ def write_summary(summary: dict, # {'suite', 'source', 'methods': {label: result
         lines.append(f"outputs: {out_dir.resolve()}/  (summary.md, summary.csv, summary.json, per_class.png, one folder per method){fig_note}")
         print('\n'.join(tag + l for l in lines))
 
+# %% ../nbs/24_report.ipynb #4bc97f3d
 def collect_results(dirs: Sequence, # run folders (results.json), suite folders (summary.json) or folders of runs
                    ) -> dict:
     "label -> {'report', 'per_class_accuracy'} from run folders (results.json) and suite folders (summary.json) (chapter 24_report)."
