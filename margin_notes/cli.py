@@ -24,6 +24,7 @@ def _set_hint(tokens: Sequence[str]) -> str:
         i += 1
     return f" (use --set {' '.join(pairs)})" if pairs else ''
 
+# %% ../nbs/17_cli.ipynb #999862ac
 class _Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line (with a --set hint for unknown flags), exit status 2."
     def error(self, message):
@@ -32,12 +33,9 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message}{hint}", file=sys.stderr)
         raise SystemExit(2)
 
-def _parser() -> argparse.ArgumentParser:
-    epi = "`margin-notes list` lists the presets, `margin-notes list -v` the recipe behind each."
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = _Parser(prog='margin-notes', formatter_class=fmt, epilog=epi,
-                description="Margins for class-wise accuracy disparity and long-tailed recognition: train, evaluate, calibrate and report.")
-    sub = p.add_subparsers(dest='command', metavar='{run,eval,calibrate,report,diagnose,list}')
+# %% ../nbs/17_cli.ipynb #c661c26a
+def _add_run_parser(sub, epi: str, fmt):
+    "The `run` subcommand and its options."
     r = sub.add_parser('run', help='train a preset or a config file', epilog=epi, formatter_class=fmt)
     r.add_argument('config', help='a preset name or a .json/.yaml config file')
     r.add_argument('--set', dest='overrides', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
@@ -50,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--smoke', action='store_true', help='tiny sizes: 2 epochs on generated stand-ins in the real data format (never published)')
     r.add_argument('--no-progress', action='store_true', help='no progress bar')
     r.add_argument('--dry-run', action='store_true', help='check and print the resolved config, then exit')
+    return r
+
+# %% ../nbs/17_cli.ipynb #d3b3d6dd
+def _parser() -> argparse.ArgumentParser:
+    epi = "`margin-notes list` lists the presets, `margin-notes list -v` the recipe behind each."
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog='margin-notes', formatter_class=fmt, epilog=epi,
+                description="Margins for class-wise accuracy disparity and long-tailed recognition: train, evaluate, calibrate and report.")
+    sub = p.add_subparsers(dest='command', metavar='{run,eval,calibrate,report,diagnose,list}')
+    _add_run_parser(sub, epi, fmt)
     groups = dict(type=float, default=None, metavar='N')
     e = sub.add_parser('eval', help='evaluate the checkpoint of a run folder on its test set')
     e.add_argument('run_dir'); e.add_argument('--device', default='auto'); e.add_argument('--json', action='store_true', help='print JSON')
@@ -98,6 +106,7 @@ def _cmd_run(a) -> int:
         return 130
     return 0
 
+# %% ../nbs/17_cli.ipynb #da0fc9a6
 def _groups(a, saved: dict) -> dict:
     "Many/Few thresholds: the command line's, else the saved run's, else the CIFAR-LT convention (config.CIFAR_GROUPS)."
     from margin_notes.config import CIFAR_GROUPS
@@ -121,6 +130,7 @@ def _cmd_calibrate(a) -> int:
     print(f"results: {(out / 'results.json').resolve()}")
     return 0
 
+# %% ../nbs/17_cli.ipynb #171ff4c4
 def _cmd_report(a) -> int:
     from margin_notes.core import atomic_write_bytes
     from margin_notes.report import collect_results, summary_table, plot_summary, group_report
