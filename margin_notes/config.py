@@ -190,16 +190,8 @@ def _one_of(name: str, v, choices):
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {v!r}" + (f" (did you mean {near[0]!r}?)" if near else ''))
 
 # %% ../nbs/16_config.ipynb #bae95377
-def _nested(check, *args, **kw):
-    "Run a registry option check; its one-line ValueError becomes a ConfigError."
-    try: return check(*args, **kw)
-    except ValueError as e: raise ConfigError(str(e)) from None
-
-def validate_config(cfg: Config, # the configuration to check
-                    _where: str = '', # prefix of error messages (suite members)
-                   ) -> Config:
-    "Check every field, then the nested options against the arguments that receive them; raises `ConfigError` (one line) (chapter 16_config)."
-    w = _where
+def _check_fields(cfg: Config, w: str) -> str:
+    "The checks of `validate_config` on the fields alone (types, ranges, choices, device, report); returns the dataset name, normalised."
     for f in dataclasses.fields(cfg):
         _check_type(w + f.name, f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type)), getattr(cfg, f.name))
     for k in _POSITIVE:
@@ -224,10 +216,16 @@ def validate_config(cfg: Config, # the configuration to check
     many, few = rep.get('many', 100), rep.get('few', 20)
     if not (isinstance(many, (int, float)) and isinstance(few, (int, float)) and 0 <= few <= many):
         raise ConfigError(f"{w}report thresholds need 0 <= few <= many, got many={many!r}, few={few!r}")
-    if cfg.suite is not None: return _validate_suite(cfg)
-    try: get_method(cfg.loss)
-    except KeyError as e: raise ConfigError(f"{w}loss: {e.args[0]}") from None
-    r = resolve(cfg); m = r['method']
+    return ds
+
+# %% ../nbs/16_config.ipynb #10065a16
+def _nested(check, *args, **kw):
+    "Run a registry option check; its one-line ValueError becomes a ConfigError."
+    try: return check(*args, **kw)
+    except ValueError as e: raise ConfigError(str(e)) from None
+
+def _check_method(cfg: Config, r: dict, m, w: str):
+    "The loss against its head, and the options of the loss, LWR, DRW and the post-hoc step against what receives them."
     if m.head == 'cosine' and r['head'] != 'cosine':
         raise ConfigError(f"{w}loss {m.name!r} takes cosines and applies its own scale: it needs head='cosine' (or leave head unset)")
     if m.head == 'linear' and r['head'] == 'cosine':
@@ -249,6 +247,10 @@ def validate_config(cfg: Config, # the configuration to check
     if r['posthoc'] == 'la':
         from margin_notes.baselines import logit_adjust_posthoc
         _nested(check_kwargs, logit_adjust_posthoc, r['posthoc_kwargs'], w + 'posthoc_kwargs', skip=('logits', 'class_counts'))
+
+# %% ../nbs/16_config.ipynb #87b60298
+def _check_model_data(cfg: Config, ds: str, w: str):
+    "The options of the model and the data, and WiSE-FT, against what receives them."
     if cfg.arch == 'mlp':
         from margin_notes.models import MLPClassifier
         _nested(check_kwargs, MLPClassifier, cfg.model_kwargs, w + 'model_kwargs', skip=('in_dim', 'num_classes', 'head'))
@@ -264,6 +266,20 @@ def validate_config(cfg: Config, # the configuration to check
     if cfg.wise_ft_alpha is not None:
         if not 0 <= cfg.wise_ft_alpha <= 1: raise ConfigError(f"{w}wise_ft_alpha must lie in [0, 1], got {cfg.wise_ft_alpha}")
         if not cfg.model_kwargs.get('zero_shot'): raise ConfigError(f"{w}wise_ft_alpha interpolates with a zero-shot CLIP head: it needs model_kwargs.zero_shot=true")
+
+# %% ../nbs/16_config.ipynb #54c7764b
+def validate_config(cfg: Config, # the configuration to check
+                    _where: str = '', # prefix of error messages (suite members)
+                   ) -> Config:
+    "Check every field, then the nested options against the arguments that receive them; raises `ConfigError` (one line) (chapter 16_config)."
+    w = _where
+    ds = _check_fields(cfg, w)
+    if cfg.suite is not None: return _validate_suite(cfg)
+    try: get_method(cfg.loss)
+    except KeyError as e: raise ConfigError(f"{w}loss: {e.args[0]}") from None
+    r = resolve(cfg); m = r['method']
+    _check_method(cfg, r, m, w)
+    _check_model_data(cfg, ds, w)
     return cfg
 
 # %% ../nbs/16_config.ipynb #91478fef
@@ -351,8 +367,8 @@ _SRC_DIGITS = ("scikit-learn digits (8x8), the last 25 images per class held out
 _DIGITS_SUITE = ('erm', 'focal', 'ldam-drw', 'bs', 'la', 'la-posthoc', 'marc', 'dbm', 'bs-lwr', 'mr2')
 _POSTHOC_FROM = {'la-posthoc': 'erm', 'marc': 'erm'}   # post-hoc members calibrate this member's saved model
 
-def _build_presets() -> dict:
-    P = {}
+def _cifar_presets(P: dict):
+    "Add the CIFAR ResNet-32 presets to `P`."
     def add(name, dataset, K, IF, method, **extra):
         fields, src = _cifar_method(method, K, IF)
         P[name] = Config(name=name, source=src, dataset=dataset, imbalance_factor=float(IF), **{**fields, **extra})
@@ -366,6 +382,10 @@ def _build_presets() -> dict:
         n = f"cifar10jpeglt100-r32-{'lwr' if m == 'bs-lwr' else m}"
         add(n, 'cifar10-jpeg', 10, 100, m)
         P[n].source += "; data: CIFAR-10 (JPEG) from the shared data folder, lossy, not comparable to CIFAR-10 numbers"
+
+# %% ../nbs/16_config.ipynb #faa072d0
+def _imagenet_presets(P: dict):
+    "Add the ImageNet-LT presets to `P`."
     inet = dict(dataset='imagenet-lt', arch='resnet50', epochs=90, batch_size=256, optimizer='sgd', lr=0.1,
                 momentum=0.9, weight_decay=5e-4, schedule='cosine', warmup_epochs=0, augment='rrc-flip', num_workers=16,
                 pipeline='dataloader', amp='bf16', channels_last=True, eval_every=5)
@@ -382,6 +402,10 @@ def _build_presets() -> dict:
                                       posthoc_kwargs={'gamma': 1.2, 'optimizer': 'sgd', 'epochs': 10, 'batch_size': 256, 'lr': 0.05},
                                       **{**inet, 'arch': 'resnext50'},
                                       source="MARC ImageNet-LT: ResNeXt-50, stage 1 CE 90 ep cosine 0.1->0, batch 256, wd 5e-4; stage 2 10 ep cosine 0.05->0 on cached logits")
+
+# %% ../nbs/16_config.ipynb #dfcd8656
+def _clip_presets(P: dict):
+    "Add the CLIP presets on ImageNet to `P`."
     clip = dict(dataset='imagenet', arch='clip:RN50', model_kwargs={'zero_shot': True, 'templates': 'openai', 'pretrained': 'openai'},
                 wise_ft_alpha=0.6, epochs=10, batch_size=512, optimizer='adamw', lr=3e-5, weight_decay=0.1, schedule='cosine',
                 warmup_epochs=0, warmup_steps=500, grad_clip=1.0, augment='rrc-flip', amp='bf16', channels_last=True,
@@ -392,6 +416,9 @@ def _build_presets() -> dict:
     P['imagenet-clip-rn50-mr2'] = Config(name='imagenet-clip-rn50-mr2', loss='mr2', **clip,
                                          loss_kwargs={'lam': 0.1, 'momentum': 0.999, 'p': 5, 'variant': 'released', 'spread_margin': True},
                                          source="MR² (released scale, L5, EMA 0.999, 2 s-bar kept), MR²'s released ImageNet recipe: " + src)
+
+def _digits_presets(P: dict):
+    "Add the digits presets (one per method and the `digits-lt` suite) to `P`."
     members = []
     for key in _DIGITS_SUITE:
         m = get_method(key)
@@ -402,6 +429,11 @@ def _build_presets() -> dict:
             P[f'digits-lt-{key}'] = Config(name=f'digits-lt-{key}', source=f"{m.label}: {_SRC_DIGITS}",
                                            **{**_DIGITS, **{k: v for k, v in kw.items() if k != 'from'}})
     P['digits-lt'] = Config(name='digits-lt', source="every method of the library on " + _SRC_DIGITS, **_DIGITS, suite=members)
+
+# %% ../nbs/16_config.ipynb #360ae4dd
+def _build_presets() -> dict:
+    P = {}
+    for f in (_cifar_presets, _imagenet_presets, _clip_presets, _digits_presets): f(P)
     return P
 
 PRESETS = _build_presets()
