@@ -78,6 +78,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 FMNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
+# %% ../nbs/04_data.ipynb #c499eb30
 @dataclass
 class DataBundle:
     "An in-memory image classification dataset: uint8 N×C×H×W images and int64 labels (chapter 04_data)."
@@ -111,16 +112,17 @@ class DataBundle:
         m, s = (torch.tensor(v, dtype=torch.float32).view(1, C, 1, 1) for v in (self.mean, self.std))
         return (x.float() / 255 - m) / s
 
-    # plain-tensor views for small sets (the digits through an MLP): inputs, labels, flattened input size
-    train_x = property(lambda self: self.normalized('train'))
-    test_x = property(lambda self: self.normalized('test'))
-    train_y = property(lambda self: self.train_labels)
-    test_y = property(lambda self: self.test_labels)
-    in_shape = property(lambda self: (int(np.prod(self.image_shape)),))
-
     def __repr__(self):
         return (f"DataBundle({self.label!r}: train {tuple(self.train_images.shape)}, test {tuple(self.test_images.shape)}, "
                 f"K={self.num_classes}, counts {self.class_counts[:3]}…{self.class_counts[-2:]})")
+
+# %% ../nbs/04_data.ipynb #91ce4ee1
+# plain-tensor views for small sets (the digits through an MLP): inputs, labels, flattened input size
+DataBundle.train_x = property(lambda self: self.normalized('train'))
+DataBundle.test_x = property(lambda self: self.normalized('test'))
+DataBundle.train_y = property(lambda self: self.train_labels)
+DataBundle.test_y = property(lambda self: self.test_labels)
+DataBundle.in_shape = property(lambda self: (int(np.prod(self.image_shape)),))
 
 # %% ../nbs/04_data.ipynb #27bd4f65
 def _synthetic(num_classes=10, image_shape=(3, 32, 32), class_counts=None, imbalance_factor=None, n_max=100,
@@ -183,6 +185,7 @@ def _decode_jpeg_tar(path, max_per_class: Optional[int] = None):
         out[split] = (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys, dtype=torch.int64))
     return out
 
+# %% ../nbs/04_data.ipynb #a9dbe90e
 _SMALL_JPEG = {}
 
 def cifar10_jpeg_arrays(max_per_class: Optional[int] = None, # read only the first n images of each class (no cache)
@@ -329,6 +332,26 @@ def _mark_standin(b):
     if b.info.get('standin') and not b.label.endswith('[stand-in]'): b.label += ' [stand-in]'
     return b
 
+# %% ../nbs/04_data.ipynb #4a743dde
+def _lt_subset(d: dict, base: str, IF: float, info: dict, max_per_class, selection: str, subsample_seed: int) -> tuple:
+    "Cut the training set of `d` (in place) to the CIFAR-LT profile of imbalance factor `IF`; returns (name, label, kept indices)."
+    label = _LABELS[base]
+    n_max = _LT_NMAX[base] if max_per_class is None else min(_LT_NMAX[base], max_per_class)
+    if info.get('standin'): n_max = min(n_max, int(torch.bincount(d['train_labels']).min()))  # generated: a few per class
+    if n_max == _LT_NMAX[base]: counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max)
+    else:  # small stand-in: same shape of profile, at least one image per class
+        counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max, min_count=1)
+    idx = lt_indices(d['train_labels'], counts, selection=selection, seed=subsample_seed)
+    t = torch.from_numpy(idx)
+    d['train_images'], d['train_labels'] = d['train_images'][t], d['train_labels'][t]
+    IFs = f"{IF:g}"
+    label = (label.replace(' (JPEG)', '-LT (JPEG)') if '(JPEG)' in label else label + '-LT') + f", IF {IFs}"
+    short = f"{base}-lt{IFs}"
+    info.update(imbalance_factor=IF, n_max=n_max, selection=selection, subsample_seed=subsample_seed)
+    if max_per_class is not None and n_max < _LT_NMAX[base]: label += ' [small stand-in]'
+    return short, label, idx
+
+# %% ../nbs/04_data.ipynb #517de483
 def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'digits', 'synthetic', optional '-lt<IF>'; 'imagenet', 'imagenet_lt', 'places_lt'
                  imbalance_factor: Optional[float] = None, # long-tailed training subset with this IF (overrides the name)
                  selection: str = 'shuffle', # 'shuffle' (reference subsets) or 'first'
@@ -361,20 +384,7 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
     if max_per_class is not None and base != 'synthetic': d = _cap_per_class(d, max_per_class); info['max_per_class'] = max_per_class
     label, short = _LABELS[base], base
     idx = None
-    if IF is not None:
-        n_max = _LT_NMAX[base] if max_per_class is None else min(_LT_NMAX[base], max_per_class)
-        if info.get('standin'): n_max = min(n_max, int(torch.bincount(d['train_labels']).min()))  # generated: a few per class
-        if n_max == _LT_NMAX[base]: counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max)
-        else:  # small stand-in: same shape of profile, at least one image per class
-            counts = cifar_lt_counts(d['num_classes'], IF, n_max=n_max, min_count=1)
-        idx = lt_indices(d['train_labels'], counts, selection=selection, seed=subsample_seed)
-        t = torch.from_numpy(idx)
-        d['train_images'], d['train_labels'] = d['train_images'][t], d['train_labels'][t]
-        IFs = f"{IF:g}"
-        label = (label.replace(' (JPEG)', '-LT (JPEG)') if '(JPEG)' in label else label + '-LT') + f", IF {IFs}"
-        short = f"{base}-lt{IFs}"
-        info.update(imbalance_factor=IF, n_max=n_max, selection=selection, subsample_seed=subsample_seed)
-        if max_per_class is not None and n_max < _LT_NMAX[base]: label += ' [small stand-in]'
+    if IF is not None: short, label, idx = _lt_subset(d, base, IF, info, max_per_class, selection, subsample_seed)
     return _mark_standin(DataBundle(name=short, label=label, train_indices=idx, info=info, **d))
 
 # %% ../nbs/04_data.ipynb #39d35a24
@@ -577,6 +587,19 @@ def _crop_flip_draws(B: int, pad: int, flip: bool, device, generator=None) -> tu
     return oy, ox, f
 
 # %% ../nbs/04_data.ipynb #0a146de8
+def _image_norm(images: torch.Tensor, transform, mean, std, device) -> tuple:
+    "(image mode, scale, shift): whether batches are uint8 images to augment and normalise, and x -> x * scale + shift that normalises them."
+    image_mode = transform is None and images.dtype == torch.uint8 and images.dim() == 4
+    if image_mode:
+        C = images.shape[1]
+        if len(mean) != C or len(std) != C: raise ValueError(f"`mean`/`std` need {C} entries")
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, C, 1, 1)
+        return True, 1.0 / (255.0 * std_t), -torch.tensor(mean, dtype=torch.float32, device=device).view(1, C, 1, 1) / std_t
+    if transform is None and not images.is_floating_point():
+        raise ValueError(f"`images` must be uint8 (N, C, H, W) images or floating-point inputs, got {images.dtype} {tuple(images.shape)}")
+    return False, None, None
+
+# %% ../nbs/04_data.ipynb #fcc7193b
 class GPULoader:
     "Batches from tensors held on a device: shuffling, and for uint8 images random crop/flip and normalisation there (chapter 04_data)."
     def __init__(self, images: torch.Tensor, # uint8 (N, C, H, W) images, or any (N, ...) inputs such as cached features
@@ -600,15 +623,8 @@ class GPULoader:
         self.device = torch.device(device) if device is not None else images.device
         if labels.shape != (images.shape[0],): raise ValueError(f"`labels` must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
         self.images, self.labels, self.transform = images.to(self.device), labels.to(self.device, torch.int64), transform
-        self.image_mode = transform is None and images.dtype == torch.uint8 and images.dim() == 4
-        if self.image_mode:
-            C = images.shape[1]
-            if len(mean) != C or len(std) != C: raise ValueError(f"`mean`/`std` need {C} entries")
-            std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
-            self.scale = 1.0 / (255.0 * std_t)
-            self.shift = -torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, C, 1, 1) / std_t
-        elif transform is None and not images.is_floating_point():
-            raise ValueError(f"`images` must be uint8 (N, C, H, W) images or floating-point inputs, got {images.dtype} {tuple(images.shape)}")
+        self.image_mode, scale, shift = _image_norm(images, transform, mean, std, self.device)
+        if self.image_mode: self.scale, self.shift = scale, shift
         self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last, self.channels_last = drop_last, channels_last
@@ -621,26 +637,30 @@ class GPULoader:
         n = self.images.shape[0]
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self):
-        n = self.images.shape[0]
-        order = torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle else None
-        shard = order is not None and self.world > 1
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            B = sl.stop - sl.start
-            lo, hi = (self.rank * B // self.world, (self.rank + 1) * B // self.world) if shard else (0, B)
-            if order is None: x, y = self.images[sl], self.labels[sl]
-            else: idx = order[sl][lo:hi]; x, y = self.images[idx], self.labels[idx]
-            if not self.image_mode:   # features (or a custom transform): no augmentation, no normalisation
-                yield (self.transform(x) if self.transform is not None else x.float()), y
-                continue
-            if self.train and (self.pad or self.flip):
-                # drawn for the whole global batch and sliced: P processes augment exactly as one would
-                oy, ox, f = _crop_flip_draws(B, self.pad, self.flip, self.device, self.generator)
-                x = crop_flip(x, self.pad, oy[lo:hi], ox[lo:hi], f[lo:hi])
-            x = torch.addcmul(self.shift, x.float(), self.scale)
-            if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+    def __iter__(self): return _gpu_batches(self)
+
+# %% ../nbs/04_data.ipynb #505f82e6
+def _gpu_batches(self: GPULoader):
+    "The batches of one epoch of `self` (a `GPULoader`): what `iter(loader)` returns."
+    n = self.images.shape[0]
+    order = torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle else None
+    shard = order is not None and self.world > 1
+    for i in range(len(self)):
+        sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
+        B = sl.stop - sl.start
+        lo, hi = (self.rank * B // self.world, (self.rank + 1) * B // self.world) if shard else (0, B)
+        if order is None: x, y = self.images[sl], self.labels[sl]
+        else: idx = order[sl][lo:hi]; x, y = self.images[idx], self.labels[idx]
+        if not self.image_mode:   # features (or a custom transform): no augmentation, no normalisation
+            yield (self.transform(x) if self.transform is not None else x.float()), y
+            continue
+        if self.train and (self.pad or self.flip):
+            # drawn for the whole global batch and sliced: P processes augment exactly as one would
+            oy, ox, f = _crop_flip_draws(B, self.pad, self.flip, self.device, self.generator)
+            x = crop_flip(x, self.pad, oy[lo:hi], ox[lo:hi], f[lo:hi])
+        x = torch.addcmul(self.shift, x.float(), self.scale)
+        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
 
 # %% ../nbs/04_data.ipynb #9cfc25a0
 class TensorImageDataset(torch.utils.data.Dataset):
