@@ -49,13 +49,16 @@ sync-check: install
 	  diff <(echo "$$before") <(echo "$$after"); exit 1; \
 	else echo "sync-check: nbdev_export and nbdev_clean change nothing"; fi
 
+# one BLAS/OpenMP thread per notebook worker: NBDEV_WORKERS processes with a thread per core each oversubscribe the
+# cores, and PyTorch's spinning threads then run many times slower than one thread (measured on 2 cores)
+NB_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test-nbs: install
-	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing
+	$(NB_THREADS) MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing
 
 # the `#| gpu` cells (skipped by test-nbs) in smoke mode on the CPU: same code path, stand-in data, scratch folders
 GPU_CELL_CHAPTERS ?= ^(04_data|09_engine|3[0-9]_.*)\.ipynb$$
 test-gpu-cells: install
-	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing --flags gpu --file_re '$(GPU_CELL_CHAPTERS)'
+	$(NB_THREADS) MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing --flags gpu --file_re '$(GPU_CELL_CHAPTERS)'
 
 test-py: install
 	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
