@@ -16,8 +16,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The torch pair is installed first and explicitly. On a CUDA machine override it, e.g.
-#   make test TORCH_SPEC="torch==2.5.1 torchvision==0.20.1" TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu124"
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+#   make test TORCH_PACKAGES="torch==2.5.1 torchvision==0.20.1" TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu124"
+TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 TORCH_PIP_ARGS ?=
 PRESET ?= digits-lt
 STAMP := $(VENV)/.installed-stamp
@@ -36,7 +36,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python settings.ini setup.py
-	$(BIN)/python -m pip install -q $(TORCH_SPEC) $(TORCH_PIP_ARGS) $(PIPQ)
+	$(BIN)/python -m pip install -q $(TORCH_PACKAGES) $(TORCH_PIP_ARGS) $(PIPQ)
 	$(BIN)/python -m pip install -q -e ".[dev]" $(PIPQ)
 	touch $(STAMP)
 

@@ -12,13 +12,16 @@ from typing import Optional
 from .registry import get_method, check_kwargs, check_method_kwargs, _accepts
 
 # %% auto #0
-__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'DATASETS', 'ENGINE_DATA_KEYS', 'PRESETS', 'Config', 'ConfigError', 'parse_overrides',
+__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'DATASETS', 'ENGINE_DATA_KEYS', 'PRESETS', 'ConfigError', 'Config', 'parse_overrides',
            'apply_overrides', 'resolve', 'validate_config', 'suite_members', 'get_config', 'config_changes',
            'check_resume']
 
 # %% ../nbs/16_config.ipynb #74f32037
 CIFAR_GROUPS = {'many': 100, 'few': 20}  # Many: > 100 training images, Few: < 20 (the CIFAR-LT convention)
 DRW_FRACTION = 0.8  # DRW methods switch on after this fraction of the epochs by default (160 of 200, the LDAM-DRW recipe)
+
+class ConfigError(ValueError):
+    "A configuration that cannot run; the message is one line naming the problem."
 
 @dataclass
 class Config:
@@ -50,7 +53,8 @@ class Config:
     warmup_epochs: float = 5.0           # linear warm-up length in epochs (fractional allowed)
     warmup_steps: Optional[int] = None   # warm-up length in iterations (overrides warmup_epochs)
     warmup_from: float = 0.0             # lr factor at the first step of warm-up
-    milestones: list = field(default_factory=lambda: [160, 180])
+    milestones: Optional[list] = None    # 'step': epochs of the rate drops; None: `milestone_fracs` of the run
+    milestone_fracs: list = field(default_factory=lambda: [0.8, 0.9])  # 'step': drops at these fractions of `epochs` (160, 180 of 200; 8, 9 of 10)
     step_gamma: float = 0.01             # lr factor per milestone
     min_lr: float = 0.0                  # end of the cosine
     grad_clip: Optional[float] = None    # max gradient norm; None: no clipping
@@ -76,40 +80,41 @@ class Config:
         "A JSON-ready copy of the fields."
         return copy.deepcopy(asdict(self))
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        "Build from a dict; an unknown key is an error naming it (with the nearest known key)."
-        names = [f.name for f in dataclasses.fields(cls)]
-        for k in d:
-            if k not in names:
-                near = difflib.get_close_matches(k, names, n=1)
-                raise ConfigError(f"unknown config key {k!r}" + (f"; did you mean {near[0]!r}?" if near else ''))
-        return cls(**copy.deepcopy(d))
+# %% ../nbs/16_config.ipynb #c0f1a2b3
+# reading, writing and copying a Config (methods of the class, defined here to keep each cell short)
+def _from_dict(cls, d: dict):
+    "Build from a dict; an unknown key is an error naming it (with the nearest known key)."
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in d:
+        if k not in names:
+            near = difflib.get_close_matches(k, names, n=1)
+            raise ConfigError(f"unknown config key {k!r}" + (f"; did you mean {near[0]!r}?" if near else ''))
+    return cls(**copy.deepcopy(d))
 
-    def replace(self, **kw):
-        "A copy with some fields changed (nested keys with dots, as in `--set`)."
-        return apply_overrides(self, kw)
+def _replace(self, **kw):
+    "A copy with some fields changed (nested keys with dots, as in `--set`)."
+    return apply_overrides(self, kw)
 
-    def save(self, path):
-        "Write as JSON (`.json`) or YAML (`.yaml`/`.yml`), atomically."
-        from margin_notes.core import atomic_write_bytes, atomic_write_json
-        path = Path(path)
-        if path.suffix in ('.yaml', '.yml'):
-            import yaml
-            return atomic_write_bytes(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
-        return atomic_write_json(path, self.to_dict())
+def _save(self, path):
+    "Write as JSON (`.json`) or YAML (`.yaml`/`.yml`), atomically."
+    from margin_notes.core import atomic_write_bytes, atomic_write_json
+    path = Path(path)
+    if path.suffix in ('.yaml', '.yml'):
+        import yaml
+        return atomic_write_bytes(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
+    return atomic_write_json(path, self.to_dict())
 
-    @classmethod
-    def load(cls, path):
-        "Read a config written by `save` (JSON or YAML)."
-        path = Path(path); text = path.read_text()
-        if path.suffix in ('.yaml', '.yml'):
-            import yaml
-            return cls.from_dict(yaml.safe_load(text) or {})
-        return cls.from_dict(json.loads(text))
+def _load(cls, path):
+    "Read a config written by `save` (JSON or YAML)."
+    path = Path(path); text = path.read_text()
+    if path.suffix in ('.yaml', '.yml'):
+        import yaml
+        return cls.from_dict(yaml.safe_load(text) or {})
+    return cls.from_dict(json.loads(text))
 
-class ConfigError(ValueError):
-    "A configuration that cannot run; the message is one line naming the problem."
+for _f in (_from_dict, _replace, _save, _load): _f.__name__ = _f.__name__[1:]; _f.__qualname__ = 'Config.' + _f.__name__
+Config.from_dict, Config.load = classmethod(_from_dict), classmethod(_load)
+Config.replace, Config.save = _replace, _save
 
 # %% ../nbs/16_config.ipynb #68eb180f
 def _parse_value(s: str):
@@ -160,9 +165,12 @@ def resolve(cfg: Config) -> dict:
     lwr = {**(m.lwr or {}), **(cfg.lwr or {})} if (m.lwr is not None or cfg.lwr is not None) else None
     # a fixed epoch wins; otherwise DRW methods start at the first whole epoch past the fraction (floor(0.8 * 200) = 160)
     drw = cfg.drw_start if cfg.drw_start is not None else (math.floor(cfg.drw_start_frac * cfg.epochs + 1e-9) if m.drw else None)
+    # the step schedule's drops scale with the run like DRW's start, unless fixed epochs are given
+    ms = list(cfg.milestones) if cfg.milestones is not None else [math.floor(f * cfg.epochs + 1e-9) for f in cfg.milestone_fracs]
     posthoc = m.posthoc if cfg.posthoc is None else (None if cfg.posthoc == 'none' else cfg.posthoc)
     pkw = {**(m.posthoc_kwargs if posthoc == m.posthoc else {}), **cfg.posthoc_kwargs}
-    return {'method': m, 'head': cfg.head or m.head, 'drw_start': drw, 'lwr': lwr, 'posthoc': posthoc, 'posthoc_kwargs': pkw}
+    return {'method': m, 'head': cfg.head or m.head, 'drw_start': drw, 'lwr': lwr, 'posthoc': posthoc, 'posthoc_kwargs': pkw,
+            'milestones': ms}
 
 # %% ../nbs/16_config.ipynb #55b0aa26
 _CHOICES = {'head': (None, 'linear', 'cosine'), 'optimizer': ('sgd', 'adamw'), 'schedule': ('cosine', 'step', 'constant'),
@@ -204,8 +212,13 @@ def _check_fields(cfg: Config, w: str) -> str:
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0: raise ConfigError(f"{w}warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if not 0 <= cfg.drw_start_frac < 1: raise ConfigError(f"{w}drw_start_frac must lie in [0, 1), got {cfg.drw_start_frac}")
     if not 0 <= cfg.drw_beta < 1: raise ConfigError(f"{w}drw_beta must lie in [0, 1), got {cfg.drw_beta}")
-    if any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in cfg.milestones):
+    if cfg.milestones is not None and any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in cfg.milestones):
         raise ConfigError(f"{w}milestones must be a list of epochs, got {cfg.milestones!r}")
+    if any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in cfg.milestone_fracs):
+        raise ConfigError(f"{w}milestone_fracs must be fractions of the run in (0, 1], got {cfg.milestone_fracs!r}")
+    if cfg.schedule == 'step' and cfg.milestones is not None and any(m >= cfg.epochs for m in cfg.milestones):
+        raise ConfigError(f"{w}milestones {cfg.milestones} reach the end of the run (epochs={cfg.epochs}): those drops would never happen; "
+                          f"give earlier epochs or leave milestones unset (milestone_fracs)")
     for k, choices in _CHOICES.items(): _one_of(w + k, getattr(cfg, k), choices)
     ds = cfg.dataset.lower().replace('_', '-')
     _one_of(w + 'dataset', ds, DATASETS)
@@ -318,7 +331,7 @@ def _validate_suite(cfg: Config) -> Config:
 
 # %% ../nbs/16_config.ipynb #fc4c7c51
 _LDAM_R32 = dict(arch='resnet32', epochs=200, batch_size=128, optimizer='sgd', lr=0.1, momentum=0.9,
-                 weight_decay=2e-4, schedule='step', warmup_epochs=5, milestones=[160, 180], step_gamma=0.01,
+                 weight_decay=2e-4, schedule='step', warmup_epochs=5, milestone_fracs=[0.8, 0.9], step_gamma=0.01,
                  augment='crop-flip', amp='bf16', channels_last=True)
 _SRC_LDAM = ("LDAM-DRW ResNet-32 CIFAR recipe: SGD 0.1, mom 0.9, wd 2e-4, warm-up 5 ep, x0.01 at 160, x0.0001 at 180, "
              "batch 128, 200 ep, crop+flip")

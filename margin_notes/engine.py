@@ -126,7 +126,7 @@ def lr_at(cfg: Config, # run configuration (lr, schedule, warm-up, milestones)
          ) -> float:
     "Learning rate of `cfg` at iteration `step` (`schedules.lr_at_step`) (chapter 09_engine)."
     ws = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_epochs * steps_per_epoch))
-    return lr_at_step(step, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, ws, cfg.warmup_from, cfg.milestones,
+    return lr_at_step(step, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, ws, cfg.warmup_from, resolve(cfg)['milestones'],
                       cfg.step_gamma, cfg.min_lr)
 
 def build_optimizer(cfg: Config, # optimizer, lr, momentum, nesterov, weight_decay
@@ -312,7 +312,7 @@ def _smoke_cfg(cfg: Config) -> Config:
     "Shrink a config for smoke runs: 2 epochs on a few generated stand-in images per class in the real data format, small inputs, a tiny random CLIP."
     d, r, ds = cfg.to_dict(), resolve(cfg), cfg.dataset.lower().replace('_', '-')
     d.update(epochs=min(cfg.epochs, 2), warmup_epochs=min(cfg.warmup_epochs, 1), warmup_steps=None, eval_every=1,
-             device='cpu' if cfg.device == 'auto' else cfg.device, num_workers=0, compile=False, milestones=[1],
+             device='cpu' if cfg.device == 'auto' else cfg.device, num_workers=0, compile=False, milestones=None,
              drw_start=None if r['drw_start'] is None else min(cfg.epochs, 2) - 1)
     if ds in STANDIN_DATASETS:   # a few dozen training images: every step of the code path, in seconds on a CPU
         dk = {k: v for k, v in cfg.data_kwargs.items() if k in ('color_jitter', 'max_per_class')}

@@ -146,6 +146,8 @@ def probe_data(smoke=False):
     return f, (f['test_features'][te], y[te]), (f['test_features'][va], y[va])
 
 PROBE_FIT = dict(epochs=30, batch_size=256, lr=0.05)
+# DBM (on Balanced Softmax) with s = 8 instead of the paper's 32: the candidate default of chapter 23's scale sweep
+DBM_S8 = ('dbm s=8', 'dbm', dict(scale=8.0), {}, None)
 
 def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, tag=''):
     "Chapter 20's grids; `only` restricts to some config labels and `tag` names a partial file (merged by `merge`)."
@@ -160,10 +162,11 @@ def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, t
     reg = [(f'erm wd={wd:g}', 'erm', {}, dict(weight_decay=wd), None) for wd in (2e-3, 5e-3)] + \
           [(f'erm ls={e:g}', 'erm', dict(label_smoothing=e), {}, None) for e in (0.1, 0.2)]
     grids = {
-        'balanced': [('erm', 'erm', {}, {}, None)] + reg + [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'marc', 'dbm', 'lwr')] + mr2,
+        'balanced': [('erm', 'erm', {}, {}, None)] + reg + [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'marc', 'dbm', 'lwr')] +
+                    [DBM_S8] + mr2,
         'lt100': [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] +
                  [(m, m, {}, {}, None) for m in ('ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] +
-                 [('dbm base=ce', 'dbm', dict(base='ce'), {}, None)] + [c for c in mr2 if 'spread' not in c[0]],
+                 [('dbm base=ce', 'dbm', dict(base='ce'), {}, None), DBM_S8] + [c for c in mr2 if 'spread' not in c[0]],
     }
     for name, configs in grids.items():
         if name not in settings: continue
@@ -260,8 +263,8 @@ def run_fmnist(out_dir, smoke=False, only=None, tag=''):
     fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
     configs = [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] + \
-              [(m, m, {}, {}, None) for m in ('ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] + \
-              [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None),
+              [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] + [DBM_S8] + \
+              [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-2', 'mr2', dict(lam=1e-2), {}, None),
                ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
                ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
                ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None)]

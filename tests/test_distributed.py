@@ -1,6 +1,6 @@
 """Data-parallel training on the CPU with gloo: 2 processes must reproduce the 1-process step on the same global batch.
 
-Checks (SPEC §2.2 data-parallel requirement): MR²'s EMA statistics (all-reduced batch sums), its margins, the CE and
+Checks (the data-parallel requirement of chapter 09_engine): MR²'s EMA statistics (all-reduced batch sums), its margins, the CE and
 MR² margin-CE terms, and the weights after an SGD step through DistributedDataParallel; then the engine's `fit` under
 2 processes against `fit` in 1 process."""
 import os, socket, tempfile
@@ -97,7 +97,7 @@ def test_two_processes_match_one_on_the_same_global_batch(two_proc):
     for lam in LAMS:
         ref, got = _step(lam, x, y), res[lam]
         # step 0: EMA statistics, margins, CE and MR²'s margin-CE term equal for any lam. With lam > 0 the
-        # representation term uses in-batch positives per process (SPEC §2.8): total loss and weights then differ,
+        # representation term uses in-batch positives per process (chapter 10_mr2): total loss and weights then differ,
         # so later steps are compared only for lam = 0.
         steps = (0, 1) if lam == 0 else (0,)
         for it in steps:

@@ -52,9 +52,9 @@ def test_required_presets_exist_and_document_a_source():
     clip = PRESETS['imagenet-clip-rn50-mr2']
     assert (clip.optimizer, clip.lr, clip.weight_decay, clip.epochs, clip.batch_size) == ('adamw', 3e-5, 0.1, 10, 512)
     ldam = PRESETS['cifar10lt100-r32-ldam-drw']
-    assert (resolve(ldam)['head'], ldam.loss, resolve(ldam)['drw_start'], ldam.milestones, ldam.lr, ldam.weight_decay) == ('cosine', 'ldam-drw', 160, [160, 180], 0.1, 2e-4)
+    assert (resolve(ldam)['head'], ldam.loss, resolve(ldam)['drw_start'], resolve(ldam)['milestones'], ldam.lr, ldam.weight_decay) == ('cosine', 'ldam-drw', 160, [160, 180], 0.1, 2e-4)
     assert resolve(PRESETS['cifar100lt100-r32-dbm'])['method'].loss_kwargs.get('base', 'ce') == 'ce'   # DBM presets: DBM-CE
-    assert 'SPEC' not in json.dumps({n: p.to_dict() for n, p in PRESETS.items()})
+    assert '§' not in json.dumps({n: p.to_dict() for n, p in PRESETS.items()})
 
 
 def test_marc_preset_epochs_match_iteration_budget():

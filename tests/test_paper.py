@@ -18,7 +18,7 @@ def _write(folder, pca, dataset='cifar100', epochs=200, device='cpu', smoke=Fals
     return folder
 
 
-# --- the numbers match the SPEC (spot checks; each would fail on a typo) ---
+# --- the numbers match the papers (spot checks; each would fail on a typo) ---
 @pytest.mark.parametrize('table,method,metric,value', [
     (P.MR2_TABLE1A, 'ERM', 'overall', 70.9), (P.MR2_TABLE1A, 'MR²', 'hard', 61.9),
     (P.MR2_TABLE1A, 'FairDRO', 'easy', 85.7), (P.MR2_TABLE1A, 'LfF', 'hard', 53.7),
