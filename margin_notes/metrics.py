@@ -12,7 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['DIFFICULTY_KEYS', 'SHOT_KEYS', 'per_class_accuracy', 'confusion_matrix', 'difficulty_ranking', 'difficulty_groups',
-           'shot_groups', 'accuracy_report', 'aggregate_reports', 'format_mean_std', 'plot_sorted_per_class']
+           'shot_groups', 'accuracy_report', 'aggregate_reports', 'format_mean_std', 'holm_adjust',
+           'plot_sorted_per_class']
 
 # %% ../nbs/06_metrics.ipynb #c0ce6801
 def _as_preds(preds: torch.Tensor) -> torch.Tensor:
@@ -159,6 +160,18 @@ def format_mean_std(stat: Mapping, # {'mean': ..., 'std': ...} from `aggregate_r
     if m is None or (isinstance(m, float) and math.isnan(m)): return '–'
     if s is None or math.isnan(s): return f"{m * scale:.{digits}f}"
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+# %% ../nbs/06_metrics.ipynb #b1d2e3f2
+def holm_adjust(pvalues: Sequence[float], # the raw p-values of one family of comparisons
+               ) -> np.ndarray:
+    "Holm step-down adjusted p-values, in the input order (chapter 06_metrics)."
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or np.isnan(p).any() or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"`pvalues` must be a flat sequence of numbers in [0, 1], got {pvalues!r}")
+    order = np.argsort(p, kind='stable')
+    adj = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(p); out[order] = adj
+    return out
 
 # %% ../nbs/06_metrics.ipynb #f78fad54
 def plot_sorted_per_class(results: Mapping, # method name -> per-class accuracy (K,) or (S, K)

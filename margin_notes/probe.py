@@ -357,7 +357,9 @@ def cifar10_probe_settings(balanced_per_class: int = 500, # images per class of 
 
 # %% ../nbs/19_probe.ipynb #92783ba8
 def _probe_plan(ytr, settings: dict, K: int, subsample_seed: int):
-    "The training images the settings need and their chunks: (need (K,), indices, ranks, [(chunk name, mask or None)])."
+    """The training images the settings need and their chunks: (need (K,), indices, ranks, [(chunk name, mask or None, span)]).
+    A chunk's span names its images by their per-class rank range [lo, hi), so its cache key does not change when
+    another setting is added."""
     from margin_notes.data import lt_indices
     need = torch.zeros(K, dtype=torch.long)
     for name, c in settings.items():
@@ -372,19 +374,21 @@ def _probe_plan(ytr, settings: dict, K: int, subsample_seed: int):
     keep = rank < need[ytr[order]]
     idx, rk = order[keep], rank[keep]
     # chunks: the test set, then each setting's images not yet encoded, smallest setting first
-    chunks, done = [('test', None)], torch.zeros(K, dtype=torch.long)
+    chunks, done = [('test', None, '')], torch.zeros(K, dtype=torch.long)
     for name, c in sorted(settings.items(), key=lambda kv: sum(kv[1])):
         c = torch.as_tensor([int(v) for v in c])
         lo, hi = done[ytr[idx]], torch.maximum(done, c)[ytr[idx]]
-        chunks.append((f"train-{name}", (rk >= lo) & (rk < hi))); done = torch.maximum(done, c)
+        span = '_'.join(f"{a}-{b}" for a, b in zip(done.tolist(), torch.maximum(done, c).tolist()))
+        chunks.append((f"train-{name}", (rk >= lo) & (rk < hi), span)); done = torch.maximum(done, c)
     return need, idx, rk, chunks
 
 # %% ../nbs/19_probe.ipynb #1526d51e
-def _encode_chunk(name, x, y, backbone, tf, tag, size, test_per_class, batch_size, tmp, verbose):
-    "Encode one chunk, or read its cache file: ((features, labels), its entry of info['chunks'], timing record or None)."
+def _encode_chunk(name, key, x, y, backbone, tf, tag, size, test_per_class, batch_size, tmp, verbose):
+    "Encode one chunk (`key`: its rank ranges, '' for the test split), or read its cache file: ((features, labels), its entry of info['chunks'], timing record or None)."
     import json
     from margin_notes.models import cache_features, feature_cache_path
-    dname = f"cifar10-jpeg-{name}-{tag}-test{test_per_class}" if name == 'test' else f"cifar10-jpeg-{name}-{tag}"
+    # the key names the images, not the settings: the test split's first n per class, or a training chunk's rank ranges
+    dname = f"cifar10-jpeg-test-{tag}-test{test_per_class}" if not key else f"cifar10-jpeg-train-{tag}-ranks{key}"
     path = (tmp / f"{name}.pt") if tmp is not None else feature_cache_path('efficientnet_lite0', dname, f'size{size}')
     hit = path.exists()
     side = path.with_suffix('.timing.json')   # how long the encoding took when the cache was filled
@@ -402,7 +406,7 @@ def _encode_chunk(name, x, y, backbone, tf, tag, size, test_per_class, batch_siz
 
 def _probe_result(out, chunks, ytr, idx, rk, settings, info):
     "The result of `cifar10_probe_features`: the training rows of every chunk (in chunk order), the test set, the settings and `info`."
-    tr = [(name, m) for name, m in chunks[1:] if len(out[name][1])]
+    tr = [(name, m) for name, m, _ in chunks[1:] if len(out[name][1])]
     tr_f = torch.cat([out[name][0] for name, _ in tr])
     tr_y = torch.cat([ytr[idx[m]] for _, m in tr]); tr_rank = torch.cat([rk[m] for _, m in tr])
     tr_index = torch.cat([idx[m] for _, m in tr])
@@ -436,11 +440,12 @@ def cifar10_probe_features(settings: dict, # name -> training counts per class (
     if backbone is None: backbone = efficientnet_lite0(pretrained=True)
     tmp = None if cache else Path(tempfile.mkdtemp())
     tf, out, t_all, n_all, chunk_info = _resize_normalize(size), {}, 0.0, 0, {}
-    tag = f"s{size}-seed{subsample_seed}-need{'_'.join(map(str, need.tolist()))}-pool{pool_per_class}"
-    for name, mask in chunks:
+    tag = f"s{size}-seed{subsample_seed}-pool{pool_per_class}"
+    for name, mask, span in chunks:
         x, y = (xte, yte) if mask is None else (xtr[idx[mask]], ytr[idx[mask]])
         if len(y) == 0: out[name] = (None, y); continue
-        out[name], chunk_info[name], timing = _encode_chunk(name, x, y, backbone, tf, tag, size, test_per_class, batch_size, tmp, verbose)
+        out[name], chunk_info[name], timing = _encode_chunk(name, span, x, y, backbone, tf, tag, size, test_per_class,
+                                                            batch_size, tmp, verbose)
         if timing is not None: t_all += timing['seconds']; n_all += timing['images']
     info = dict(size=size, test_per_class=test_per_class, subsample_seed=subsample_seed, pool_per_class=pool_per_class,
                 encoded_images=n_all, encode_seconds=t_all, images_per_second=(n_all / t_all if t_all else None), chunks=chunk_info)

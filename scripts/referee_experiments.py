@@ -132,9 +132,9 @@ def summarise(runs, counts, difficulty):
 # CIFAR-10 (JPEG) probe features (chapter 20): scored test = test images 0-299 per class, validation = 300-399
 
 def probe_data(smoke=False):
-    settings = P.cifar10_probe_settings(500, (100,))
+    settings = P.cifar10_probe_settings(500, (100, 10))   # the chunk of each setting is cached on its own (chapter 19)
     if smoke:
-        settings = {'balanced': [8] * 10, 'lt100': [16, 13, 11, 9, 8, 6, 5, 5, 4, 4]}
+        settings = {'balanced': [8] * 10, 'lt100': [16, 13, 11, 9, 8, 6, 5, 5, 4, 4], 'lt10': [16, 15, 14, 13, 12, 11, 10, 9, 9, 8]}
         f = P.cifar10_probe_features(settings, size=64, test_per_class=8, pool_per_class=16, cache=False, verbose=False)
         n_test = 5
     else:
@@ -165,9 +165,10 @@ def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, t
         'balanced': [('erm', 'erm', {}, {}, None)] + reg + [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'marc', 'dbm', 'lwr')] +
                     [DBM_S8] + mr2,
         'lt100': [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] +
-                 [(m, m, {}, {}, None) for m in ('ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] +
+                 [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] +
                  [('dbm base=ce', 'dbm', dict(base='ce'), {}, None), DBM_S8] + [c for c in mr2 if 'spread' not in c[0]],
     }
+    grids['lt10'] = list(grids['lt100'])   # IF 10: the IF-100 grid
     for name, configs in grids.items():
         if name not in settings: continue
         if only is not None: configs = [c for c in configs if c[0] in only]
@@ -179,7 +180,7 @@ def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, t
         def make_model(h, scale): return P.ProbeNet(D, K, hidden=hidden, head=h, cosine_scale=scale).fit_standardization(Xtr)
         runs = run_grid(make_model, Xtr, ytr, Xte, yte, Xva, yva, configs, seeds, counts, **fit)
         save_setting(out_dir / f"{name}{tag}.json", runs, counts, configs, dict(
-            setting=name, data='CIFAR-10 (JPEG)' + ('' if name == 'balanced' else '-LT, IF 100'), class_counts=counts,
+            setting=name, data='CIFAR-10 (JPEG)' + ('' if name == 'balanced' else f"-LT, IF {name[2:]}"), class_counts=counts,
             n_train=len(ytr), n_test=len(yte), n_val=len(yva), subsample_seed=0, smoke=smoke,
             backbone='EfficientNet-Lite0 (ImageNet weights, timm tf_efficientnet_lite0)', input_size=64, pca=pca,
             pca_explained=proj.explained, hidden=hidden, optimizer='SGD momentum 0.9, half-cosine lr', **fit,
@@ -470,9 +471,35 @@ def run_defaults(out_dir, smoke=False, extra=False):
                                                   'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
     print(f"wrote {out_dir}")
 
+# ----------------------------------------------------------------------------------------------------------------------
+# DBM's scale on digits (chapter 23): the engine's digits-lt recipe, DBM-BS at s = 8, 16 and 32 against ERM and BS
+
+def run_dbm_digits(out_dir, smoke=False):
+    import tempfile
+    from margin_notes.config import get_config
+    from margin_notes.engine import fit
+    rows = {'ERM (linear head)': ('digits-lt-erm', {}), 'BS (linear head)': ('digits-lt-bs', {})}
+    for s in (8, 16, 32): rows[f'DBMLoss(counts, scale={s})'] = ('digits-lt-dbm', {'loss': 'dbm-bs', 'loss_kwargs': {'scale': float(s)}})
+    seeds = SEEDS if not smoke else (0,)
+    res, t_all = {}, time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, (preset, over) in rows.items():
+            res[label] = []
+            for seed in seeds:
+                cfg = get_config(preset, {**over, 'seed': seed, 'progress': False, 'smoke': smoke})
+                r = fit(cfg, Path(tmp) / f"{preset}-{len(res)}-{seed}", verbose=False)
+                acc = r['per_class_accuracy']
+                res[label].append({'seed': seed, 'per_class': acc, 'overall': float(np.mean(acc))})
+                print(f"{label:28s} seed {seed}: {100 * np.mean(acc):5.1f} %  worst {100 * np.min(acc):5.1f}", flush=True)
+    atomic_write_json(out_dir / 'dbm-scale-digits.json', {
+        'results': res, 'presets': {k: v[0] for k, v in rows.items()}, 'overrides': {k: v[1] for k, v in rows.items()},
+        'seeds': list(seeds), 'smoke': smoke, 'data': 'scikit-learn digits, long-tailed IF 20 (the digits-lt presets), 250 test images',
+        'wall_seconds': time.time() - t_all, 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
+    print(f"wrote {out_dir / 'dbm-scale-digits.json'}")
+
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('what', choices=['premise', 'probe', 'fmnist', 'defaults'])
+    ap.add_argument('what', choices=['premise', 'probe', 'fmnist', 'defaults', 'dbm-digits'])
     ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
     ap.add_argument('--parts', default='resnet,effnet,fmnist,digits', help='premise: which models (comma-separated)')
     ap.add_argument('--settings', default='balanced,lt100', help='probe: which settings')
@@ -483,10 +510,11 @@ if __name__ == '__main__':
     a = ap.parse_args()
     smoke = a.smoke is not None
     out = Path(a.smoke) if smoke else ROOT / 'results' / {'premise': 'premise', 'probe': 'cpu_features', 'fmnist': 'fmnist_lt',
-                                                          'defaults': 'defaults'}[a.what]
+                                                          'defaults': 'defaults', 'dbm-digits': 'defaults'}[a.what]
     out.mkdir(parents=True, exist_ok=True)
     if a.what == 'premise': run_premise(out, smoke=smoke, parts=tuple(a.parts.split(',')))
     elif a.what == 'defaults': run_defaults(out, smoke=smoke, extra=a.extra)
+    elif a.what == 'dbm-digits': run_dbm_digits(out, smoke=smoke)
     elif a.what == 'probe' and a.merge: merge_parts(out / f"{a.settings}.json", a.merge.split('|'))
     elif a.what == 'probe': run_probe(out, smoke=smoke, settings=tuple(a.settings.split(',')),
                                       only=None if a.only is None else a.only.split('|'), tag=a.tag)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands that produced results/cpu_features/ (chapter 20), results/fmnist_lt/ (chapter 21),
 # results/premise/ (chapter 23) and results/defaults/ (chapter 23).
-#   scripts/run_cpu_experiments.sh [features|heads|premise|defaults|fmnist|all]
+#   scripts/run_cpu_experiments.sh [features|heads|premise|defaults|fmnist|dbm-digits|all]
 # Runs on CPU: encoding with 2 threads, the small trainings with 1 thread each (on a shared, oversubscribed 2-core
 # machine one thread per process was 5-20x faster in wall time for these small matrices than two). Needs
 # cifar10-jpeg.tar.gz and weights/resnet32-d509ac18.th under $MARGIN_NOTES_DATA and the Debian package
@@ -15,13 +15,16 @@ one() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice "$BIN/python" "$@"; }
 
 if [[ "$step" == features || "$step" == all ]]; then
   # 1. EfficientNet-Lite0 features at 64x64 px: 4,000 test images (400/class: 0-299 scored, 300-399 validation)
-  #    and the 14,015 training images of the balanced (500/class) and IF-100 settings (cached in chunks)
+  #    and the 20,431 training images of the balanced (500/class), IF-100 and IF-10 settings (cached in chunks keyed
+  #    by their images, so the IF-10 chunk of 6,416 images was added later without re-encoding the others)
   OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 nice "$BIN/python" scripts/encode_cifar_probe.py
 fi
 if [[ "$step" == heads || "$step" == all ]]; then
   # 2. chapter 20: every method x 5 seeds on the cached features, validation protocol (the committed IF-100 file was
-  #    run as three processes, --settings lt100 --only ... --tag=-A/-B/-C, then --merge; one process gives the same runs)
+  #    run as three processes, --settings lt100 --only ... --tag=-A/-B/-C, then --merge; one process gives the same runs;
+  #    the rows 'dbm s=8' (both settings) and 'focal' (IF 100) were added the same way with --only ... --tag=-D/-F)
   one scripts/referee_experiments.py probe
+  one scripts/referee_experiments.py probe --settings lt10
 fi
 if [[ "$step" == premise || "$step" == all ]]; then
   # 3. chapter 23: per-class statistics of ERM models vs their per-class error (two processes)
@@ -41,4 +44,13 @@ if [[ "$step" == fmnist ]]; then
   one scripts/referee_experiments.py fmnist --only 'mr2 λ=0.1 normalised|lwr' --tag=-C
   wait
   one scripts/referee_experiments.py fmnist --merge 'results/fmnist_lt/validated-A.json|results/fmnist_lt/validated-B.json|results/fmnist_lt/validated-C.json'
+  # later additions (same data, protocol and seeds), merged into the same file
+  one scripts/referee_experiments.py fmnist --only 'ldam-drw|dbm|dbm s=8' --tag=-D &
+  one scripts/referee_experiments.py fmnist --only 'focal|mr2 λ=1e-2' --tag=-E
+  wait
+  one scripts/referee_experiments.py fmnist --merge 'results/fmnist_lt/validated.json|results/fmnist_lt/validated-D.json|results/fmnist_lt/validated-E.json'
+fi
+if [[ "$step" == dbm-digits || "$step" == all ]]; then
+  # 6. chapter 23: DBM-BS at s = 8, 16, 32 against ERM and BS on the engine's digits-lt recipe (5 seeds)
+  one scripts/referee_experiments.py dbm-digits
 fi

@@ -47,9 +47,11 @@ def test_matches_naive_with_class_weights():
 def test_margin_zero_is_plain_ce_on_scaled_cosine():
     cos, y = _rand(B=30, K=5, seed=3)
     for base, off in [('ce', 0.0), ('bs', torch.tensor(COUNTS, dtype=torch.float64).div(sum(COUNTS)).log())]:
-        got = DBMLoss(COUNTS, margin=0.0, base=base)(cos, y)
-        ref = F.cross_entropy(32 * cos + off, y)
-        torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-7)
+        for scale in (8.0, 32.0):   # the default and the papers' scale
+            got = DBMLoss(COUNTS, margin=0.0, base=base, scale=scale)(cos, y)
+            ref = F.cross_entropy(scale * cos + off, y)
+            torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-7)
+    assert DBMLoss(COUNTS).scale == 8.0
 
 
 def test_permuting_classes_permutes_margins():
@@ -198,7 +200,7 @@ def test_composite_with_bs_equals_dbm_bs_and_margin_zero_is_base():
     cos, y = _rand(B=20, K=5, seed=7)
     bs = baselines.BalancedSoftmaxLoss(COUNTS)
     torch.testing.assert_close(DBMComposite(bs, COUNTS)(cos, y), DBMLoss(COUNTS, base='bs')(cos, y), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(DBMComposite(bs, COUNTS, margin=0.0)(cos, y), bs(32 * cos, y), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(DBMComposite(bs, COUNTS, margin=0.0)(cos, y), bs(DBMLoss(COUNTS).scale * cos, y), rtol=1e-6, atol=1e-7)
     comp = DBMComposite(baselines.CELoss(), COUNTS)
     comp.set_class_weight([1., 2., 3., 4., 5.])
     ref = DBMLoss(COUNTS); ref.set_class_weight([1., 2., 3., 4., 5.])
