@@ -323,7 +323,7 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
         from margin_notes.data import cifar10_jpeg_arrays, CIFAR_MEAN, CIFAR_STD
         a = cifar10_jpeg_arrays(max_per_class=20 if smoke else None)
         (xtr, ytr), (xte, yte) = a['train'], a['test']
-        n, n_te = (10, 10) if smoke else (300, 500)     # a CPU budget: 3,000 training and 5,000 test images
+        n, n_te = (10, 10) if smoke else (1000, 1000)   # 10,000 training images (seeded subsample) and the whole test split
         te = torch.cat([torch.nonzero(yte == k).flatten()[:n_te] for k in range(10)]); xte, yte = xte[te], yte[te]
         g = torch.Generator().manual_seed(0)
         keep = torch.cat([torch.nonzero(ytr == k).flatten()[torch.randperm(int((ytr == k).sum()), generator=g)[:n]] for k in range(10)])
@@ -369,7 +369,7 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
         d, (xte, yte), _ = fmnist(IF, smoke)
         ds = []
         for seed in seeds:
-            fit = dict(FMNIST_FIT, epochs=1 if IF is None else 10) if not smoke else dict(epochs=1, batch_size=32)
+            fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32)   # ten epochs, as in chapter 21
             p = P.fit_method(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, 'erm', seed=seed,
                              class_counts=d.class_counts, transform=image_transform(d.mean, d.std), **fit)
             ds.append(diagnose(_features_of(p, d.train_images), d.train_labels, yte, p.scores(xte),
@@ -418,7 +418,7 @@ class UserCNN(nn.Module):
     def forward(self, x):
         f = self.backbone(x); return f, self.head(f)
 
-def run_defaults(out_dir, smoke=False, extra=False):
+def run_defaults(out_dir, smoke=False, extra=False, only=None):
     from margin_notes.data import load_dataset
     from margin_notes.dbm import DBMLoss
     d = load_dataset('fmnist', imbalance_factor=50, subsample_seed=0, max_per_class=60 if smoke else None)
@@ -428,8 +428,9 @@ def run_defaults(out_dir, smoke=False, extra=False):
             ('MR2Loss(K, lam=0.1, variant="paper")', False, lambda: MR2Loss(K, lam=0.1, variant='paper')),
             ('MR2Loss(K, lam=0.1, variant="released")', False, lambda: MR2Loss(K, lam=0.1, variant='released')),
             ('MR2Loss(K, lam=0.1, rep_normalize=True)', False, lambda: MR2Loss(K, lam=0.1, variant='paper', rep_normalize=True)),
-            ('DBMLoss(counts, base="ce")', True, lambda: DBMLoss(counts, base='ce')),
-            ('DBMLoss(counts, base="bs")', True, lambda: DBMLoss(counts, base='bs'))]
+            ('DBMLoss(counts, base="ce", scale=32)', True, lambda: DBMLoss(counts, base='ce', scale=32.0)),
+            ('DBMLoss(counts, base="bs", scale=32)', True, lambda: DBMLoss(counts, base='bs', scale=32.0)),
+            ('DBMLoss(counts)', True, lambda: DBMLoss(counts))]   # the library default since chapter 23's scale check: base 'bs', s = 8
     if extra:   # references for DBM: the same head with plain CE / BS on s * cos, and BS on the linear head
         from margin_notes.baselines import BalancedSoftmaxLoss
         class ScaledCos(nn.Module):
@@ -438,6 +439,7 @@ def run_defaults(out_dir, smoke=False, extra=False):
         cfgs = [('CE on s·cos (cosine head, s=32)', True, lambda: ScaledCos(nn.CrossEntropyLoss())),
                 ('BalancedSoftmaxLoss(counts) on s·cos (s=32)', True, lambda: ScaledCos(BalancedSoftmaxLoss(counts))),
                 ('BalancedSoftmaxLoss(counts) (linear head)', False, lambda: BalancedSoftmaxLoss(counts))]
+    if only is not None: cfgs = [c for c in cfgs if c[0] in only]
     seeds = (0, 1, 2) if not smoke else (0,)
     epochs = 3 if not smoke else 1
     res, t_all = {}, time.time()
@@ -463,7 +465,8 @@ def run_defaults(out_dir, smoke=False, extra=False):
             res[label].append({'seed': seed, 'per_class': acc.tolist(), 'overall': float(acc.mean()), 'seconds': time.time() - t0,
                                'loss_repr': rep})
             print(f"{label:40s} seed {seed}: {100 * acc.mean():5.1f} %  worst {100 * acc.min():5.1f}", flush=True)
-    atomic_write_json(out_dir / ('defaults-references.json' if extra else 'defaults.json'), {'results': res, 'class_counts': counts, 'data': d.label, 'epochs': epochs,
+    out_name = 'defaults-references.json' if extra else ('defaults.json' if only is None else 'defaults-part.json')
+    atomic_write_json(out_dir / out_name, {'results': res, 'class_counts': counts, 'data': d.label, 'epochs': epochs,
                                                   'seeds': list(seeds), 'smoke': smoke,
                                                   'model': 'conv16/2-conv32/2-fc128 (linear head; CosineClassifier for DBM)',
                                                   'optimizer': 'SGD lr 0.05 (constant), momentum 0.9, wd 5e-4, batch 128',
@@ -504,7 +507,7 @@ if __name__ == '__main__':
     ap.add_argument('--parts', default='resnet,effnet,fmnist,digits', help='premise: which models (comma-separated)')
     ap.add_argument('--settings', default='balanced,lt100', help='probe: which settings')
     ap.add_argument('--extra', action='store_true', help='defaults: the reference losses on the same heads')
-    ap.add_argument('--only', default=None, help='probe: only these config labels (|-separated)')
+    ap.add_argument('--only', default=None, help='probe/fmnist/defaults: only these config labels (|-separated); defaults: writes defaults-part.json')
     ap.add_argument('--tag', default='', help='probe: suffix of the partial output file')
     ap.add_argument('--merge', default=None, help='probe: merge these partial files (|-separated) into SETTING.json')
     a = ap.parse_args()
@@ -513,7 +516,7 @@ if __name__ == '__main__':
                                                           'defaults': 'defaults', 'dbm-digits': 'defaults'}[a.what]
     out.mkdir(parents=True, exist_ok=True)
     if a.what == 'premise': run_premise(out, smoke=smoke, parts=tuple(a.parts.split(',')))
-    elif a.what == 'defaults': run_defaults(out, smoke=smoke, extra=a.extra)
+    elif a.what == 'defaults': run_defaults(out, smoke=smoke, extra=a.extra, only=None if a.only is None else a.only.split('|'))
     elif a.what == 'dbm-digits': run_dbm_digits(out, smoke=smoke)
     elif a.what == 'probe' and a.merge: merge_parts(out / f"{a.settings}.json", a.merge.split('|'))
     elif a.what == 'probe': run_probe(out, smoke=smoke, settings=tuple(a.settings.split(',')),

@@ -46,7 +46,9 @@ def test_the_chosen_defaults_are_backed_by_the_measurement():
     ce = mean['CE']
     released, paper = mean['MR2Loss(K, lam=0.1, variant="released")'], mean['MR2Loss(K, lam=0.1, variant="paper")']
     assert released >= ce - 0.02 > paper          # the default is within 2 points of CE; the paper-literal form is not
-    assert mean['DBMLoss(counts, base="bs")'] > mean['DBMLoss(counts, base="ce")']
+    assert mean['DBMLoss(counts, base="bs", scale=32)'] > mean['DBMLoss(counts, base="ce", scale=32)']
+    assert mean['DBMLoss(counts)'] >= ce - 0.02                      # the shipped DBM default (BS base, s=8) as well
+    assert all('scale=8.0' in r['loss_repr'] and "base='bs'" in r['loss_repr'] for r in res['DBMLoss(counts)'])
 
 
 def test_dbm_scale_sweep_backs_chapter_23s_recommendation():
