@@ -84,6 +84,7 @@ def test_dbm_s8_does_not_hurt_on_the_books_other_experiments():
     def mean(rs): return float(np.mean([r['overall'] if 'overall' in r else np.mean(r['per_class']) for r in rs]))
     for path, key, erm, s32, s8 in [(R / 'cpu_features' / 'balanced.json', 'runs', 'erm', 'dbm', 'dbm s=8'),
                                     (R / 'cpu_features' / 'lt100.json', 'runs', 'erm', 'dbm', 'dbm s=8'),
+                                    (R / 'cpu_features' / 'lt10.json', 'runs', 'erm', 'dbm', 'dbm s=8'),
                                     (R / 'fmnist_lt' / 'validated.json', 'runs', 'erm', 'dbm', 'dbm s=8'),
                                     (R / 'defaults' / 'dbm-scale-digits.json', 'results', 'ERM (linear head)',
                                      'DBMLoss(counts, scale=32)', 'DBMLoss(counts, scale=8)')]:
