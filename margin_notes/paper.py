@@ -366,13 +366,11 @@ def plan_table(plan: list, # PlannedRun rows
               ):
     "A DataFrame of the plan: label, preset (or why there is none), one-GPU and multi-GPU commands, estimate (chapter 29_paper)."
     import pandas as pd
-    try:
-        from margin_notes.engine import PRESETS
-    except ImportError: PRESETS = None
+    from margin_notes.config import PRESETS
     recs = []
     for r in plan:
         if r.preset is None: status = 'not in the library'
-        elif PRESETS is not None and r.preset not in PRESETS: status = 'preset missing in the engine'
+        elif r.preset not in PRESETS: status = 'preset missing in the engine'
         else: status = 'ok'
         recs.append({'row': r.label, 'preset': r.preset or '—', 'status': status,
                      'command (1 GPU, seed 0)': run_command(r, chapter, 0) if r.part is None else f'(part {r.part!r} of {r.folder})',
