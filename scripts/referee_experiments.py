@@ -54,7 +54,11 @@ class StatMR2Loss(MR2Loss):
             c = (s.mean * init[:, None]).sum(0) / init.sum().clamp_min(1)      # mean of the class means
             v = ((s.mean - c) ** 2).sum(1) + s.spread
         else: raise ValueError(f"unknown statistic {self.stat!r}")
-        return optimal_margins(v, self.mean_margin, mask=s.initialized, eps=self.eps)
+        # floor at 1e-3 of the mean over seen classes: a class seen once has zero spread, and gamma = 0 would divide
+        # its logits by zero (never binding in the full runs; it keeps the smoke runs on a few images finite)
+        init = s.initialized
+        floor = 1e-3 * (v * init).sum() / init.sum().clamp_min(1)
+        return optimal_margins(torch.maximum(v, floor), self.mean_margin, mask=init, eps=self.eps)
 
 _orig_make_loss = P.make_method_loss
 def _make_loss(method, class_counts, head, loss_kwargs=None):
@@ -418,6 +422,28 @@ class UserCNN(nn.Module):
     def forward(self, x):
         f = self.backbone(x); return f, self.head(f)
 
+def train_user_cnn(d, tf, cosine, mk, seed, epochs):
+    """One run of a new user's own training loop (deliberately not the library's `fit`: this is the code a user
+    writes around a loss): `UserCNN`, SGD lr 0.05 (constant), momentum 0.9, wd 5e-4, batch 128, seeded order;
+    returns the per-class test accuracy of the last epoch (chapter 23's defaults table and scale sweep)."""
+    seed_everything(seed); g = torch.Generator().manual_seed(seed)
+    net, loss = UserCNN(cosine), mk()
+    rep = repr(loss)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    N = len(d.train_labels); t0 = time.time()
+    for ep in range(epochs):
+        net.train(); loss.train()
+        perm = torch.randperm(N, generator=g)
+        for i in range(0, N, 128):
+            idx = perm[i:i + 128]; x, y = tf(d.train_images[idx]), d.train_labels[idx]
+            f, out = net(x)
+            l = loss(out, y) if isinstance(loss, nn.CrossEntropyLoss) else loss(out, y, features=f)
+            opt.zero_grad(); l.backward(); opt.step()
+    net.eval()
+    with torch.no_grad(): pred = torch.cat([net(tf(d.test_images[i:i + 2000]))[1].argmax(1) for i in range(0, len(d.test_labels), 2000)])
+    acc = per_class_accuracy(pred, d.test_labels, 10)
+    return {'seed': seed, 'per_class': acc.tolist(), 'overall': float(acc.mean()), 'seconds': time.time() - t0, 'loss_repr': rep}
+
 def run_defaults(out_dir, smoke=False, extra=False, only=None):
     from margin_notes.data import load_dataset
     from margin_notes.dbm import DBMLoss
@@ -446,25 +472,9 @@ def run_defaults(out_dir, smoke=False, extra=False, only=None):
     for label, cos, mk in cfgs:
         res[label] = []
         for seed in seeds:
-            seed_everything(seed); g = torch.Generator().manual_seed(seed)
-            net, loss = UserCNN(cos), mk()
-            rep = repr(loss)
-            opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-            N = len(d.train_labels); t0 = time.time()
-            for ep in range(epochs):
-                net.train(); loss.train()
-                perm = torch.randperm(N, generator=g)
-                for i in range(0, N, 128):
-                    idx = perm[i:i + 128]; x, y = tf(d.train_images[idx]), d.train_labels[idx]
-                    f, out = net(x)
-                    l = loss(out, y) if isinstance(loss, nn.CrossEntropyLoss) else loss(out, y, features=f)
-                    opt.zero_grad(); l.backward(); opt.step()
-            net.eval()
-            with torch.no_grad(): pred = torch.cat([net(tf(d.test_images[i:i + 2000]))[1].argmax(1) for i in range(0, len(d.test_labels), 2000)])
-            acc = per_class_accuracy(pred, d.test_labels, K)
-            res[label].append({'seed': seed, 'per_class': acc.tolist(), 'overall': float(acc.mean()), 'seconds': time.time() - t0,
-                               'loss_repr': rep})
-            print(f"{label:40s} seed {seed}: {100 * acc.mean():5.1f} %  worst {100 * acc.min():5.1f}", flush=True)
+            r = train_user_cnn(d, tf, cos, mk, seed, epochs)
+            res[label].append(r)
+            print(f"{label:40s} seed {seed}: {100 * r['overall']:5.1f} %  worst {100 * min(r['per_class']):5.1f}", flush=True)
     out_name = 'defaults-references.json' if extra else ('defaults.json' if only is None else 'defaults-part.json')
     atomic_write_json(out_dir / out_name, {'results': res, 'class_counts': counts, 'data': d.label, 'epochs': epochs,
                                                   'seeds': list(seeds), 'smoke': smoke,
