@@ -100,6 +100,20 @@ def chapter_list_problems(cfg: dict | None = None, nbs: Path = NBS) -> list[str]
               f'rename one of them)' for k, v in pages.items() if len(v) > 1]
     return probs
 
+def title_cell_problems(nb_path: Path) -> list[str]:
+    """nbdev reads a page's title from the first markdown cell's `# ` line and its description from the first
+    `> ` line only: a description wrapped over several `> ` lines is cut after its first line on the page."""
+    cells = json.loads(nb_path.read_text()).get('cells', [])
+    md = next((c for c in cells if c.get('cell_type') == 'markdown'), None)
+    if md is None: return [f'{nb_path.name}: no markdown cell, so the page has no title']
+    lines = _text(md.get('source', '')).splitlines()
+    probs = [] if lines and lines[0].startswith('# ') else [f'{nb_path.name}: the first markdown cell must start with "# Title"']
+    quote = [i for i, l in enumerate(lines) if l.startswith('>')]
+    if len(quote) > 1 and quote[1] == quote[0] + 1:
+        probs.append(f'{nb_path.name}: the description spans {len(quote)} "> " lines; nbdev keeps only the first, '
+                     'so the page would show it cut off: write it on one line')
+    return probs
+
 def chapters(only=None) -> list[Path]:
     present = {p.stem: p for p in NBS.glob('*.ipynb')}
     order = [n for n in listed_chapters() if n in present] + sorted(set(present) - set(listed_chapters()))
@@ -385,7 +399,7 @@ def main(argv=None) -> int:
     chromium()
     if not (MATHJAX_DIR / 'MathJax.js').exists():
         sys.exit(f'check_site: no {MATHJAX_DIR}/MathJax.js (Debian: apt-get install libjs-mathjax)')
-    probs = chapter_list_problems()
+    probs = chapter_list_problems() + [p for nb in sorted(NBS.glob('*.ipynb')) for p in title_cell_problems(nb)]
     if not a.no_build:
         subprocess.run([sys.executable, str(ROOT / 'scripts' / 'build_docs.py')], cwd=ROOT, check=True)
     docs = a.docs.resolve()

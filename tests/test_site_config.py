@@ -92,6 +92,21 @@ def test_chapter_list_check_can_fail(cfg, tmp_path):
     assert any('lwr.html' in p for p in check_site.chapter_list_problems(bad, nbs=tmp_path))
 
 
+def test_title_cells():
+    probs = [p for nb in sorted(check_site.NBS.glob('*.ipynb')) for p in check_site.title_cell_problems(nb)]
+    assert probs == []
+
+
+def test_title_cell_check_can_fail(tmp_path):
+    def nb(src):
+        f = tmp_path / 'x.ipynb'
+        f.write_text(json.dumps({'cells': [{'cell_type': 'markdown', 'source': src}]}))
+        return check_site.title_cell_problems(f)
+    assert nb('# T\n\n> one line\n\nbody') == []
+    assert any('one line' in p for p in nb('# T\n\n> first\n> second'))
+    assert any('# Title' in p for p in nb('no title\n\n> d'))
+
+
 def test_planned_are_listed(cfg):
     listed = set(check_site.listed_chapters(cfg))
     assert check_site.PLANNED <= listed | {'index'}, 'PLANNED names chapters of the sidebar only'
