@@ -212,7 +212,11 @@ def plot_diagnosis(d: dict, # output of `diagnose`
     import matplotlib.pyplot as plt
     from margin_notes.style import use_book_style
     use_book_style()
-    if axs is None: fig, axs = plt.subplots(1, len(stats), figsize=(3.0 * len(stats), 2.8), squeeze=False); axs = axs[0]
+    if axs is None:  # two panels a row, so each stays readable at page width
+        ncol = min(2, len(stats)); nrow = -(-len(stats) // ncol)
+        fig, grid = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+        for ax in grid.flat[len(stats):]: ax.remove()
+        axs = grid.flat[:len(stats)]
     else: fig = axs[0].figure
     acc = np.array([100 * r['acc'] for r in d['per_class']]); names = [r['class'] for r in d['per_class']]
     rho = {c['statistic']: c['spearman_vs_error'] for c in d['correlations']}
@@ -221,7 +225,8 @@ def plot_diagnosis(d: dict, # output of `diagnose`
         ax.scatter(v, acc, s=18)
         for xv, yv, nm in zip(v, acc, names): ax.annotate(nm[:8], (xv, yv), fontsize=6, xytext=(2, 2), textcoords='offset points')
         ax.set_xlabel(s); ax.set_title(f"ρ(stat, error) = {rho[s]:+.2f}", fontsize=8)
-    axs[0].set_ylabel('per-class accuracy (%)')
+    for ax in axs:  # label the left column (any axes not on a grid get the label too)
+        ss = ax.get_subplotspec(); ax.set_ylabel('per-class accuracy (%)' if ss is None or ss.is_first_col() else '')
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
