@@ -114,6 +114,10 @@ def title_cell_problems(nb_path: Path) -> list[str]:
                      'so the page would show it cut off: write it on one line')
     return probs
 
+def title_problems(nbs: Path = NBS) -> list[str]:
+    "`title_cell_problems` of every notebook in `nbs`."
+    return [p for nb in sorted(nbs.glob('*.ipynb')) for p in title_cell_problems(nb)]
+
 def chapters(only=None) -> list[Path]:
     present = {p.stem: p for p in NBS.glob('*.ipynb')}
     order = [n for n in listed_chapters() if n in present] + sorted(set(present) - set(listed_chapters()))
@@ -399,7 +403,7 @@ def main(argv=None) -> int:
     chromium()
     if not (MATHJAX_DIR / 'MathJax.js').exists():
         sys.exit(f'check_site: no {MATHJAX_DIR}/MathJax.js (Debian: apt-get install libjs-mathjax)')
-    probs = chapter_list_problems() + [p for nb in sorted(NBS.glob('*.ipynb')) for p in title_cell_problems(nb)]
+    probs = chapter_list_problems() + title_problems()
     if not a.no_build:
         subprocess.run([sys.executable, str(ROOT / 'scripts' / 'build_docs.py')], cwd=ROOT, check=True)
     docs = a.docs.resolve()

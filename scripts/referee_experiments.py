@@ -48,17 +48,16 @@ class StatMR2Loss(MR2Loss):
         super().__init__(num_classes, **kw); self.stat = stat
     def gammas(self):
         s = self.stats
+        w = s.initialized.to(s.spread.dtype); n_seen = w.sum().clamp_min(1)    # averages below are over seen classes
         if self.stat == 'spread': v = s.spread
         elif self.stat == 'A_c':
-            init = s.initialized.to(s.mean.dtype)
-            c = (s.mean * init[:, None]).sum(0) / init.sum().clamp_min(1)      # mean of the class means
+            c = (s.mean * w[:, None]).sum(0) / n_seen      # mean of the class means
             v = ((s.mean - c) ** 2).sum(1) + s.spread
         else: raise ValueError(f"unknown statistic {self.stat!r}")
         # floor at 1e-3 of the mean over seen classes: a class seen once has zero spread, and gamma = 0 would divide
         # its logits by zero (never binding in the full runs; it keeps the smoke runs on a few images finite)
-        init = s.initialized
-        floor = 1e-3 * (v * init).sum() / init.sum().clamp_min(1)
-        return optimal_margins(torch.maximum(v, floor), self.mean_margin, mask=init, eps=self.eps)
+        floor = 1e-3 * (v * w).sum() / n_seen
+        return optimal_margins(torch.maximum(v, floor), self.mean_margin, mask=s.initialized, eps=self.eps)
 
 _orig_make_loss = P.make_method_loss
 def _make_loss(method, class_counts, head, loss_kwargs=None):
@@ -441,7 +440,7 @@ def train_user_cnn(d, tf, cosine, mk, seed, epochs):
             opt.zero_grad(); l.backward(); opt.step()
     net.eval()
     with torch.no_grad(): pred = torch.cat([net(tf(d.test_images[i:i + 2000]))[1].argmax(1) for i in range(0, len(d.test_labels), 2000)])
-    acc = per_class_accuracy(pred, d.test_labels, 10)
+    acc = per_class_accuracy(pred, d.test_labels, len(d.class_counts))
     return {'seed': seed, 'per_class': acc.tolist(), 'overall': float(acc.mean()), 'seconds': time.time() - t0, 'loss_repr': rep}
 
 def run_defaults(out_dir, smoke=False, extra=False, only=None):

@@ -7,16 +7,15 @@ import pytest
 
 from margin_notes.cli import main
 from margin_notes.config import PRESETS
-from margin_notes.paper import results_root
 
 _TIMES = {}
 
 
 @pytest.fixture(scope='module', autouse=True)
-def _results_untouched():
-    before = sorted(str(p) for p in results_root().rglob('*'))
+def _results_untouched(results_snapshot):
+    before = results_snapshot()
     yield
-    assert sorted(str(p) for p in results_root().rglob('*')) == before, 'a smoke run wrote under results/'
+    assert results_snapshot() == before, 'a smoke run wrote under results/'
     total = sum(_TIMES.values())
     print(f"\npreset sweep: {len(_TIMES)} presets in {total:.0f} s; slowest: "
           + ', '.join(f"{k} {v:.1f} s" for k, v in sorted(_TIMES.items(), key=lambda kv: -kv[1])[:5]))

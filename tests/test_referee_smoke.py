@@ -39,14 +39,13 @@ CASES = [
 
 
 @pytest.mark.parametrize('args,out,available', CASES, ids=[' '.join(c[0]) for c in CASES])
-def test_referee_subcommand_smoke(tmp_path, args, out, available):
+def test_referee_subcommand_smoke(tmp_path, args, out, available, results_snapshot):
     if not available(): pytest.skip(f"data for `{' '.join(args)}` is not under the data root")
-    before = sorted(p.relative_to(ROOT).as_posix() + str(p.stat().st_mtime_ns) for p in (ROOT / 'results').rglob('*') if p.is_file())
+    before = results_snapshot()
     env = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg')
     r = subprocess.run([sys.executable, str(SCRIPT), *args, '--smoke', str(tmp_path / 'out')], capture_output=True, text=True,
                        env=env, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / 'out' / out).read_text())
     assert res.get('smoke') is True or res.get('meta', {}).get('smoke') is True
-    after = sorted(p.relative_to(ROOT).as_posix() + str(p.stat().st_mtime_ns) for p in (ROOT / 'results').rglob('*') if p.is_file())
-    assert before == after, "a smoke run wrote under results/"
+    assert results_snapshot() == before, "a smoke run wrote under results/"
