@@ -98,7 +98,7 @@ def _cmd_run(a) -> int:
     print(f"{smoke_tag(cfg)}margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else ''), flush=True)
     if cfg.smoke: print(f"{smoke_tag(cfg)}{cfg.name}: 2 epochs on a few images per class; its numbers mean nothing", flush=True)
     try:
-        res = run_config(cfg, out, resume=a.resume, force=a.force)
+        res = run_config(cfg, out, resume=a.resume, force=a.force, log=True)
         if a.publish and res.get('finished', True): print(f"published -> {publish_run(out, a.publish)}")
     except KeyboardInterrupt as e:
         done = f"after {e.epochs_done} of {e.epochs} epochs of {e.out_dir}" if isinstance(e, TrainingInterrupted) else "before an epoch was saved"

@@ -22,9 +22,9 @@ from .schedules import lr_at_step
 
 # %% auto #0
 __all__ = ['STANDIN_DATASETS', 'PUBLISHED_FILES', 'load_data', 'make_batches', 'build_model', 'build_loss', 'lr_at',
-           'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info', 'smoke_tag',
-           'TrainingInterrupted', 'build_training', 'fit', 'load_run', 'evaluate_run', 'calibrate_run', 'run_suite',
-           'run_config', 'publish_run']
+           'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info', 'cpu_has_native_bf16',
+           'precision', 'smoke_tag', 'save_predictions', 'TrainingInterrupted', 'build_training', 'fit', 'load_run',
+           'evaluate_run', 'calibrate_run', 'run_suite', 'run_config', 'publish_run']
 
 # %% ../nbs/09_engine.ipynb #24b45af6
 STANDIN_DATASETS = ('cifar10', 'cifar100', 'cifar10-jpeg', 'imagenet', 'imagenet-lt')  # smoke runs read generated stand-ins of these
@@ -66,7 +66,7 @@ def make_batches(data, # a DataBundle or ListBundle from `load_data`
     aug = cfg.augment if train else 'none'
     g = generator if generator is not None else torch.Generator(device=device).manual_seed(0)
     common = dict(batch_size=bs, train=train, device=device, generator=g, rank=rank, world=world,
-                  channels_last=cfg.channels_last and torch.device(device).type == 'cuda', num_workers=cfg.num_workers)
+                  channels_last=_channels_last(cfg, torch.device(device)), num_workers=cfg.num_workers)
     if not getattr(data, 'in_memory', True):
         ds = getattr(data, split)
         if ds is None: raise ConfigError(f"{data.label} has no {split!r} split (no list file / folder for it)")
@@ -265,10 +265,32 @@ def _resolve_device(cfg: Config) -> torch.device:
     if dev.type == 'cuda': torch.cuda.set_device(dev)
     return dev
 
+def cpu_has_native_bf16() -> bool:
+    "Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as oneDNN reports it (chapter 09_engine)."
+    try: return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
+
+def _native_bf16(dev: torch.device) -> bool:
+    if dev.type == 'cuda': return torch.cuda.is_bf16_supported()
+    return dev.type == 'cpu' and cpu_has_native_bf16()
+
 def _amp_dtype(cfg: Config, dev: torch.device):
+    "bf16 autocast where `cfg.amp` asks for it ('bf16') or where the hardware has native bf16 ('auto', except the tiny MLP); else None (fp32)."
     if cfg.amp in (None, 'none', 'fp32'): return None
-    if dev.type == 'cuda' and torch.cuda.is_bf16_supported(): return torch.bfloat16
-    return None   # bf16 autocast is used on CUDA only (slow or unsupported elsewhere)
+    if cfg.amp == 'bf16': return torch.bfloat16 if dev.type != 'cuda' or torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _native_bf16(dev) and cfg.arch != 'mlp' else None
+
+def _channels_last(cfg: Config, dev: torch.device) -> bool:
+    "channels_last memory format: as `cfg.channels_last` says, or with 'auto' exactly when the run computes in bf16."
+    if cfg.channels_last == 'auto': return _amp_dtype(cfg, dev) is not None
+    return bool(cfg.channels_last)
+
+def precision(cfg: Config, # run configuration (amp, channels_last, arch)
+              dev, # the device it runs on
+             ) -> dict:
+    "The precision and memory format a run of `cfg` uses on `dev`, as written into its results (chapter 09_engine)."
+    dev = torch.device(dev); amp = _amp_dtype(cfg, dev)
+    return {'amp': 'bf16' if amp is not None else 'fp32', 'channels_last': _channels_last(cfg, dev)}
 
 # %% ../nbs/09_engine.ipynb #dbb6a43a
 def _rng_state(gen: torch.Generator) -> dict:
@@ -326,8 +348,8 @@ def _smoke_cfg(cfg: Config) -> Config:
     d['posthoc_kwargs'] = {k: (min(v, 2) if k == 'epochs' else v) for k, v in cfg.posthoc_kwargs.items()}
     return Config.from_dict(d)
 
-def _run_results(cfg: Config, data, model, out_te, y_te, posthoc: Optional[str], posthoc_kwargs: dict, amp, dev) -> dict:
-    "The results of a trained model: report of the test outputs; with a post-hoc step, stage 1 kept and the calibrated report."
+def _run_results(cfg: Config, data, model, out_te, y_te, posthoc: Optional[str], posthoc_kwargs: dict, amp, dev, preds: Optional[dict] = None) -> dict:
+    "The results of a trained model: report of the test outputs; with a post-hoc step, stage 1 kept and the calibrated report (its outputs into `preds`)."
     counts = list(data.class_counts)
     res = {'dataset': data.name + (' [stand-in]' if _uses_standins(cfg) else ''), 'num_classes': data.num_classes,
            'class_counts': counts, 'reported': 'last epoch', 'epochs': cfg.epochs, **outputs_report(out_te, y_te, counts, **cfg.report)}
@@ -337,11 +359,36 @@ def _run_results(cfg: Config, data, model, out_te, y_te, posthoc: Optional[str],
         plain = make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256), split='train')
         cal, fitted = apply_posthoc(posthoc, model, plain, out_te, counts, amp, **posthoc_kwargs)
         res.update(outputs_report(cal, y_te, counts, **cfg.report)); res['posthoc'] = {'method': posthoc, **fitted}
+        if preds is not None: preds['posthoc'] = cal
     return res
 
+def save_predictions(path, # where to write (an .npz file, written atomically)
+                     outputs: torch.Tensor, # test outputs (N, K)
+                     labels: torch.Tensor, # test labels (N,)
+                     posthoc: Optional[torch.Tensor] = None, # calibrated test outputs (N, K), if a post-hoc step ran
+                     max_logit_classes: int = 100, # keep the float16 outputs themselves only up to this many classes
+                    ) -> Path:
+    "Per-image test predictions of a run (labels, predicted class, and for K <= 100 the float16 outputs), compressed, for test-set bootstraps and McNemar tests (chapter 09_engine)."
+    import io
+    from margin_notes.core import atomic_write_bytes
+    arrs = {'labels': labels.cpu().numpy().astype(np.int32), 'pred': outputs.argmax(1).cpu().numpy().astype(np.int32)}
+    if outputs.shape[1] <= max_logit_classes: arrs['outputs'] = outputs.float().cpu().numpy().astype(np.float16)
+    if posthoc is not None:
+        arrs['pred_posthoc'] = posthoc.argmax(1).cpu().numpy().astype(np.int32)
+        if posthoc.shape[1] <= max_logit_classes: arrs['outputs_posthoc'] = posthoc.float().cpu().numpy().astype(np.float16)
+    buf = io.BytesIO(); np.savez_compressed(buf, **arrs)
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
 def _provenance(cfg: Config, t_start: float, dev) -> dict:
-    return dict(config=cfg.to_dict(), wall_time_s=time.time() - t_start, device=_device_name(dev), git_commit=_git_commit(),
-                torch=torch.__version__)
+    return dict(config=cfg.to_dict(), wall_time_s=time.time() - t_start, device=_device_name(dev), precision=precision(cfg, dev),
+                git_commit=_git_commit(), torch=torch.__version__)
+
+def _epoch_line(cfg: Config, row: dict, n_images: int, start: int, elapsed: float) -> str:
+    "One log line for a finished epoch: epoch, mean loss, lr, training img/s, test accuracy when evaluated, time left at this call's pace."
+    left = (cfg.epochs - row['epoch']) * elapsed / max(row['epoch'] - start, 1)
+    acc = f"  test {100 * row['test_acc']:.1f}%" if 'test_acc' in row else ''
+    return (f"{smoke_tag(cfg)}{cfg.name} epoch {row['epoch']}/{cfg.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
+            f"lr {row['lr']:.4g}  {n_images / max(row['time_s'], 1e-9):,.0f} img/s{acc}  {left / 60:.1f} min left")
 
 class TrainingInterrupted(KeyboardInterrupt):
     "Ctrl-C during `fit`: the run can be resumed from the checkpoint of `epochs_done` epochs in `out_dir`."
@@ -358,7 +405,7 @@ def build_training(cfg: Config, # the run configuration
     "(model, loss, optimiser, forward call returning (features, outputs)) of a run (chapter 09_engine)."
     names = getattr(data, 'class_names', None) or getattr(data, 'classes', None)
     model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224), names).to(dev)
-    if cfg.channels_last and dev.type == 'cuda': model = model.to(memory_format=torch.channels_last)   # slower on CPUs
+    if _channels_last(cfg, dev): model = model.to(memory_format=torch.channels_last)   # 'auto': with bf16 (CUDA, or CPUs with native bf16)
     if distributed and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loss_fn = build_loss(cfg, list(data.class_counts), model).to(dev)
     opt = build_optimizer(cfg, model.parameters())
@@ -418,6 +465,7 @@ def fit(cfg: Config, # run configuration
         verbose: bool = True, # print a one-line summary at the end
         force: bool = False, # resume even if the saved config differs
         on_epoch: Optional[Callable] = None, # on_epoch(epoch, row) after each epoch's checkpoint
+        log: bool = False, # print one progress line per epoch (epoch, loss, lr, img/s, test accuracy, time left), as the CLI does
        ) -> dict:
     "Train (and post-hoc calibrate) one configuration; returns the results dict also written to results.json (chapter 09_engine)."
     if cfg.suite: raise ConfigError(f"{cfg.name!r} is a suite: use `run_config` (or the CLI) to train its members")
@@ -457,7 +505,9 @@ def fit(cfg: Config, # run configuration
                                'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows, 'config': cfg.to_dict()}, ck)
         done[0] = epoch + 1
         if hasattr(bar, 'update'): bar.update(1); bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", acc=f"{row.get('test_acc', float('nan')):.3f}")
+        if log and rank == 0: print(_epoch_line(cfg, row, sum(counts) // world, start, time.time() - t_loop), flush=True)
         if on_epoch is not None: on_epoch(epoch, row)
+    t_loop = time.time()
     try:
         train_epochs(model, loss_fn, train_b, opt, lambda step: lr_at(cfg, step, spe), cfg.epochs, start, end,
                      drw_step, drw_w, fwd, amp, cfg.grad_clip, epoch_end)
@@ -466,11 +516,12 @@ def fit(cfg: Config, # run configuration
         if hasattr(bar, 'close'): bar.close()
     if end < cfg.epochs: return {'epochs_done': end, 'finished': False}
     out_te, y_te = last_eval[0] if last_eval[0] is not None else collect_outputs(model, test_b, amp)
-    r = resolve(cfg)
-    res = {'name': smoke_tag(cfg) + cfg.name, **_run_results(cfg, data, model, out_te, y_te, r['posthoc'], r['posthoc_kwargs'], amp, dev),
+    r = resolve(cfg); preds = {}
+    res = {'name': smoke_tag(cfg) + cfg.name, **_run_results(cfg, data, model, out_te, y_te, r['posthoc'], r['posthoc_kwargs'], amp, dev, preds),
            **(_clip_rows(cfg, model, zs_path, test_b, counts, amp) if zs_path is not None else {}),
            **_provenance(cfg, t_start, dev), 'world_size': world, 'history': rows}
     if rank == 0:
+        save_predictions(out_dir / 'predictions.npz', out_te, y_te, preds.get('posthoc'))
         atomic_write_json(out_dir / 'results.json', res)
         if verbose: print(f"{res['name']}: overall {100 * res['report']['overall']:.1f}%, worst class {100 * res['report']['worst']:.1f}% "
                           f"({cfg.epochs} epochs, {res['wall_time_s']:.1f} s) -> {out_dir}")
@@ -520,9 +571,11 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     r = resolve(cfg)
     kw = {**(r['posthoc_kwargs'] if r['posthoc'] == method else {}), **kw}
     ncfg = cfg.replace(name=name or f'{cfg.name}+{method}', posthoc=method, posthoc_kwargs=kw)
-    res = {'name': smoke_tag(cfg) + ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev), **_provenance(ncfg, t0, dev)}
+    preds = {}
+    res = {'name': smoke_tag(cfg) + ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev, preds), **_provenance(ncfg, t0, dev)}
     res['stage1']['run'] = str(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True); ncfg.save(out_dir / 'config.json')
+    save_predictions(out_dir / 'predictions.npz', out, y, preds.get('posthoc'))
     atomic_write_json(out_dir / 'results.json', res)
     return res
 
@@ -532,6 +585,7 @@ def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' pre
               resume: bool = False, # resume members from their checkpoints
               verbose: bool = True, # print the table and where the outputs went
               force: bool = False, # resume even if a saved config differs
+              log: bool = False, # one progress line per epoch of every member
              ) -> dict:
     "Train every member of a suite, then write summary.{json,csv,md} and per_class.png (chapter 09_engine)."
     validate_config(cfg)
@@ -545,7 +599,7 @@ def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' pre
                               device=mcfg.device, **mcfg.posthoc_kwargs)
         else:
             if data is None: data = load_data(_smoke_cfg(mcfg) if mcfg.smoke else mcfg)
-            r = fit(mcfg, out_dir / key, resume=resume, data=data, verbose=False, force=force)
+            r = fit(mcfg, out_dir / key, resume=resume, data=data, verbose=False, force=force, log=log)
         results[label] = r
         if verbose: print(f"  {smoke_tag(mcfg)}{label:<12} overall {100 * r['report']['overall']:5.1f}%  ({r['wall_time_s']:.1f} s)", flush=True)
     summary = {'suite': smoke_tag(cfg) + cfg.name, 'source': cfg.source, 'skipped': {}, 'wall_time_s': time.time() - t0,
@@ -561,13 +615,14 @@ def run_config(cfg: Config, # a single-run or suite configuration
                resume: bool = False, # continue from checkpoints
                verbose: bool = True, # print summaries
                force: bool = False, # resume even if a saved config differs
+               log: bool = False, # one progress line per epoch (the CLI's log)
               ) -> dict:
     "Train `cfg`: a single run (`fit`) or a suite (`run_suite`) (chapter 09_engine)."
-    if cfg.suite: return run_suite(cfg, out_dir, resume, verbose, force)
-    return fit(cfg, out_dir, resume=resume, verbose=verbose, force=force)
+    if cfg.suite: return run_suite(cfg, out_dir, resume, verbose, force, log=log)
+    return fit(cfg, out_dir, resume=resume, verbose=verbose, force=force, log=log)
 
 # %% ../nbs/09_engine.ipynb #a1f17e07
-PUBLISHED_FILES = ('config.json', 'metrics.csv', 'results.json')
+PUBLISHED_FILES = ('config.json', 'metrics.csv', 'results.json', 'predictions.npz')
 
 def publish_run(work_dir, # a run folder written by `fit`
                 dest, # where the finished run goes, e.g. results/<chapter>/<run>/seed0

@@ -196,7 +196,10 @@ def test_digits_subset_depends_on_subsample_seed_only():
 def test_fit_writes_outputs(tmp_path):
     r = fit(tiny(), tmp_path / 'r', verbose=False)
     files = sorted(p.name for p in (tmp_path / 'r').iterdir())
-    assert files == ['checkpoint.pt', 'config.json', 'metrics.csv', 'results.json']   # no temporaries left
+    assert files == ['checkpoint.pt', 'config.json', 'metrics.csv', 'predictions.npz', 'results.json']   # no temporaries left
+    pr = np.load(tmp_path / 'r' / 'predictions.npz')   # per-image predictions agree with the per-class accuracy
+    acc = [float((pr['pred'][pr['labels'] == k] == k).mean()) for k in range(10)]
+    assert acc == pytest.approx(json.loads((tmp_path / 'r' / 'results.json').read_text())['per_class_accuracy'])
     saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
     assert saved['reported'] == 'last epoch' and len(saved['per_class_accuracy']) == 10
     assert saved['report']['overall'] == pytest.approx(np.mean(saved['per_class_accuracy']))
@@ -377,3 +380,17 @@ def test_group_thresholds_are_config_fields(tmp_path):
     assert r['report']['many_shot'] == pytest.approx(acc[counts > 60].mean())
     assert r['report']['few_shot'] == pytest.approx(acc[counts < 10].mean())
     assert r['report']['medium_shot'] == pytest.approx(acc[(counts >= 10) & (counts <= 60)].mean())
+
+
+def test_precision_follows_the_hardware_and_the_config():
+    "amp/channels_last 'auto': bf16 + channels_last exactly where the device computes bf16 natively (not for the MLP); explicit values win."
+    from margin_notes.config import Config
+    native = E.cpu_has_native_bf16()
+    auto = E.precision(Config(arch='resnet32'), 'cpu')
+    assert auto == ({'amp': 'bf16', 'channels_last': True} if native else {'amp': 'fp32', 'channels_last': False})
+    assert E.precision(Config(arch='mlp'), 'cpu') == {'amp': 'fp32', 'channels_last': False}
+    assert E.precision(Config(arch='resnet32', amp='fp32'), 'cpu') == {'amp': 'fp32', 'channels_last': False}
+    assert E.precision(Config(arch='resnet32', amp='bf16', channels_last=False), 'cpu') == {'amp': 'bf16', 'channels_last': False}
+    with pytest.raises(ValueError, match='channels_last'):
+        from margin_notes.config import validate_config
+        validate_config(Config(channels_last='yes'))
