@@ -14,8 +14,9 @@ import torch
 from .margins import optimal_margins
 
 # %% auto #0
-__all__ = ['STATISTICS', 'class_statistics', 'spearman', 'diagnose', 'diagnosis_tables', 'markdown_table', 'diagnosis_markdown',
-           'plot_diagnosis', 'diagnose_run', 'main']
+__all__ = ['STATISTICS', 'class_statistics', 'spearman', 'class_permutation_test', 'fisher_z_interval', 'diagnose',
+           'diagnosis_tables', 'format_p', 'markdown_table', 'diagnosis_markdown', 'class_verdict', 'plot_diagnosis',
+           'diagnose_run', 'main']
 
 # %% ../nbs/18_diagnose.ipynb #8802edf4
 STATISTICS = ('A', 'mean_norm', 'spread', 'A_c', 'mean_norm_c', 'A_L5', 'A_c_L5')
@@ -67,6 +68,63 @@ def spearman(x, # (K,) values
     rx, ry = rx - rx.mean(), ry - ry.mean()
     d = math.sqrt(float(rx @ rx) * float(ry @ ry))
     return float(rx @ ry / d) if d > 0 else float('nan')
+
+# %% ../nbs/18_diagnose.ipynb #fd1d756b
+import itertools
+
+def _perm_blocks(K, n_perm, seed, exact, rows):
+    "Blocks of orderings of range(K): all K! of them in order (exact), or n_perm seeded random ones."
+    chunk = max(1, 4_000_000 // (rows * K))
+    if exact:
+        it = itertools.permutations(range(K))
+        while len(b := np.array(list(itertools.islice(it, chunk)), dtype=np.intp)): yield b
+    else:
+        rng, left = np.random.default_rng(seed), int(n_perm)
+        while left > 0:
+            b = min(chunk, left); left -= b
+            yield rng.permuted(np.tile(np.arange(K), (b, 1)), axis=1)
+
+def class_permutation_test(stat, # (K,) per-class statistic, or (S, K): one row per training seed of the same K classes
+                           err, # per-class error (or anything to correlate with), the same shape as `stat`
+                           n_perm: int = 100_000, # random orderings when the test is not exact
+                           seed: int = 0, # seed of the random orderings
+                           exact: Optional[bool] = None, # enumerate all K! orderings (default: when K! <= n_perm)
+                          ) -> dict:
+    "Two-sided permutation test over classes of Spearman's rho(stat, err), mean over rows, one shuffle for all rows (chapter 18_diagnose)."
+    x, y = np.atleast_2d(np.asarray(stat, dtype=np.float64)), np.atleast_2d(np.asarray(err, dtype=np.float64))
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"`stat` and `err` must have the same shape, (K,) or (S, K), got {x.shape} and {y.shape}")
+    if not n_perm >= 1: raise ValueError(f"`n_perm` must be >= 1, got {n_perm}")
+    K = x.shape[1]
+    rhos = [spearman(a, b) for a, b in zip(x, y)]
+    keep = [i for i, r in enumerate(rhos) if np.isfinite(r)]      # rows where rho is defined
+    out = {'rho': float('nan'), 'p': float('nan'), 'per_row': rhos, 'num_classes': K, 'permutations': 0, 'exact': False}
+    if not keep: return out
+    def unit(v):   # centred average ranks of unit length: rho(pi) = sum_k a[pi(k)] b[k]
+        r = _ranks(v); r = r - r.mean(); return r / math.sqrt(float(r @ r))
+    a, b = np.stack([unit(x[i]) for i in keep]), np.stack([unit(y[i]) for i in keep])
+    obs = float(np.mean([rhos[i] for i in keep]))
+    if exact is None: exact = math.factorial(K) <= n_perm
+    hits = total = 0
+    for P in _perm_blocks(K, n_perm, seed, exact, len(keep)):
+        t = (a[:, P] * b[:, None, :]).sum(-1).mean(0)               # the mean rho of every ordering in the block
+        hits += int((np.abs(t) >= abs(obs) - 1e-9).sum()); total += len(P)
+    p = hits / total if exact else (hits + 1) / (total + 1)
+    return {**out, 'rho': obs, 'p': float(p), 'permutations': total, 'exact': bool(exact)}
+
+def fisher_z_interval(rho, # a correlation over K classes (a mean over seeds of the same classes counts as one)
+                      num_classes: int, # K, the number of classes it is computed over
+                      level: float = 0.95, # coverage
+                      method: str = 'spearman', # 'spearman': variance 1.06/(K-3) (Fieller, Hartley and Pearson 1957); 'pearson': 1/(K-3)
+                     ) -> tuple:
+    "Class-level interval tanh(artanh(rho) ± z·se) for a correlation over K classes (chapter 18_diagnose)."
+    from scipy.stats import norm
+    if method not in ('spearman', 'pearson'): raise ValueError(f"`method` must be 'spearman' or 'pearson', got {method!r}")
+    if not 0 < level < 1: raise ValueError(f"`level` must lie in (0, 1), got {level}")
+    if num_classes <= 3 or not np.isfinite(rho): return (float('nan'), float('nan'))
+    se = math.sqrt((1.06 if method == 'spearman' else 1.0) / (num_classes - 3))
+    z, q = math.atanh(float(np.clip(rho, -1 + 1e-12, 1 - 1e-12))), float(norm.ppf(0.5 + level / 2))
+    return (math.tanh(z - q * se), math.tanh(z + q * se))
 
 # %% ../nbs/18_diagnose.ipynb #11584469
 def _stats_all(f, y, K):
@@ -126,6 +184,13 @@ def _correlations(st, counts, err, boot):
     return corr
 
 # %% ../nbs/18_diagnose.ipynb #f3aef32b
+def _class_test(v, err, K, permutations, seed):
+    "The class-level numbers of one statistic: permutation p over the classes and the Fisher-z interval of its rho."
+    t = (class_permutation_test(v, err, n_perm=permutations, seed=seed) if permutations else
+         {'rho': spearman(v, err), 'p': float('nan'), 'exact': False})
+    lo, hi = fisher_z_interval(t['rho'], K)
+    return {'p_perm': t['p'], 'perm_exact': t['exact'], 'ci_class_low': lo, 'ci_class_high': hi}
+
 def diagnose(features, # (N, D) training features of the model (penultimate layer)
              labels, # (N,) training labels
              test_labels, # (M,) held-out labels
@@ -136,6 +201,7 @@ def diagnose(features, # (N, D) training features of the model (penultimate laye
              bootstrap: int = 200, # bootstrap resamples for the intervals (0: none)
              seed: int = 0, # seed of the bootstrap
              mean_margin: float = 1.0, # c-bar of the margins
+             permutations: int = 100_000, # class orderings of the permutation test (all K! when fewer; 0: no test)
             ) -> dict:
     "Per-class statistics, margins and accuracy, and the Spearman correlation of every statistic with the error (chapter 18_diagnose)."
     f = torch.as_tensor(features).detach().float()
@@ -146,6 +212,7 @@ def diagnose(features, # (N, D) training features of the model (penultimate laye
     if tp.shape != ty.shape: raise ValueError(f"`test_preds` has {tp.shape[0]} rows, `test_labels` {ty.shape[0]}")
     K = int(num_classes) if num_classes is not None else int(max(int(y.max()), int(ty.max()))) + 1
     if not bootstrap >= 0: raise ValueError(f"`bootstrap` must be >= 0, got {bootstrap}")
+    if not permutations >= 0: raise ValueError(f"`permutations` must be >= 0, got {permutations}")
     st = _stats_all(f, y, K)
     counts = np.asarray(class_counts if class_counts is not None else st['count'], dtype=np.int64)
     if counts.shape != (K,): raise ValueError(f"`class_counts` must have {K} entries, got {counts.shape}")
@@ -154,7 +221,8 @@ def diagnose(features, # (N, D) training features of the model (penultimate laye
     rows = _diagnosis_rows(st, counts, ntest, acc, classes, K, mean_margin)
     boot = _bootstrap_rhos(f, y, ty, tp, counts, K, bootstrap, seed)
     corr = _correlations(st, counts, err, boot)
-    return {'per_class': rows, 'correlations': corr, 'num_classes': K, 'bootstrap': int(bootstrap),
+    for c in corr: c.update(_class_test(counts.astype(float) if c['statistic'] == 'count' else st[c['statistic']], err, K, permutations, seed))
+    return {'per_class': rows, 'correlations': corr, 'num_classes': K, 'bootstrap': int(bootstrap), 'permutations': int(permutations),
             'overall_accuracy': float((tp == ty).mean()), 'mean_class_accuracy': float(np.nanmean(acc)),
             'spread_share': float(np.nanmedian(st['spread'] / st['A']))}
 
@@ -171,9 +239,18 @@ def diagnosis_tables(d: dict, # output of `diagnose`
     for s in ('A', 'mean_norm', 'spread', 'A_c', 'A_L5'): pc[s] = pc[s].map(lambda v: float(f"{v:.{digits}g}"))
     for s in ('gamma_A', 'gamma_spread', 'gamma_A_c'): pc[s] = pc[s].round(3)
     cr = pd.DataFrame(d['correlations']).set_index('statistic')
-    cr['95% CI'] = [f"[{a:+.2f}, {b:+.2f}]" for a, b in zip(cr['ci_low'], cr['ci_high'])]
+    ci = lambda lo, hi: [f"[{a:+.2f}, {b:+.2f}]" if np.isfinite(a) else '–' for a, b in zip(cr[lo], cr[hi])]
+    cols = ['spearman_vs_error']
+    if 'p_perm' in cr:   # the class-level test and interval (diagnoses written before they existed have neither)
+        cr['p (classes)'] = [format_p(p) for p in cr['p_perm']]
+        cr['95% CI (classes)'] = ci('ci_class_low', 'ci_class_high'); cols += ['p (classes)', '95% CI (classes)']
+    cr['95% CI (images)'] = ci('ci_low', 'ci_high')
     cr['spearman_vs_error'] = cr['spearman_vs_error'].round(2)
-    return pc, cr[['spearman_vs_error', '95% CI']]
+    return pc, cr[cols + ['95% CI (images)']]
+
+def format_p(p: float) -> str:
+    "A p-value for a table: three decimals, '< 0.001' below that, '–' when there is none (chapter 18_diagnose)."
+    return '–' if not np.isfinite(p) else '< 0.001' if p < 0.001 else f"{p:.3f}"
 
 def markdown_table(df, # a pandas DataFrame
                    index: bool = True, # include the index as the first column
@@ -188,19 +265,39 @@ def markdown_table(df, # a pandas DataFrame
 
 # %% ../nbs/18_diagnose.ipynb #7eb433e4
 def diagnosis_markdown(d: dict) -> str:
-    "The diagnosis as Markdown: the per-class table, the correlations and a one-line verdict (chapter 18_diagnose)."
+    "The diagnosis as Markdown: the per-class table, the correlations and a one-line verdict on A (chapter 18_diagnose)."
     pc, cr = diagnosis_tables(d)
     r = {c['statistic']: c for c in d['correlations']}
-    a = r['A']
-    verdict = ("MR²'s statistic A ranks the classes like their error (the rule gives the larger margins to the harder classes)"
-               if a['spearman_vs_error'] > 0 and a['ci_low'] > 0 else
-               "MR²'s statistic A ranks the classes *against* their error (the rule gives the larger margins to the easier classes)"
-               if a['spearman_vs_error'] < 0 and a['ci_high'] < 0 else
-               "MR²'s statistic A does not rank the classes by their error (no clear relation)")
+    a, K = r['A'], d['num_classes']
+    rho, p = a['spearman_vs_error'], a.get('p_perm', float('nan'))
+    tail = f"(rho = {rho:+.2f}, class-permutation p = {format_p(p)}, {K} classes)"
+    verdict = {'tracks difficulty': f"MR²'s statistic A ranks the classes like their error {tail}: the rule gives the larger "
+                                    "margins to the harder classes",
+               'reversed': f"MR²'s statistic A ranks the classes *against* their error {tail}: the rule gives the larger "
+                           "margins to the easier classes",
+               'not significant': f"MR²'s statistic A: not significant {tail}. These classes do not show whether the rule's "
+                                  "margins go to the harder or to the easier classes",
+               'undefined': f"MR²'s statistic A: no verdict (rho = {rho:+.2f}; no class-level test: "
+                            + ("the statistic or the error is constant)" if not np.isfinite(rho) else "`permutations=0`)")}[class_verdict(rho, p)]
+    n, exact = d.get('permutations', 0), bool(a.get('perm_exact'))
+    how = (f"all {math.factorial(K):,} orderings" if exact else f"{n:,} seeded random orderings") if n else "not run"
+    extra = sum(np.isfinite(c['spearman_vs_error']) for c in d['correlations'] if c['statistic'] != 'A')
     return (f"overall accuracy {100 * d['overall_accuracy']:.1f} %, mean class accuracy {100 * d['mean_class_accuracy']:.1f} %; "
             f"the spread is a median {100 * d['spread_share']:.0f} % of A\n\n" + markdown_table(pc) + "\n\n"
-            + markdown_table(cr) + f"\n\nSpearman correlation with the per-class error (95 % bootstrap interval, "
-            f"{d['bootstrap']} resamples). {verdict}: rho = {a['spearman_vs_error']:+.2f}.\n")
+            + markdown_table(cr) + f"\n\nSpearman's rho of each statistic with the per-class error. p (classes): two-sided "
+            f"permutation test over the {K} classes ({how}); 95 % CI (classes): Fisher's z over the {K} classes; "
+            f"95 % CI (images): bootstrap over images with the classes held fixed ({d['bootstrap']} resamples). "
+            f"A is MR²'s statistic and the one the verdict tests (at 5 %); the other {extra} rows are exploratory "
+            f"(not adjusted for multiplicity).\n\n{verdict}.\n")
+
+def class_verdict(rho: float, # Spearman's rho of a statistic with the per-class error
+                  p: float, # its permutation p over the classes
+                  alpha: float = 0.05, # level
+                 ) -> str:
+    "'tracks difficulty' or 'reversed' (the sign of rho) when p < alpha, else 'not significant'; 'undefined' without a test (chapter 18_diagnose)."
+    if not (np.isfinite(rho) and np.isfinite(p)): return 'undefined'
+    if p >= alpha: return 'not significant'
+    return 'tracks difficulty' if rho > 0 else 'reversed'
 
 # %% ../nbs/18_diagnose.ipynb #8e4804bd
 def plot_diagnosis(d: dict, # output of `diagnose`
@@ -297,10 +394,15 @@ def main(argv: Optional[Sequence[str]] = None # command-line arguments (default:
         out.mkdir(parents=True, exist_ok=True)
         md = f"# diagnosis of {d['name']}\n\n" + diagnosis_markdown(d)
         atomic_write_json(out / 'diagnose.json', d); atomic_write_bytes(out / 'diagnose.md', md.encode())
-        import matplotlib; matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
+        print(md)
+        try:   # the figure is optional: without matplotlib the table above is the diagnosis
+            import matplotlib; matplotlib.use('Agg')
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("no figure: diagnose.png needs matplotlib (pip install matplotlib); the table above is the full diagnosis")
+            print(f"-> {out}/diagnose.md, diagnose.json\n", flush=True); continue
         fig = plot_diagnosis(d, title=d['name']); fig.savefig(out / 'diagnose.png', dpi=120); plt.close(fig)
-        print(md); print(f"-> {out}/diagnose.md, diagnose.json, diagnose.png\n", flush=True)
+        print(f"-> {out}/diagnose.md, diagnose.json, diagnose.png\n", flush=True)
     return 0
 
 def _in_ipython() -> bool:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from margin_notes.diagnose import (STATISTICS, class_statistics, diagnose, diagnosis_markdown, diagnosis_tables,
-                                   markdown_table, spearman, main)
+from margin_notes.diagnose import (STATISTICS, class_permutation_test, class_statistics, class_verdict, diagnose, diagnosis_markdown,
+                                   diagnosis_tables, fisher_z_interval, markdown_table, spearman, main)
 
 
 def naive_stats(X, y, K, p=2.0, center=None):
@@ -102,7 +102,8 @@ def test_diagnose_known_ordering_and_consistency():
     scores = torch.nn.functional.one_hot(pred, 4).float() + 0.01 * torch.rand(len(pred), 4)
     d2 = diagnose(xtr, ytr, yte, scores, bootstrap=0)
     assert [r['acc'] for r in d2['per_class']] == [r['acc'] for r in d['per_class']]
-    assert 'ranks the classes like their error' in diagnosis_markdown(d)
+    # four classes: even a perfect ranking has class-permutation p = 2/4! = 1/12, so the verdict is "not significant"
+    assert rho['A']['p_perm'] == pytest.approx(1 / 12) and 'A: not significant (rho = +1.00' in diagnosis_markdown(d)
     pc, cr = diagnosis_tables(d)
     assert len(pc) == 4 and 'A' in cr.index
 
@@ -147,3 +148,76 @@ def test_main_on_a_real_engine_run(tmp_path, capsys):
     assert [r['count'] for r in d['per_class']] == json.loads((tmp_path / 'runs' / 'erm' / 'results.json').read_text())['class_counts']
     assert '| statistic |' in (out / 'diagnose.md').read_text()
     with pytest.raises(SystemExit): main([str(tmp_path / 'nothing-here')])
+
+
+def naive_class_permutation_p(x, y):
+    "Every ordering of the classes by itertools, rho by the no-ties formula per row, the same ordering for every row."
+    import itertools
+    x, y = np.atleast_2d(x), np.atleast_2d(y); K = x.shape[1]
+    obs = np.mean([naive_spearman(list(a), list(b)) for a, b in zip(x, y)])
+    hits = sum(abs(np.mean([naive_spearman([a[i] for i in pi], list(b)) for a, b in zip(x, y)])) >= abs(obs) - 1e-9
+               for pi in itertools.permutations(range(K)))
+    return obs, hits / math.factorial(K)
+
+
+def test_class_permutation_test_against_enumeration():
+    rng = np.random.default_rng(5)
+    for S, K in ((1, 5), (3, 6), (2, 7)):
+        x, y = rng.normal(size=(S, K)), rng.normal(size=(S, K))
+        r = class_permutation_test(x, y)
+        assert r['exact'] and r['permutations'] == math.factorial(K)
+        obs, p = naive_class_permutation_p(x, y)
+        assert r['rho'] == pytest.approx(obs, abs=1e-12) and r['p'] == pytest.approx(p, abs=1e-12)
+        mc = class_permutation_test(x, y, n_perm=20_000, exact=False, seed=3)   # random orderings: within Monte Carlo error
+        assert abs(mc['p'] - p) < 4 * math.sqrt(p * (1 - p) / 20_000) + 1e-3
+
+
+def test_class_permutation_test_known_critical_value():
+    "Ten classes, no ties: the two-sided 5 % critical value of Spearman's rho is 0.648 (exact tables)."
+    y = np.arange(10.)
+    x58 = np.array([0, 1, 2, 3, 6, 9, 8, 7, 5, 4.])      # sum of squared rank differences 58: rho = 0.6485
+    x60 = np.array([0, 1, 2, 3, 7, 8, 9, 5, 6, 4.])      # 60: rho = 0.6364
+    assert ((x58 - y) ** 2).sum() == 58 and ((x60 - y) ** 2).sum() == 60
+    r58, r60 = class_permutation_test(x58, y, exact=True), class_permutation_test(x60, y, exact=True)
+    assert r58['rho'] == pytest.approx(1 - 6 * 58 / 990) and r58['p'] < 0.05 < r60['p']
+    assert r58['permutations'] == math.factorial(10)
+    assert class_verdict(r58['rho'], r58['p']) == 'tracks difficulty' and class_verdict(r60['rho'], r60['p']) == 'not significant'
+    lo, hi = fisher_z_interval(0.0, 10)
+    assert -lo == pytest.approx(hi) and hi == pytest.approx(0.643, abs=1e-3)    # Fisher z agrees with the table to 0.01
+
+
+def test_diagnose_significant_with_eight_classes():
+    "Eight classes on a circle, each wider than the last: A and the spread rank them like their error, p = 2/8!."
+    g = torch.Generator().manual_seed(0)
+    ang = torch.arange(8) * (2 * math.pi / 8); means = 6 * torch.stack([ang.cos(), ang.sin()], 1)
+    scale = torch.linspace(0.5, 4.0, 8)
+    def draw(n):
+        y = torch.arange(n) % 8
+        return means[y] + scale[y, None] * torch.randn(n, 2, generator=g), y
+    (xtr, ytr), (xte, yte) = draw(8000), draw(16000)
+    pred = ((xte[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    d = diagnose(xtr, ytr, yte, pred, bootstrap=0)
+    c = {r['statistic']: r for r in d['correlations']}
+    assert c['spread']['spearman_vs_error'] == 1.0 and c['spread']['p_perm'] == pytest.approx(2 / math.factorial(8))
+    assert c['A']['spearman_vs_error'] > 0.9 and c['A']['p_perm'] < 0.01 and c['A']['perm_exact']
+    assert c['A']['ci_class_low'] > 0 and d['permutations'] == 100_000
+    assert 'ranks the classes like their error' in diagnosis_markdown(d)
+    assert math.isnan(diagnose(xtr, ytr, yte, pred, bootstrap=0, permutations=0)['correlations'][0]['p_perm'])
+    with pytest.raises(ValueError, match='permutations'): diagnose(xtr, ytr, yte, pred, permutations=-1)
+
+
+def test_main_without_matplotlib(tmp_path, capsys, monkeypatch):
+    "No matplotlib: the table and the verdict, one line saying the figure needs matplotlib, exit code 0."
+    import sys
+    import margin_notes.diagnose as dg
+    xtr, ytr, xte, yte, pred = _toy(400)
+    d = diagnose(xtr, ytr, yte, pred, bootstrap=0)
+    (tmp_path / 'checkpoint.pt').write_bytes(b'')
+    monkeypatch.setattr(dg, 'diagnose_run', lambda rd, **kw: {**d, 'run': str(rd), 'name': 'toy'})
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)           # `import matplotlib` now raises ImportError
+    monkeypatch.setitem(sys.modules, 'matplotlib.pyplot', None)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert 'no figure: diagnose.png needs matplotlib' in out and 'Traceback' not in out
+    assert '| statistic |' in out and 'not significant' in out
+    assert sorted(p.name for p in (tmp_path / 'diagnose').iterdir()) == ['diagnose.json', 'diagnose.md']
