@@ -57,8 +57,11 @@ test-nbs: install
 
 # the `#| gpu` cells (skipped by test-nbs) in smoke mode on the CPU: same code path, stand-in data, scratch folders
 GPU_CELL_CHAPTERS ?= ^(04_data|09_engine|3[0-9]_.*)\.ipynb$$
+# the long CPU runs of chapter 27 (`#| slow`), likewise in smoke mode on stand-ins
+SLOW_CELL_CHAPTERS ?= ^27_cifar10lt_cpu\.ipynb$$
 test-gpu-cells: install
 	$(NB_THREADS) MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing --flags gpu --file_re '$(GPU_CELL_CHAPTERS)'
+	$(NB_THREADS) MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing --flags slow --file_re '$(SLOW_CELL_CHAPTERS)'
 
 test-py: install
 	MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests

@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['DIFFICULTY_KEYS', 'SHOT_KEYS', 'per_class_accuracy', 'confusion_matrix', 'difficulty_ranking', 'difficulty_groups',
-           'shot_groups', 'accuracy_report', 'aggregate_reports', 'format_mean_std', 'holm_adjust',
+           'shot_groups', 'accuracy_report', 'aggregate_reports', 'format_mean_std', 'holm_adjust', 'mcnemar_test',
            'plot_sorted_per_class']
 
 # %% ../nbs/06_metrics.ipynb #c0ce6801
@@ -172,6 +172,21 @@ def holm_adjust(pvalues: Sequence[float], # the raw p-values of one family of co
     adj = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
     out = np.empty_like(p); out[order] = adj
     return out
+
+# %% ../nbs/06_metrics.ipynb #ae7864e5
+def mcnemar_test(correct_a, # per-image correctness of model A on one test set (N,) bool
+                 correct_b, # the same for model B, same images in the same order
+                ) -> dict:
+    "Exact McNemar test of two models scored on the same images: accuracy difference (B - A) with a 95 % interval, discordant counts, two-sided p (chapter 06_metrics)."
+    from scipy.stats import binomtest
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"correct_a and correct_b must be 1-d and of the same length, got {a.shape} and {b.shape}")
+    n01, n10, n = int((~a & b).sum()), int((a & ~b).sum()), a.size   # only B right, only A right
+    p = binomtest(n01, n01 + n10, 0.5).pvalue if n01 + n10 else 1.0
+    d = (n01 - n10) / n
+    se = np.sqrt(max((n01 + n10) / n - d * d, 0.0) / n)   # paired difference of proportions
+    return {'diff': d, 'ci95': (d - 1.96 * se, d + 1.96 * se), 'only_b': n01, 'only_a': n10, 'n': n, 'p': float(p)}
 
 # %% ../nbs/06_metrics.ipynb #f78fad54
 def plot_sorted_per_class(results: Mapping, # method name -> per-class accuracy (K,) or (S, K)

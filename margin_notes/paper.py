@@ -332,6 +332,11 @@ class PlannedRun:
     estimate: str = ''              # expected time on one GPU, e.g. '≈ 20 min (estimate)'
     part: Optional[str] = None      # read this part of the results (e.g. 'stage1' of a MARC run)
     note: str = ''                  # caveat shown in the plan
+    posthoc: Optional[str] = None   # 'la' or 'marc': no training, a post-hoc step on the saved model of run `source`
+    source: Optional[str] = None    # folder name of the run whose checkpoint the post-hoc step calibrates
+
+    def __post_init__(self):
+        if (self.posthoc is None) != (self.source is None): raise ValueError(f"{self.label}: `posthoc` and `source` go together")
 
     @property
     def folder(self) -> Optional[str]: return self.name or self.preset
@@ -355,14 +360,18 @@ def run_command(run: PlannedRun, # the planned run
                ) -> str:
     "The shell command that trains `run` for one seed in `runs/…` and publishes it, finished, to `results/<chapter>/<name>/seed<k>` (chapter 29_paper)."
     if run.preset is None: return '—'
-    sets = [_fmt_override(k, v) for k, v in run.overrides.items()] + [f'seed={seed}']
+    if run.posthoc is not None:
+        return (f"margin-notes calibrate runs/{chapter}/{run.source}/seed{seed} --method {run.posthoc} "
+                f"--out runs/{chapter}/{run.folder}/seed{seed} --publish results/{chapter}/{run.folder}/seed{seed}")
+    sets = [_fmt_override(k, v) for k, v in run.overrides.items()] + ([f'name={run.name}'] if run.name else []) + [f'seed={seed}']
     rel = f"{chapter}/{run.folder}/seed{seed}"
     cmd = f"run {run.preset} --set {' '.join(sets)} --out runs/{rel} --publish results/{rel}"
     return f"margin-notes {cmd}" if gpus == 1 else f"torchrun --nproc_per_node={gpus} -m margin_notes.cli {cmd}"
 
 def plan_table(plan: list, # PlannedRun rows
                chapter: str, # results sub-folder of the chapter
-               gpus: int = 4, # GPU count of the multi-GPU command
+               gpus: int = 4, # GPU count of the multi-GPU command (0: no multi-GPU column)
+               hardware: str = 'one GPU', # what the time estimates refer to, e.g. 'a 2-core CPU'
               ):
     "A DataFrame of the plan: label, preset (or why there is none), one-GPU and multi-GPU commands, estimate (chapter 29_paper)."
     import pandas as pd
@@ -372,22 +381,24 @@ def plan_table(plan: list, # PlannedRun rows
         if r.preset is None: status = 'not in the library'
         elif r.preset not in PRESETS: status = 'preset missing in the engine'
         else: status = 'ok'
-        recs.append({'row': r.label, 'preset': r.preset or '—', 'status': status,
-                     'command (1 GPU, seed 0)': run_command(r, chapter, 0) if r.part is None else f'(part {r.part!r} of {r.folder})',
-                     f'command ({gpus} GPUs)': run_command(r, chapter, 0, gpus) if r.part is None else '',
-                     'time on one GPU': r.estimate, 'note': r.note})
+        rec = {'row': r.label, 'preset': r.preset or '—', 'status': status,
+               'command (seed 0)': run_command(r, chapter, 0) if r.part is None else f'(part {r.part!r} of {r.folder})'}
+        if gpus: rec[f'command ({gpus} GPUs)'] = run_command(r, chapter, 0, gpus) if r.part is None and r.posthoc is None else ''
+        recs.append({**rec, f'time on {hardware}': r.estimate, 'note': r.note})
     return pd.DataFrame(recs)
 
 def plan_markdown(df, # a frame from `plan_table`
                  ) -> str:
     "The plan as a markdown table (row, preset, status, time, note) followed by its one-GPU commands, whole, in a shell block (chapter 29_paper)."
-    cmd = 'command (1 GPU, seed 0)'
+    cmd = 'command (seed 0)'
     table = table_markdown(df[[c for c in df.columns if not str(c).startswith('command')]], caption=False)
     runs = [(r, c) for r, c, st in zip(df['row'], df[cmd], df['status']) if st == 'ok' and not str(c).startswith('(')]
     if not runs: return table
     block = '\n'.join(f"# {r}\n{c}" for r, c in runs)
-    return (f"{table}\n\nThe commands (seed 0; for P GPUs put `torchrun --nproc_per_node=P -m margin_notes.cli` "
-            f"in place of `margin-notes`):\n\n```sh\n{block}\n```")
+    multi = any(str(c).endswith('GPUs)') for c in df.columns)
+    how = ("seed 0; for P GPUs put `torchrun --nproc_per_node=P -m margin_notes.cli` in place of `margin-notes`" if multi
+           else "seed 0; `seed=k` for the others")
+    return f"{table}\n\nThe commands ({how}):\n\n```sh\n{block}\n```"
 
 def planned_runs(plan: list, # PlannedRun rows
                  chapter: str, # results sub-folder of the chapter
@@ -414,7 +425,7 @@ def train_planned(plan: list, # PlannedRun rows
     import shutil, tempfile
     from margin_notes.core import cache_dir, is_smoke
     from margin_notes.config import PRESETS, get_config
-    from margin_notes.engine import fit, publish_run
+    from margin_notes.engine import fit, publish_run, calibrate_run
     smoke = is_smoke() if smoke is None else smoke
     scratch = Path(tempfile.mkdtemp(prefix='margin-notes-smoke-')) if smoke else None
     out, seen = {}, set()
@@ -425,7 +436,14 @@ def train_planned(plan: list, # PlannedRun rows
             for s in (list(seeds)[:1] if smoke else seeds):
                 rel = Path(chapter) / r.folder / f'seed{s}'
                 if not smoke and (results_root() / rel / 'results.json').exists(): continue
-                cfg = get_config(r.preset, {**r.overrides, 'seed': s, 'progress': False, **({'smoke': True} if smoke else {})})
+                if r.posthoc is not None:   # calibrate the source run's saved model: no training
+                    src = (scratch if smoke else cache_dir('runs')) / chapter / r.source / f'seed{s}'
+                    if not (src / 'checkpoint.pt').exists(): continue
+                    work = (scratch if smoke else cache_dir('runs')) / rel
+                    out[(r.folder, s)] = calibrate_run(src, work, method=r.posthoc, name=f"{r.folder}-seed{s}")
+                    if not smoke: publish_run(work, results_root() / rel)
+                    continue
+                cfg = get_config(r.preset, {**r.overrides, **({'name': r.name} if r.name else {}), 'seed': s, 'progress': False, **({'smoke': True} if smoke else {})})
                 work = (scratch if smoke else cache_dir('runs')) / rel
                 out[(r.folder, s)] = res = fit(cfg, work, resume=not smoke, verbose=verbose)
                 if not smoke: publish_run(work, results_root() / rel)
