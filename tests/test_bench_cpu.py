@@ -30,3 +30,13 @@ def test_committed_results_meet_the_goals():
     assert not r['quick']
     assert r['bf16_over_fp32'] >= 2.0, r['bf16_over_fp32']
     assert r['bare_bf16_over_engine'] <= 1.15, r['bare_bf16_over_engine']
+
+
+def test_precision_check_quick(tmp_path):
+    "scripts/precision_check.py pairs an fp32 and an 'auto' run per seed on the same data and writes their difference."
+    spec = importlib.util.spec_from_file_location('precision_check', ROOT / 'scripts' / 'precision_check.py')
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    res = m.main(['--quick', '--epochs', '1', '--seeds', '0', '--out', str(tmp_path / 'p.json')])
+    saved = json.loads((tmp_path / 'p.json').read_text())
+    assert saved['runs']['fp32']['0']['precision'] == {'amp': 'fp32', 'channels_last': False}
+    assert saved['diff_mean'] == res['diff_mean'] == saved['runs']['auto']['0']['overall'] - saved['runs']['fp32']['0']['overall']
