@@ -4,6 +4,7 @@
 
 # %% ../nbs/02_optimal_margins.ipynb #f391f664
 from __future__ import annotations
+import math
 from typing import Optional, Union
 
 import numpy as np
@@ -22,14 +23,14 @@ def _as_scalar_margin(mean_margin, like: Optional[torch.Tensor] = None):
             raise ValueError(f"`mean_margin` must be a single number, got shape {tuple(mean_margin.shape)}")
         if _check_values(mean_margin):
             v = float(mean_margin)
-            if not np.isfinite(v) or v <= 0: raise ValueError(f"`mean_margin` must be finite and > 0, got {v}")
+            if not math.isfinite(v) or v <= 0: raise ValueError(f"`mean_margin` must be finite and > 0, got {v}")
         return mean_margin.reshape(())
     try: v = float(mean_margin)
     except (TypeError, ValueError): raise ValueError(f"`mean_margin` must be a number, got {mean_margin!r}") from None
-    if not np.isfinite(v) or v <= 0: raise ValueError(f"`mean_margin` must be finite and > 0, got {v}")
+    if not math.isfinite(v) or v <= 0: raise ValueError(f"`mean_margin` must be finite and > 0, got {v}")
     return v
 
-def _optimal_margins_torch(a: torch.Tensor, c, mask, eps: float) -> torch.Tensor:
+def _optimal_margins_torch(a: torch.Tensor, c, mask, eps: float, floor: float = 0.0) -> torch.Tensor:
     if a.dim() != 1 or a.numel() == 0:
         raise ValueError(f"`variability` must be a non-empty 1-d tensor of shape (K,), got {tuple(a.shape)}")
     out_dtype = a.dtype if a.is_floating_point() else torch.get_default_dtype()
@@ -39,14 +40,18 @@ def _optimal_margins_torch(a: torch.Tensor, c, mask, eps: float) -> torch.Tensor
         if not bool(torch.isfinite(a).all()): raise ValueError("`variability` contains NaN or inf")
         if bool((a < 0).any()): raise ValueError("`variability` must be >= 0 (it is a mean squared norm)")
     if isinstance(c, torch.Tensor): c = c.detach().to(device=a.device, dtype=work)
-    r = a.clamp_min(0).pow(1.0 / 3.0).clamp_min(eps)          # A^{1/3}, kept > 0
+    r = a.clamp_min(0).pow(1.0 / 3.0)                       # A^{1/3}
     if mask is None:
+        if floor > 0: r = torch.maximum(r, floor * r.mean())  # relative floor: no class below floor x the mean
+        r = r.clamp_min(eps)                                  # kept > 0
         g = c * a.numel() * r / r.sum()
     else:
         m = torch.as_tensor(mask, device=a.device)
         if m.dtype != torch.bool: raise ValueError(f"`mask` must be boolean, got dtype {m.dtype}")
         if m.shape != a.shape: raise ValueError(f"`mask` must have shape {tuple(a.shape)}, got {tuple(m.shape)}")
         km = m.sum().to(work)                                 # stays on device: no host sync
+        if floor > 0: r = torch.maximum(r, floor * torch.where(m, r, torch.zeros_like(r)).sum() / km.clamp_min(1))
+        r = r.clamp_min(eps)
         s = torch.where(m, r, torch.zeros_like(r)).sum().clamp_min(eps)
         g = torch.where(m, c * km * r / s, torch.zeros_like(r) + c)
     return g.to(out_dtype)
@@ -56,12 +61,15 @@ def optimal_margins(variability, # per-class A_k = ||mu_k||^2 + ||s_k||^2, shape
                     *,
                     mask=None, # optional boolean (K,): share the budget over these classes only; others get c̄
                     eps: float = 1e-12, # lower clamp on A^{1/3}, so every margin is > 0
+                    floor: float = 0.0, # lower clamp on A_k^{1/3} relative to their mean over the classes sharing the budget (MR2Loss uses 0.1); 0: Corollary 1 exactly
                    ):
     "Corollary 1 of MR²: γ_k = c̄ K A_k^{1/3} / Σ_j A_j^{1/3}; numpy in → numpy out, torch in → torch out (chapter 02_optimal_margins)."
-    if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):   # math, not numpy: torch.compile traces it
         raise ValueError(f"`eps` must be a positive finite number, got {eps!r}")
+    if not (isinstance(floor, (int, float)) and 0 <= floor < 1):
+        raise ValueError(f"`floor` must be a number in [0, 1), got {floor!r}")
     if isinstance(variability, torch.Tensor):
-        return _optimal_margins_torch(variability, _as_scalar_margin(mean_margin), mask, eps)
+        return _optimal_margins_torch(variability, _as_scalar_margin(mean_margin), mask, eps, floor)
     try: a = np.asarray(variability)
     except Exception as e: raise ValueError(f"`variability` must be array-like: {e}") from None
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
@@ -74,5 +82,5 @@ def optimal_margins(variability, # per-class A_k = ||mu_k||^2 + ||s_k||^2, shape
         mask = np.asarray(mask)
         if mask.dtype != bool: raise ValueError(f"`mask` must be boolean, got dtype {mask.dtype}")
         mask = torch.from_numpy(np.ascontiguousarray(mask))
-    g = _optimal_margins_torch(t, _as_scalar_margin(mean_margin), mask, eps)
+    g = _optimal_margins_torch(t, _as_scalar_margin(mean_margin), mask, eps, floor)
     return g.numpy().astype(out_dtype, copy=False)

@@ -31,25 +31,63 @@ def _resolve(value, dim: int, name: str) -> float:
     if value == 'd/10': return dim / 10.0
     return float(value)
 
+def _lse0(e: torch.Tensor, # exponents, (..., n)
+          pos: torch.Tensor, # which of them count (same class, not the sample itself), bool, same shape
+         ) -> torch.Tensor:
+    "LSE(0, {e_j : pos_j}) over the last dimension."
+    # Same value as masking with -inf, appending a zero column and calling logsumexp, but every exp argument
+    # is kept >= -80: exp of arguments below about -88 underflows and takes a slow path on CPUs (50-500x
+    # slower); terms below e^-80 change the sum by < 1e-34 relative.
+    mx = e.masked_fill(~pos, float('-inf')).amax(-1).clamp_min(0).detach()      # the row maximum, >= 0
+    arg = torch.where(pos, e - mx[..., None], e.new_full((), -80.0)).clamp_min(-80.0)
+    s = torch.exp((-mx).clamp_min(-80.0)) + (torch.exp(arg) * pos).sum(-1)
+    return mx + torch.log(s)
+
+def _exponent(d: torch.Tensor, margin, temperature: float) -> torch.Tensor:
+    e = d - margin if isinstance(margin, torch.Tensor) or margin != 0 else d
+    return e / temperature if temperature != 1 else e
+
+def _rep_terms_dense(features, targets, margin, temperature) -> torch.Tensor:
+    "All B x B distances, masked to the same-class pairs: O(B^2) memory, one matmul, no host sync."
+    sq = (features * features).sum(1)
+    d = torch.addmm(sq[:, None] + sq[None, :], features, features.T, alpha=-2.0).clamp_min(0)
+    pos = (targets[:, None] == targets[None, :]).fill_diagonal_(False)
+    return _lse0(_exponent(d, margin, temperature), pos)
+
+def _rep_terms_classwise(features, targets, margin, temperature) -> torch.Tensor:
+    "Only the same-class distances: classes grouped by size rounded up to a power of two, one batched matmul per group; memory O(sum_k n_k^2)."
+    B, dev = features.shape[0], features.device
+    order = torch.argsort(targets, stable=True)
+    n = torch.unique_consecutive(targets[order], return_counts=True)[1]         # sizes of the classes in the batch
+    starts = torch.cumsum(n, 0) - n                                              # their first row in `order`
+    bucket = n.double().log2().ceil().long()                                     # padded size 2**bucket >= n_k
+    out = features.new_zeros(B)
+    for b in torch.unique(bucket).tolist():                                      # host sync: a few distinct sizes
+        if b == 0: continue                                                      # a lone sample has no positive: LSE(0) = 0
+        p, sel = 1 << b, (bucket == b).nonzero().flatten()
+        ar = torch.arange(p, device=dev)
+        valid = ar[None, :] < n[sel][:, None]                                   # (C, p): real rows of each class block
+        rows = order[torch.where(valid, starts[sel][:, None] + ar[None, :], starts[sel][:, None])]   # padding repeats row 0
+        x = features[rows]                                                       # (C, p, D)
+        sq = (x * x).sum(-1)
+        d = torch.baddbmm(sq[:, :, None] + sq[:, None, :], x, x.transpose(1, 2), alpha=-2.0).clamp_min(0)
+        pos = valid[:, :, None] & valid[:, None, :] & ~torch.eye(p, dtype=torch.bool, device=dev)
+        per = _lse0(_exponent(d, margin, temperature), pos)                     # (C, p)
+        out = out.index_put((rows[valid],), per[valid])
+    return out
+
+_DENSE_MAX_B = 1024   # up to this batch size the B x B form is as fast (and needs no host sync); above it, per class
+_compiling = getattr(torch.compiler, 'is_compiling', None) or (lambda: False)
+
 def _rep_margin_terms(features: torch.Tensor, # (B, D) float32 features (normalised or not), with graph
                       targets: torch.Tensor, # (B,) labels
                       margin, # 0-d tensor or float: 2 s-bar (0 for no margin)
                       temperature: float, # T: the exponent is (d_ij - margin) / T
                      ) -> torch.Tensor:
     "Per-sample LSE(0, {(d_ij - margin)/T : j same class, j != i}), shape (B,) (chapter 10_mr2)."
-    B = features.shape[0]
-    sq = (features * features).sum(1)
-    d = torch.addmm(sq[:, None] + sq[None, :], features, features.T, alpha=-2.0).clamp_min(0)
-    pos = (targets[:, None] == targets[None, :]).fill_diagonal_(False)
-    e = d - margin if isinstance(margin, torch.Tensor) or margin != 0 else d
-    if temperature != 1: e = e / temperature
-    # LSE over {0} and the positives. Same value as masking with -inf, appending a zero column and calling
-    # logsumexp, but every exp argument is kept >= -80: exp of arguments below about -88 underflows and
-    # takes a slow path on CPUs (50-500x slower); terms below e^-80 change the sum by < 1e-34 relative.
-    mx = e.masked_fill(~pos, float('-inf')).amax(1).clamp_min(0).detach()      # the row maximum, >= 0
-    arg = torch.where(pos, e - mx[:, None], e.new_full((), -80.0)).clamp_min(-80.0)
-    s = torch.exp((-mx).clamp_min(-80.0)) + (torch.exp(arg) * pos).sum(1)
-    return mx + torch.log(s)
+    if features.shape[0] <= _DENSE_MAX_B or features.device.type == 'meta' or _compiling():
+        return _rep_terms_dense(features, targets, margin, temperature)
+    return _rep_terms_classwise(features, targets, margin, temperature)
 
 # %% ../nbs/10_mr2.ipynb #8ba151af
 class MR2Loss(KeepBufferPrecision, nn.Module):
@@ -70,6 +108,7 @@ class MR2Loss(KeepBufferPrecision, nn.Module):
                  stats_mode: str = 'scalar', # ClassStats mode: 'scalar' or 'moment'
                  feature_dim: Optional[int] = None, # d (needed for stats_mode='moment')
                  eps: float = 1e-12, # lower clamp of A^(1/3) in the margins
+                 margin_floor: float = 0.1, # lower clamp of A_k^(1/3) relative to its mean over the seen classes, so gamma_k >~ 0.1 c-bar [ours]
                  sync: bool = True, # all-reduce class sums across processes when distributed
                  process_group=None, # process group for that all-reduce
                 ):
@@ -83,6 +122,9 @@ class MR2Loss(KeepBufferPrecision, nn.Module):
         if not (math.isfinite(float(mean_margin)) and float(mean_margin) > 0):
             raise ValueError(f"`mean_margin` must be finite and > 0, got {mean_margin}")
         if not (math.isfinite(float(lam)) and float(lam) >= 0): raise ValueError(f"`lam` must be finite and >= 0, got {lam}")
+        if not (isinstance(margin_floor, (int, float)) and 0 <= margin_floor < 1):
+            raise ValueError(f"`margin_floor` must be a number in [0, 1), got {margin_floor!r}")
+        self.margin_floor = float(margin_floor)
         if cfg['rep_reduction'] not in ('mean', 'class'):
             raise ValueError(f"`rep_reduction` must be 'mean' or 'class', got {cfg['rep_reduction']!r}")
         for k in ('temperature', 'rep_scale'):
@@ -106,7 +148,8 @@ class MR2Loss(KeepBufferPrecision, nn.Module):
 
     def gammas(self) -> torch.Tensor:
         "The current margins gamma (K,): optimal_margins of the EMA variability over initialised classes; c-bar elsewhere."
-        return optimal_margins(self.stats.variability, self.mean_margin, mask=self.stats.initialized, eps=self.eps)
+        return optimal_margins(self.stats.variability, self.mean_margin, mask=self.stats.initialized, eps=self.eps,
+                               floor=self.margin_floor)
 
     def forward(self,
                 logits: torch.Tensor, # (B, K) logits of a linear head
@@ -157,6 +200,7 @@ def naive_mr2_loss(batches, # iterable of (logits (B, K), labels (B,), features 
                    rep_reduction: str = 'mean', # 'mean' or 'class'
                    spread_margin: bool = True, # subtract 2 s-bar in the exponent
                    rep_normalize: bool = False, # distances and s-bar on L2-normalised features
+                   margin_floor: float = 0.1, # A_k^(1/3) clamped below at this fraction of its mean over the seen classes
                   ) -> list:
     "Reference MR² in training mode: float64 loops typed from the equations of chapters 02, 03 and 10, independent of the vectorised code; returns the loss of every batch (chapter 10_mr2)."
     K, rho = int(num_classes), float(momentum)
@@ -181,7 +225,9 @@ def naive_mr2_loss(batches, # iterable of (logits (B, K), labels (B,), features 
             uv = sum(sum((a - b) ** 2 for a, b in zip(r, um)) for r in urows) / len(urows)
             usp[c], uinit[c] = (rho * usp[c] + (1 - rho) * uv, True) if uinit[c] else (uv, True)
         seen = [c for c in range(K) if init[c]]
-        root = {c: max((mu[c] + sp[c]) ** (1 / 3), 1e-12) for c in seen}
+        raw = {c: (mu[c] + sp[c]) ** (1 / 3) for c in seen}
+        low = margin_floor * sum(raw.values()) / len(seen)
+        root = {c: max(raw[c], low, 1e-12) for c in seen}
         gamma = [mean_margin * len(seen) * root[c] / sum(root.values()) if init[c] else mean_margin for c in range(K)]
         sbar = sum((usp if rep_normalize else sp)[c] for c in seen) / len(seen)
         feats = [unit(r) for r in f] if rep_normalize else f

@@ -268,3 +268,78 @@ def test_half_keeps_float32_statistics():
     out = loss(torch.randn(6, 3, dtype=torch.float16), torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.int32),
                torch.full((6, 2), 300.0, dtype=torch.float16))          # squared norms 1.8e5 > fp16 max
     assert torch.isfinite(loss.stats.variability).all() and torch.isfinite(loss.last['ce'])
+
+
+# --- issue 22: the per-class representation term, the margin floor; issue 26: torch.compile(fullgraph=True)
+from margin_notes.mr2 import _rep_terms_dense, _rep_terms_classwise, _rep_margin_terms
+
+
+@pytest.mark.parametrize('B,K', [(5, 2), (40, 3), (257, 60), (31, 1), (9, 9)])
+def test_classwise_rep_term_equals_dense_value_and_gradient(B, K):
+    g = torch.Generator().manual_seed(B * K)
+    f = torch.randn(B, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, K, (B,), generator=g)
+    margin = torch.tensor(0.3, dtype=torch.float64)
+    a, b = _rep_terms_dense(f, y, margin, 1.7), _rep_terms_classwise(f, y, margin, 1.7)
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    ga, = torch.autograd.grad((a * torch.arange(B)).sum(), f)
+    gb, = torch.autograd.grad((b * torch.arange(B)).sum(), f)
+    assert torch.allclose(ga, gb, rtol=0, atol=1e-12 * ga.abs().max().item())
+
+
+def test_classwise_rep_term_gradcheck():
+    f = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([2, 0, 2, 1, 1, 2, 0, 3, 2, 2])
+    assert torch.autograd.gradcheck(lambda x: _rep_terms_classwise(x, y, 0.4, 1.0), (f,))
+
+
+def test_large_batch_uses_classwise_and_matches_dense(monkeypatch):
+    import margin_notes.mr2 as M
+    g = torch.Generator().manual_seed(0)
+    B, K = 1100, 200                                  # above _DENSE_MAX_B: the per-class path
+    z, y, f = torch.randn(B, K, generator=g), torch.randint(0, K, (B,), generator=g), torch.randn(B, 8, generator=g)
+    calls = []
+    monkeypatch.setattr(M, '_rep_terms_classwise', lambda *a: calls.append(1) or _rep_terms_classwise(*a))
+    new = MR2Loss(K, variant='paper').double()(z.double(), y, f.double())
+    assert calls
+    monkeypatch.setattr(M, '_DENSE_MAX_B', 10 ** 9)
+    old = MR2Loss(K, variant='paper').double()(z.double(), y, f.double())
+    assert abs(new.item() - old.item()) < 1e-12 * abs(old.item())
+
+
+def test_margin_floor_keeps_zero_feature_class_bounded():
+    f = torch.randn(6, 4).abs(); f[:2] = 0
+    y, z = torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(6, 3)
+    bare = MR2Loss(3, variant='paper', lam=0.0, margin_floor=0.0)
+    assert bare(z, y, features=f) > 1e6                # Corollary 1 alone collapses class 0's margin
+    m = MR2Loss(3, variant='paper', lam=0.0)
+    z = z.requires_grad_()
+    loss = m(z.half().float(), y, features=f.half().float())
+    assert loss < 100 and m.gammas()[0] > 0.05 and abs(m.gammas().mean() - 1) < 1e-6
+    loss.backward(); assert torch.isfinite(z.grad).all() and z.grad.abs().max() < 100
+    with pytest.raises(ValueError, match='margin_floor'): MR2Loss(3, margin_floor=1.0)
+    # the float64 reference follows the same floor
+    assert abs(MR2Loss(3, variant='paper', lam=0.0).double()(z.detach().double(), y, f.double()).item()
+               - naive_mr2([(z.detach(), y, f)], 3, lam=0.0)[0]) < 1e-9
+
+
+def test_compiles_fullgraph_and_equals_eager():
+    "Issue 26 item 5: with value checks off (as on an accelerator) the loss traces as one graph and gives eager's value."
+    from margin_notes.core import value_checks
+    if not hasattr(torch, 'compile'): pytest.skip('torch.compile unavailable')
+    import importlib
+    importlib.import_module('torch._dynamo').reset()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 5, generator=g), torch.randint(0, 5, (16,), generator=g), torch.randn(16, 8, generator=g))
+               for _ in range(2)]
+    kw = dict(variant='paper', rep_reduction='class')   # the spread margin (a tensor) and the per-class mean: both paths
+    eager, comp = MR2Loss(5, **kw), MR2Loss(5, **kw)
+    c = torch.compile(comp, fullgraph=True, backend='aot_eager')   # graph capture is what fullgraph tests; no C++ build
+    with value_checks(False):
+        for z, y, f in batches:
+            try: got = c(z, y, features=f)
+            except RuntimeError as e:
+                if 'not supported' in str(e).lower() and 'python' in str(e).lower(): pytest.skip(str(e)[:100])
+                raise
+            assert torch.allclose(got, eager(z, y, features=f), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(comp.gammas(), eager.gammas())
