@@ -16,7 +16,8 @@ from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_
 
 # %% auto #0
 __all__ = ['CELoss', 'BalancedSoftmaxLoss', 'LogitAdjustedLoss', 'logit_adjust_posthoc', 'ldam_margins', 'LDAMLoss', 'FocalLoss',
-           'naive_baseline_loss', 'drw_weights', 'drw_class_weights_at', 'warmup_step_lr', 'warmup_cosine_lr']
+           'naive_baseline_loss', 'drw_weights', 'drw_start_epoch', 'drw_class_weights_at', 'warmup_step_lr',
+           'warmup_cosine_lr']
 
 # %% ../nbs/11_baselines.ipynb #1617a8b5
 def _float_dtype(t: torch.Tensor) -> torch.dtype:
@@ -24,10 +25,11 @@ def _float_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 def _weighted_mean(per_sample: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
-    "sum_i w[y_i] l_i / sum_i w[y_i]; the plain mean when `weight` is None."
+    "sum_i w[y_i] l_i / sum_i w[y_i]; the plain mean when `weight` is None; 0 (zero gradient) when every sample of the batch has weight 0."
     if weight is None: return per_sample.mean()
     w = weight.to(per_sample.dtype)[targets]
-    return (w * per_sample).sum() / w.sum()
+    # a batch of zero-weight classes only: 0 / tiny = 0 instead of 0 / 0 = NaN, with no host sync; otherwise unchanged
+    return (w * per_sample).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
 
 class _ClassWeighted(KeepBufferPrecision, nn.Module):
     "Base for losses with an optional per-class weight buffer `weight` (chapter 11_baselines)."
@@ -77,8 +79,7 @@ class CELoss(_ClassWeighted):
     def forward(self, logits, targets, features=None):
         targets = self._check(logits, targets)
         with autocast_off(logits):
-            return F.cross_entropy(logits.to(_float_dtype(logits)), targets,
-                                   weight=None if self.weight is None else self.weight.to(_float_dtype(logits)))
+            return _weighted_mean(F.cross_entropy(logits.to(_float_dtype(logits)), targets, reduction='none'), targets, self.weight)
 
 # %% ../nbs/11_baselines.ipynb #ee4c3c69
 def _log_prior(class_counts, num_classes=None, eps: float = 0.0) -> torch.Tensor:
@@ -164,7 +165,7 @@ class LDAMLoss(_ClassWeighted):
             x = cosines.to(dt)
             onehot = (torch.arange(x.shape[1], device=x.device)[None, :] == targets[:, None]).to(dt)  # no host sync
             out = self.scale * (x - onehot * self.margins.to(dt)[targets][:, None])
-            return F.cross_entropy(out, targets, weight=None if self.weight is None else self.weight.to(dt))
+            return _weighted_mean(F.cross_entropy(out, targets, reduction='none'), targets, self.weight)
 
 # %% ../nbs/11_baselines.ipynb #e9c22b04
 class FocalLoss(_ClassWeighted):
@@ -213,7 +214,8 @@ def naive_baseline_loss(kind: str, # 'ce', 'bs', 'la', 'ldam' or 'focal'
         if kind == 'focal': ce = (1 - math.exp(-ce)) ** gamma * ce
         per.append(ce)
     if w is None: return sum(per) / len(per)
-    return sum(w[y[i]] * per[i] for i in range(len(per))) / sum(w[y[i]] for i in range(len(per)))
+    den = sum(w[y[i]] for i in range(len(per)))
+    return sum(w[y[i]] * per[i] for i in range(len(per))) / den if den > 0 else 0.0   # only zero-weight samples: 0
 
 # %% ../nbs/11_baselines.ipynb #a98a94c7
 def drw_weights(class_counts, # (K,) training images per class
@@ -226,23 +228,29 @@ def drw_weights(class_counts, # (K,) training images per class
     w = (1.0 - beta) / -torch.expm1(c * math.log(beta))     # 1 - beta^n, accurate for beta near 1
     return w * (c.numel() / w.sum())
 
+def drw_start_epoch(epochs: int, # length of the run in epochs
+                    drw_start_frac: float = 0.8, # the start as a fraction of the run, in [0, 1) (0.8: LDAM-DRW's 160 of 200)
+                   ) -> int:
+    "The DRW start epoch: the first whole epoch at or past `drw_start_frac` of the run, floor(frac * epochs); the library's one rule (chapter 11_baselines)."
+    if not 0.0 <= float(drw_start_frac) < 1.0: raise ValueError(f"`drw_start_frac` must lie in [0, 1), got {drw_start_frac}")
+    return math.floor(float(drw_start_frac) * check_positive(epochs, 'epochs') + 1e-9)
+
 def drw_class_weights_at(epoch: float, # current epoch (0-based; fractional allowed)
                          class_counts, # (K,) training images per class
-                         start_epoch: Optional[float] = None, # first epoch with re-weighting (e.g. 160 of 200)
+                         drw_start: Optional[float] = None, # first epoch with re-weighting (e.g. 160 of 200)
                          beta: float = 0.9999, # effective-number parameter
                          *,
-                         start_frac: Optional[float] = None, # or: the start as a fraction of the run (0.8 = LDAM-DRW's 160/200)
-                         total_epochs: Optional[float] = None, # length of the run; needed with `start_frac`
+                         drw_start_frac: Optional[float] = None, # or: the start as a fraction of the run (`drw_start_epoch`)
+                         epochs: Optional[int] = None, # length of the run; needed with `drw_start_frac`
                         ) -> torch.Tensor:
     "DRW schedule: uniform weights before the start, `drw_weights` from it on; float64 (K,). The start is required (chapter 11_baselines)."
-    if (start_epoch is None) == (start_frac is None):
-        raise ValueError("give the DRW start as exactly one of `start_epoch` (e.g. 160 of 200 epochs) or "
-                         "`start_frac` with `total_epochs` (e.g. start_frac=0.8)")
-    if start_frac is not None:
-        if total_epochs is None: raise ValueError("`start_frac` needs `total_epochs`")
-        if not 0.0 <= float(start_frac) <= 1.0: raise ValueError(f"`start_frac` must lie in [0, 1], got {start_frac}")
-        start_epoch = float(start_frac) * check_positive(total_epochs, 'total_epochs')
-    return drw_weights(class_counts, beta if epoch >= start_epoch else 0.0)
+    if (drw_start is None) == (drw_start_frac is None):
+        raise ValueError("give the DRW start as exactly one of `drw_start` (e.g. 160 of 200 epochs) or "
+                         "`drw_start_frac` with `epochs` (e.g. drw_start_frac=0.8)")
+    if drw_start_frac is not None:
+        if epochs is None: raise ValueError("`drw_start_frac` needs `epochs`")
+        drw_start = drw_start_epoch(epochs, drw_start_frac)
+    return drw_weights(class_counts, beta if epoch >= drw_start else 0.0)
 
 # %% ../nbs/11_baselines.ipynb #056a289d
 from .schedules import warmup_step_lr, warmup_cosine_lr   # defined once, in chapter 07_schedules

@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument('--set', dest='overrides', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                    help='options of the post-hoc fit, e.g. --set gamma=1.2 optimizer=sgd')
     c.add_argument('--device', default='auto')
+    c.add_argument('--publish', default=None, metavar='DIR', help='copy the calibrated results into DIR (e.g. results/<chapter>/<name>/seed0)')
     rp = sub.add_parser('report', help='markdown table + sorted per-class figure from results folders')
     rp.add_argument('dirs', nargs='+', help='run folders (results.json) or suite folders (summary.json)')
     rp.add_argument('--out', default='runs/report', help='where report.md and per_class.png go (default: runs/report)')
@@ -84,6 +85,16 @@ def _resume_command(a, out: Path) -> str:
     argv = ['margin-notes', 'run', a.config, *(['--set', *a.overrides] if a.overrides else []), '--out', str(out), *(['--publish', a.publish] if a.publish else []), '--resume']
     return shlex.join(argv + (['--smoke'] if a.smoke else []) + (['--no-progress'] if a.no_progress else []))
 
+def _resolved_lines(cfg) -> str:
+    "What a (validated) config trains, after its JSON in `--dry-run`: the loss as its constructor call, DRW and the post-hoc step; a suite member by member."
+    from margin_notes.config import resolve, resolved_loss, suite_members
+    if cfg.suite: return '\n'.join(f"{key}:\n" + textwrap.indent(_resolved_lines(m), '  ') for key, _, _, m in suite_members(cfg))
+    r = resolve(cfg)
+    out = [f"loss: {resolved_loss(cfg)}", f"head: {r['head']}"]
+    if r['drw_start'] is not None: out.append(f"drw: class-balanced weights (beta {cfg.drw_beta}) from epoch {r['drw_start']} of {cfg.epochs}")
+    if r['posthoc']: out.append(f"posthoc: {r['posthoc']} {r['posthoc_kwargs']}")
+    return '\n'.join(out)
+
 def _cmd_run(a) -> int:
     from margin_notes.config import get_config, validate_config, ConfigError
     ov = list(a.overrides)
@@ -92,7 +103,7 @@ def _cmd_run(a) -> int:
     cfg = validate_config(get_config(a.config, ov))
     if a.publish and (cfg.suite or cfg.smoke):
         raise ConfigError(f"--publish takes one full-configuration run, not {'a suite' if cfg.suite else 'a smoke run'}")
-    if a.dry_run: print(json.dumps(cfg.to_dict(), indent=2)); return 0
+    if a.dry_run: print(json.dumps(cfg.to_dict(), indent=2)); print(_resolved_lines(cfg)); return 0
     out = Path(a.out) if a.out else Path('runs') / cfg.name
     from margin_notes.engine import run_config, TrainingInterrupted, publish_run, smoke_tag
     print(f"{smoke_tag(cfg)}margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else ''), flush=True)
@@ -128,6 +139,9 @@ def _cmd_calibrate(a) -> int:
     out = Path(a.out) if a.out else Path(a.run_dir).with_name(Path(a.run_dir).name + f'-{a.method}')
     print(summary_table({'stage 1': r['stage1'], a.method.upper(): r}))
     print(f"results: {(out / 'results.json').resolve()}")
+    if a.publish:
+        from margin_notes.engine import publish_run
+        print(f"published -> {publish_run(out, a.publish)}")
     return 0
 
 # %% ../nbs/17_cli.ipynb #171ff4c4

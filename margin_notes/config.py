@@ -7,14 +7,15 @@ from __future__ import annotations
 import copy, dataclasses, difflib, json, math, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
-from .registry import get_method, check_kwargs, check_method_kwargs, _accepts
+from .baselines import drw_start_epoch
+from .registry import get_method, check_kwargs, check_method_kwargs, loss_call, _accepts
 
 # %% auto #0
-__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'DATASETS', 'ENGINE_DATA_KEYS', 'PRESETS', 'ConfigError', 'Config', 'parse_overrides',
-           'apply_overrides', 'resolve', 'validate_config', 'suite_members', 'get_config', 'config_changes',
-           'check_resume']
+__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'NUM_CLASSES', 'DATASETS', 'ENGINE_DATA_KEYS', 'PRESETS', 'ConfigError', 'Config',
+           'parse_overrides', 'apply_overrides', 'resolve', 'resolved_loss', 'validate_config', 'suite_members',
+           'get_config', 'config_changes', 'check_resume']
 
 # %% ../nbs/16_config.ipynb #74f32037
 CIFAR_GROUPS = {'many': 100, 'few': 20}  # Many: > 100 training images, Few: < 20 (the CIFAR-LT convention)
@@ -58,8 +59,8 @@ class Config:
     step_gamma: float = 0.01             # lr factor per milestone
     min_lr: float = 0.0                  # end of the cosine
     grad_clip: Optional[float] = None    # max gradient norm; None: no clipping
-    amp: Optional[str] = None            # 'bf16' (CUDA autocast) or None
-    channels_last: bool = False
+    amp: Optional[str] = 'auto'          # 'auto' (bf16 autocast where the hardware has native bf16: CUDA, AVX512-BF16/AMX CPUs; not the MLP), 'bf16', or 'fp32'
+    channels_last: Union[bool, str] = 'auto'  # channels_last memory format: 'auto' (with bf16), True or False
     compile: bool = False                # torch.compile the model
     compile_mode: Optional[str] = None   # torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
     sync_bn: bool = False                # SyncBatchNorm under torchrun
@@ -163,8 +164,8 @@ def resolve(cfg: Config) -> dict:
     "The method, head, DRW start epoch, LWR options and post-hoc step a config trains with (chapter 16_config)."
     m = get_method(cfg.loss)
     lwr = {**(m.lwr or {}), **(cfg.lwr or {})} if (m.lwr is not None or cfg.lwr is not None) else None
-    # a fixed epoch wins; otherwise DRW methods start at the first whole epoch past the fraction (floor(0.8 * 200) = 160)
-    drw = cfg.drw_start if cfg.drw_start is not None else (math.floor(cfg.drw_start_frac * cfg.epochs + 1e-9) if m.drw else None)
+    # a fixed epoch wins; otherwise DRW methods start at the first whole epoch past the fraction (floor(0.8 * 200) = 160, chapter 11)
+    drw = cfg.drw_start if cfg.drw_start is not None else (drw_start_epoch(cfg.epochs, cfg.drw_start_frac) if m.drw else None)
     # the step schedule's drops scale with the run like DRW's start, unless fixed epochs are given
     ms = list(cfg.milestones) if cfg.milestones is not None else [math.floor(f * cfg.epochs + 1e-9) for f in cfg.milestone_fracs]
     posthoc = m.posthoc if cfg.posthoc is None else (None if cfg.posthoc == 'none' else cfg.posthoc)
@@ -172,9 +173,20 @@ def resolve(cfg: Config) -> dict:
     return {'method': m, 'head': cfg.head or m.head, 'drw_start': drw, 'lwr': lwr, 'posthoc': posthoc, 'posthoc_kwargs': pkw,
             'milestones': ms}
 
+# %% ../nbs/16_config.ipynb #b7e1d002
+NUM_CLASSES = {'digits': 10, 'synthetic-cifar10': 10, 'synthetic-cifar100': 100, 'cifar10': 10, 'cifar100': 100, 'cifar10-jpeg': 10,
+               'fmnist': 10, 'imagenet-lt': 1000, 'places-lt': 365, 'imagenet': 1000}   # classes of each data set
+
+def resolved_loss(cfg: Config, # the configuration
+                  class_counts=None, # the training counts (K,), once the data are loaded; None: a placeholder
+                 ) -> str:
+    "The loss `cfg` trains, written as its constructor call with every argument, e.g. \"MR2Loss(num_classes=10, ..., variant='released', ...)\" (chapter 16_config)."
+    K = NUM_CLASSES.get(cfg.dataset.lower().replace('_', '-'))
+    return loss_call(cfg.loss, class_counts, cfg.loss_kwargs, cfg.lwr, num_classes=K)
+
 # %% ../nbs/16_config.ipynb #55b0aa26
 _CHOICES = {'head': (None, 'linear', 'cosine'), 'optimizer': ('sgd', 'adamw'), 'schedule': ('cosine', 'step', 'constant'),
-            'amp': (None, 'bf16', 'none', 'fp32'), 'pipeline': ('auto', 'gpu', 'dataloader'),
+            'amp': (None, 'auto', 'bf16', 'none', 'fp32'), 'channels_last': (True, False, 'auto'), 'pipeline': ('auto', 'gpu', 'dataloader'),
             'augment': ('crop-flip', 'rrc-flip', 'none'), 'posthoc': (None, 'none', 'marc', 'la')}
 _POSITIVE = ('epochs', 'batch_size', 'lr', 'eval_every')
 _NONNEG = ('weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'subsample_seed', 'seed', 'momentum', 'step_gamma')
@@ -332,12 +344,14 @@ def _validate_suite(cfg: Config) -> Config:
 # %% ../nbs/16_config.ipynb #fc4c7c51
 _LDAM_R32 = dict(arch='resnet32', epochs=200, batch_size=128, optimizer='sgd', lr=0.1, momentum=0.9,
                  weight_decay=2e-4, schedule='step', warmup_epochs=5, milestone_fracs=[0.8, 0.9], step_gamma=0.01,
-                 augment='crop-flip', amp='bf16', channels_last=True)
+                 augment='crop-flip', amp='auto', channels_last='auto')
 _SRC_LDAM = ("LDAM-DRW ResNet-32 CIFAR recipe: SGD 0.1, mom 0.9, wd 2e-4, warm-up 5 ep, x0.01 at 160, x0.0001 at 180, "
              "batch 128, 200 ep, crop+flip")
 _DRW = "; DRW beta 0.9999 from 80 % of the run (epoch 160 of 200)"
+# the CIFAR presets reproduce the papers: their `dbm` and `mr2` presets train the papers' forms, named so in `loss`
+_PAPER_FORM = {'dbm': 'dbm-ce-s32', 'mr2': 'mr2-paper'}
 
-# method -> (fields on top of the LDAM-DRW recipe, source note); MARC's stage 1 is its own recipe (below)
+# registry method -> (fields on top of the LDAM-DRW recipe, source note); MARC's stage 1 is its own recipe (below)
 _RECIPES = {
     'erm': ({}, "ERM (CE): " + _SRC_LDAM),
     'ce-drw': ({}, "CE-DRW: " + _SRC_LDAM + _DRW),
@@ -346,9 +360,9 @@ _RECIPES = {
     'ldam-drw': ({}, "LDAM-DRW: " + _SRC_LDAM + _DRW),
     'bs': ({}, "Balanced Softmax on the LDAM-DRW recipe [ours; the BS release trains 13k iterations at batch 512]: " + _SRC_LDAM),
     'la': ({}, "Logit-adjusted loss tau 1 on the LDAM-DRW recipe [ours]: " + _SRC_LDAM),
-    'mr2': ({}, "MR² (lam 0.1, c-bar 1, EMA 0.9, L2) on the LDAM-DRW ResNet-32 recipe without DRW "
-                "[ours; MR²'s CIFAR-100 setting, chapter 10]"),
-    'dbm': (dict(batch_size=64, schedule='cosine'),
+    'mr2-paper': ({}, "MR² as the paper writes it (lam 0.1, c-bar 1, EMA 0.9, L2) on the LDAM-DRW ResNet-32 recipe without DRW "
+                      "[ours; MR²'s CIFAR-100 setting, chapter 10]"),
+    'dbm-ce-s32': (dict(batch_size=64, schedule='cosine'),
             "DBM-CE CIFAR-LT: cosine head, s 32, K_dbm 0.1, tau 1; SGD 0.1, wd 2e-4, warm-up 5 ep then cosine, batch 64, "
             "200 ep; crop+flip only [ours, release adds AutoAugment+Cutout]"),
     'bs-lwr': ({}, "Balanced Softmax + LWR (theta 0.4, lambda(t)=(1-t)^2) on the LDAM-DRW recipe [ours; no LWR CIFAR recipe is published]"),
@@ -360,7 +374,7 @@ def _marc_stage1(num_classes: int, imbalance_factor: float) -> dict:
     ipe = math.ceil(sum(cifar_lt_counts(num_classes, imbalance_factor)) / 512)
     return dict(arch='resnet32', batch_size=512, optimizer='sgd', lr=0.1, momentum=0.9, weight_decay=5e-4,
                 schedule='cosine', warmup_steps=800, warmup_from=0.5, epochs=math.ceil(13000 / ipe),
-                augment='crop-flip', amp='bf16', channels_last=True)
+                augment='crop-flip', amp='auto', channels_last='auto')
 
 def _cifar_method(method: str, K: int, IF: float) -> tuple:
     "Config fields and source note of one method on a CIFAR(-LT) ResNet-32 setting."
@@ -368,8 +382,9 @@ def _cifar_method(method: str, K: int, IF: float) -> tuple:
         return (dict(_marc_stage1(K, IF), loss='marc'),
                 "MARC CIFAR-LT: stage 1 CE, batch 512, SGD wd 5e-4, warm-up 0.05->0.1 over 800 it then cosine, 13,000 it "
                 "(as epochs); stage 2 MARC gamma 1.2 on cached train logits (eval mode, no augmentation) [ours, chapter 12]")
-    fields, src = _RECIPES[get_method(method).name]
-    return dict(_LDAM_R32, loss=get_method(method).name, **fields), src
+    name = get_method(_PAPER_FORM.get(method, method)).name
+    fields, src = _RECIPES[name]
+    return dict(_LDAM_R32, loss=name, **fields), src
 
 # %% ../nbs/16_config.ipynb #67db7d2e
 _DIGITS = dict(dataset='digits', imbalance_factor=20.0, subsample_seed=0, arch='mlp', model_kwargs={'hidden': 128, 'feature_dim': 64},
@@ -393,7 +408,7 @@ def _cifar_presets(P: dict):
         for m in ('erm', 'marc'): add(f'cifar{K}lt50-r32-{m}', f'cifar{K}', K, 50, m)
     for m in ('erm', 'bs', 'marc', 'dbm', 'bs-lwr', 'mr2'):
         n = f"cifar10jpeglt100-r32-{'lwr' if m == 'bs-lwr' else m}"
-        add(n, 'cifar10-jpeg', 10, 100, m)
+        add(n, 'cifar10-jpeg', 10, 100, m, eval_every=10)   # the CPU protocol: test every 10 epochs (and at the end)
         P[n].source += "; data: CIFAR-10 (JPEG) from the shared data folder, lossy, not comparable to CIFAR-10 numbers"
 
 # %% ../nbs/16_config.ipynb #faa072d0
@@ -401,7 +416,7 @@ def _imagenet_presets(P: dict):
     "Add the ImageNet-LT presets to `P`."
     inet = dict(dataset='imagenet-lt', arch='resnet50', epochs=90, batch_size=256, optimizer='sgd', lr=0.1,
                 momentum=0.9, weight_decay=5e-4, schedule='cosine', warmup_epochs=0, augment='rrc-flip', num_workers=16,
-                pipeline='dataloader', amp='bf16', channels_last=True, eval_every=5)
+                pipeline='dataloader', amp='auto', channels_last='auto', eval_every=5)
     P['imagenetlt-r50-bs'] = Config(name='imagenetlt-r50-bs', loss='bs', **inet,
                                     source="Balanced Softmax, ImageNet-LT ResNet-50, 90 ep, batch 256, SGD 0.1 cosine, wd 5e-4 [ours, the usual ImageNet-LT recipe]")
     P['imagenetlt-r50-bs-lwr'] = Config(name='imagenetlt-r50-bs-lwr', loss='bs-lwr', **inet,
@@ -421,7 +436,7 @@ def _clip_presets(P: dict):
     "Add the CLIP presets on ImageNet to `P`."
     clip = dict(dataset='imagenet', arch='clip:RN50', model_kwargs={'zero_shot': True, 'templates': 'openai', 'pretrained': 'openai'},
                 wise_ft_alpha=0.6, epochs=10, batch_size=512, optimizer='adamw', lr=3e-5, weight_decay=0.1, schedule='cosine',
-                warmup_epochs=0, warmup_steps=500, grad_clip=1.0, augment='rrc-flip', amp='bf16', channels_last=True,
+                warmup_epochs=0, warmup_steps=500, grad_clip=1.0, augment='rrc-flip', amp='auto', channels_last='auto',
                 pipeline='dataloader', num_workers=16, eval_every=5)
     src = ("CLIP RN-50 image tower + zero-shot head (OpenAI weights, 80 ImageNet templates), AdamW 3e-5, wd 0.1, clip 1.0, cosine with "
            "500 warm-up steps, batch 512, 10 ep; reports zero-shot, fine-tuned and WiSE-FT (alpha 0.6); needs ImageNet and the CLIP weights")

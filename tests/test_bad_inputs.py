@@ -57,7 +57,7 @@ LOSSES = {name: _from_registry(m) for name, m in METHODS.items()}
 # ... plus the public losses and configurations that are not a registry method's training loss
 LOSSES.update({
     'ce-num_classes': Case(lambda: CELoss(num_classes=K)),
-    'ce-drw-weights': Case(lambda: CELoss(drw_class_weights_at(9, COUNTS, start_frac=0.8, total_epochs=10, beta=0.99))),
+    'ce-drw-weights': Case(lambda: CELoss(drw_class_weights_at(9, COUNTS, drw_start_frac=0.8, epochs=10, beta=0.99))),
     'focal-num_classes': Case(lambda: FocalLoss(2.0, num_classes=K)),
     'ldam-drw-weights': Case(lambda: LDAMLoss(COUNTS, weight=drw_weights(COUNTS, 0.99)), 'cosines'),
     'mr2-normalised': Case(lambda: MR2Loss(K, lam=0.3, variant='paper', rep_normalize=True, stats_mode='moment', feature_dim=D),
@@ -245,7 +245,7 @@ def test_half_keeps_buffers_at_least_float32(name):
     (lambda: LDAMLoss(COUNTS, scale=0.0), 'scale'),
     (lambda: BalancedSoftmaxLoss([4, 0, 1]), 'positive'),
     (lambda: MARCLoss(COUNTS, gamma=-1.0), 'gamma'),
-    (lambda: drw_class_weights_at(3, COUNTS), 'start_epoch'),
+    (lambda: drw_class_weights_at(3, COUNTS), 'drw_start'),
     (lambda: CosineClassifier(D, K, eps=0.0), 'eps'),
     (lambda: CosineClassifier(D, 3.5), 'whole number'),
     (lambda: ClassStats(2.5), 'whole number'),

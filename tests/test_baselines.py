@@ -157,7 +157,7 @@ def test_weight_length_checked_against_counts():
 def test_weight_buffer_state_dict_round_trip(kind):
     counts = [100, 10, 1]
     a = build(kind, counts)
-    w = drw_class_weights_at(170, counts, start_epoch=160)
+    w = drw_class_weights_at(170, counts, drw_start=160)
     a.set_class_weight(w)
     assert 'weight' in a.state_dict() and a.weight.dtype == torch.float32
     b = build(kind, counts)
@@ -184,13 +184,13 @@ def test_drw_weights():
     for e in (160, 199):
         torch.testing.assert_close(drw_class_weights_at(e, counts, 160), w)
     # the same recipe as a fraction of a short run: 0.8 of 10 epochs
-    torch.testing.assert_close(drw_class_weights_at(7, counts, start_frac=0.8, total_epochs=10), torch.ones(10, dtype=torch.float64))
-    torch.testing.assert_close(drw_class_weights_at(8, counts, start_frac=0.8, total_epochs=10), w)
-    for kw, msg in [(dict(), 'start_epoch'), (dict(start_epoch=5, start_frac=0.5, total_epochs=10), 'exactly one'),
-                    (dict(start_frac=0.8), 'total_epochs'), (dict(start_frac=1.5, total_epochs=10), 'start_frac')]:
+    torch.testing.assert_close(drw_class_weights_at(7, counts, drw_start_frac=0.8, epochs=10), torch.ones(10, dtype=torch.float64))
+    torch.testing.assert_close(drw_class_weights_at(8, counts, drw_start_frac=0.8, epochs=10), w)
+    for kw, msg in [(dict(), 'drw_start'), (dict(drw_start=5, drw_start_frac=0.5, epochs=10), 'exactly one'),
+                    (dict(drw_start_frac=0.8), 'epochs'), (dict(drw_start_frac=1.5, epochs=10), 'drw_start_frac')]:
         with pytest.raises(ValueError, match=msg):
             drw_class_weights_at(3, counts, **kw)
-    torch.testing.assert_close(drw_class_weights_at(10, counts, start_epoch=10, beta=0.99), drw_weights(counts, 0.99))
+    torch.testing.assert_close(drw_class_weights_at(10, counts, drw_start=10, beta=0.99), drw_weights(counts, 0.99))
     with pytest.raises(ValueError, match='beta'):
         drw_weights(counts, beta=1.0)
 

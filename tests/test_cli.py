@@ -65,8 +65,22 @@ def test_lamm_typo_subprocess_exits_2_naming_it():
 
 def test_dry_run_applies_overrides(capsys):
     assert main(['run', 'cifar100lt100-r32-bs-lwr', '--set', 'lwr.threshold=0.6', 'epochs=3', '--dry-run']) == 0
-    c = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    c, end = json.JSONDecoder().raw_decode(out)   # the config, then what it trains
     assert c['lwr'] == {'threshold': 0.6} and c['epochs'] == 3 and c['loss'] == 'bs-lwr'
+    assert 'loss: LWRLoss(base=BalancedSoftmaxLoss(class_counts=<100 training counts>, weight=None), ' in out[end:]
+    assert 'threshold=0.6' in out[end:] and 'drw:' not in out[end:]
+
+
+@pytest.mark.parametrize('preset,want', [('digits-lt-mr2', ["MR2Loss(num_classes=10, ", "variant='released'"]),
+                                         ('digits-lt-dbm', ["DBMLoss(class_counts=<10 training counts>, scale=8.0, ", "base='bs'"]),
+                                         ('cifar10lt100-r32-dbm', ["scale=32.0", "base='ce'"]),
+                                         ('cifar100-r32-mr2', ["variant='paper'"])])
+def test_dry_run_prints_the_loss_as_its_constructor_call(capsys, preset, want):
+    assert main(['run', preset, '--dry-run']) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith('loss: '))
+    assert all(w in line for w in want), line
 
 
 def test_run_config_file_eval_calibrate_report(tmp_path, capsys):

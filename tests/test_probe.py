@@ -93,8 +93,11 @@ def test_drw_switches_at_80_percent(toy):
     p = train_probe(tx, ty, 'ldam-drw', epochs=5, batch_size=32)
     assert p.loss.weight is not None
     assert torch.allclose(p.loss.weight.double(), drw_weights(counts).double(), atol=1e-6)
-    p0 = train_probe(tx, ty, 'ldam-drw', epochs=5, batch_size=32, drw_at=1.0)   # never switched
-    assert p0.loss.weight is None or torch.allclose(p0.loss.weight, torch.ones_like(p0.loss.weight))
+    # the trainer's rule (baselines.drw_start_epoch): the first epoch past the fraction, so 0.5 of 1 epoch is epoch 0
+    from margin_notes.probe import fit_method
+    with pytest.raises(TypeError): train_probe(tx, ty, 'ldam-drw', epochs=1, drw_at=0.5)   # one name: drw_start_frac
+    p0 = train_probe(tx, ty, 'ldam-drw', epochs=1, batch_size=32, drw_start_frac=0.5)
+    assert p0.loss.weight is not None
 
 
 def test_every_method_runs_and_mr2_logs_terms(toy):

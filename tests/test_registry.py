@@ -16,14 +16,15 @@ def _by_hand(name, counts):
     K = len(counts)
     from margin_notes.dbm import DBMLoss
     from margin_notes.mr2 import MR2Loss
-    return {'erm': lambda: B.CELoss(), 'ce-drw': lambda: B.CELoss(), 'focal': lambda: B.FocalLoss(gamma=1.0),
-            'ldam': lambda: B.LDAMLoss(counts, max_margin=0.5, scale=30.0), 'ldam-drw': lambda: B.LDAMLoss(counts, max_margin=0.5, scale=30.0),
-            'bs': lambda: B.BalancedSoftmaxLoss(counts), 'la': lambda: B.LogitAdjustedLoss(counts, tau=1.0),
+    return {'erm': lambda: B.CELoss(), 'ce-drw': lambda: B.CELoss(), 'focal': lambda: B.FocalLoss(),
+            'ldam': lambda: B.LDAMLoss(counts), 'ldam-drw': lambda: B.LDAMLoss(counts),
+            'bs': lambda: B.BalancedSoftmaxLoss(counts), 'la': lambda: B.LogitAdjustedLoss(counts),
             'la-posthoc': lambda: B.CELoss(), 'marc': lambda: B.CELoss(),
-            'dbm': lambda: DBMLoss(counts, scale=32.0, margin=0.1, tau=1.0, base='ce'),
-            'dbm-bs': lambda: DBMLoss(counts, scale=32.0, margin=0.1, tau=1.0, base='bs'),
-            'mr2': lambda: MR2Loss(K, lam=0.1, mean_margin=1.0, momentum=0.9, variant='paper'),
-            'mr2-released': lambda: MR2Loss(K, lam=0.1, mean_margin=1.0, momentum=0.9, variant='released')}[name]()
+            'dbm': lambda: DBMLoss(counts),   # a name means the class defaults ...
+            'dbm-ce-s32': lambda: DBMLoss(counts, scale=32.0, base='ce'),   # ... or names its variant
+            'dbm-bs-s32': lambda: DBMLoss(counts, scale=32.0),
+            'mr2': lambda: MR2Loss(K),
+            'mr2-paper': lambda: MR2Loss(K, variant='paper')}[name]()
 
 
 @pytest.mark.parametrize('name', [n for n in METHODS if n != 'bs-lwr'])
@@ -38,6 +39,7 @@ def test_each_entry_builds_the_loss_it_names(name):
 
 
 def test_lwr_entry_is_the_lwr_composition():
+    assert METHODS['bs-lwr'].lwr == {}   # LWR at its class defaults (threshold 0.4)
     from margin_notes.lwr import LWRLoss
     head = torch.nn.Linear(6, 4)
     got, ref = build_method_loss('bs-lwr', COUNTS, head), LWRLoss(B.BalancedSoftmaxLoss(COUNTS), head, threshold=0.4)
@@ -46,6 +48,51 @@ def test_lwr_entry_is_the_lwr_composition():
     torch.testing.assert_close(got(z, y), ref(z, y))
     # LWR options can be added to any method
     assert type(build_method_loss('la', COUNTS, head, lwr={'threshold': 0.2})).__name__ == 'LWRLoss'
+
+
+def test_a_name_means_the_class_defaults_or_names_its_variant():
+    import inspect
+    for m in METHODS.values():
+        defaults = {n: p.default for n, p in inspect.signature(m.loss).parameters.items()}
+        assert all(defaults.get(k, inspect.Parameter.empty) != v for k, v in m.loss_kwargs.items()), m.name
+    assert sorted(n for n, m in METHODS.items() if m.loss_kwargs) == ['dbm-bs-s32', 'dbm-ce-s32', 'mr2-paper']
+    assert build_method_loss('mr2', COUNTS).variant == 'released' and build_method_loss('mr2-paper', COUNTS).variant == 'paper'
+    d = build_method_loss('dbm', COUNTS)
+    assert (d.base, d.scale) == ('bs', 8.0)
+    for old in ('dbm-bs', 'dbm-ce'):   # names that meant another loss are refused with their replacement
+        with pytest.raises(KeyError, match='renamed'): get_method(old)
+
+
+def test_loss_call_is_the_constructor_call():
+    from margin_notes.registry import loss_call
+    from margin_notes.dbm import DBMLoss
+    from margin_notes.mr2 import MR2Loss
+    s = loss_call('mr2', num_classes=10)
+    assert s.startswith('MR2Loss(num_classes=10, ') and "variant='released'" in s and 'lam=0.1' in s
+    assert "base='bs'" in loss_call('dbm') and 'scale=8.0' in loss_call('dbm')
+    for name in METHODS:
+        if METHODS[name].lwr is None:   # evaluating the string builds the same loss
+            got = eval(loss_call(name, COUNTS), {c.__name__: c for c in (B.CELoss, B.FocalLoss, B.LDAMLoss, B.BalancedSoftmaxLoss,
+                                                                          B.LogitAdjustedLoss, DBMLoss, MR2Loss)})
+            assert repr(got) == repr(build_method_loss(name, COUNTS)), name
+
+
+def test_register_method_is_the_extension_point():
+    from margin_notes.registry import register_method, unregister_method
+    from margin_notes.config import Config, validate_config
+
+    class Smooth(torch.nn.Module):
+        def __init__(self, num_classes: int, eps: float = 0.1): super().__init__(); self.K, self.eps = num_classes, eps
+        def forward(self, z, y, features=None): return torch.nn.functional.cross_entropy(z, y, label_smoothing=self.eps)
+    register_method('smooth-test', 'Smooth', Smooth, first_arg='num_classes', loss_kwargs={'eps': 0.3})
+    try:
+        l = build_method_loss('smooth-test', COUNTS)
+        assert (l.K, l.eps) == (4, 0.3)
+        validate_config(Config(loss='smooth-test', loss_kwargs={'eps': 0.2}))
+        with pytest.raises(ConfigError, match="did you mean 'eps'"): validate_config(Config(loss='smooth-test', loss_kwargs={'epss': 0.2}))
+        with pytest.raises(ValueError, match='exists already'): register_method('smooth-test', 'x', Smooth)
+    finally: unregister_method('smooth-test')
+    with pytest.raises(KeyError): get_method('smooth-test')
 
 
 def test_names_aliases_and_errors():
