@@ -154,7 +154,9 @@ class DBMLoss(KeepBufferPrecision, nn.Module):
                ) -> torch.Tensor:
         z = self.margined_logits(cosines, targets)
         with autocast_off(cosines):
-            loss = F.cross_entropy(z, targets.long(), weight=self.weight.to(z.dtype))
+            u = self.weight.to(z.dtype)[targets.long()]
+            # weighted mean; a batch of zero-weight classes only gives 0 (zero gradient), not 0/0
+            loss = (u * F.cross_entropy(z, targets.long(), reduction='none')).sum() / u.sum().clamp_min(torch.finfo(u.dtype).tiny)
         self.last['loss'] = loss.detach()
         return loss
 
@@ -194,7 +196,7 @@ def naive_dbm_loss(cosines, # (B, K) cosines of a cosine head
         if base == 'bs': z = [z[j] + math.log(counts[j] / sum(counts)) for j in range(K)]
         mx = max(z); lse = mx + math.log(sum(math.exp(v - mx) for v in z))
         num += w[t] * (lse - z[t]); den += w[t]
-    return num / den
+    return num / den if den > 0 else 0.0   # only zero-weight samples: 0
 
 # %% ../nbs/13_dbm.ipynb #451c2136
 class DBMComposite(nn.Module):

@@ -33,7 +33,7 @@ _REDUCTIONS = ('weighted_mean', 'batch_mean', 'sum')
 def _weighted_ce(logits, targets, weight, reduction):
     ce = F.cross_entropy(logits, targets, reduction='none')
     u = weight.to(ce.dtype)[targets]
-    if reduction == 'weighted_mean': return (u * ce).sum() / u.sum()
+    if reduction == 'weighted_mean': return (u * ce).sum() / u.sum().clamp_min(torch.finfo(u.dtype).tiny)   # all weights 0: 0, not NaN
     if reduction == 'batch_mean': return (u * ce).mean()
     return (u * ce).sum()
 
