@@ -89,6 +89,7 @@ def test_run_config_file_eval_calibrate_report(tmp_path, capsys):
     assert main(['run', str(tmp_path / 'my.yaml'), '--out', str(tmp_path / 'r'), *SMALL]) == 0
     assert 'my-run' in capsys.readouterr().out
     saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
+    assert saved['loss'] == 'CELoss(weight=None, num_classes=10)'   # the loss as the constructor call it is, as --dry-run prints it
     assert main(['eval', str(tmp_path / 'r'), '--json']) == 0
     assert json.loads(capsys.readouterr().out)['per_class_accuracy'] == saved['per_class_accuracy']
     assert main(['calibrate', str(tmp_path / 'r'), '--method', 'la']) == 0
