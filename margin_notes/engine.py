@@ -21,10 +21,11 @@ from .report import outputs_report, summary_table, plot_summary, write_summary, 
 from .schedules import lr_at_step
 
 # %% auto #0
-__all__ = ['STANDIN_DATASETS', 'PUBLISHED_FILES', 'load_data', 'cpu_has_native_bf16', 'precision', 'make_batches', 'build_model',
-           'build_loss', 'lr_at', 'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info',
-           'smoke_tag', 'save_predictions', 'TrainingInterrupted', 'build_training', 'fit', 'load_run', 'evaluate_run',
-           'calibrate_run', 'run_suite', 'run_config', 'publish_run']
+__all__ = ['STANDIN_DATASETS', 'DATA_FILE', 'PUBLISHED_FILES', 'load_data', 'cpu_has_native_bf16', 'precision', 'make_batches',
+           'build_model', 'build_loss', 'lr_at', 'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc',
+           'dist_info', 'smoke_tag', 'save_predictions', 'TrainingInterrupted', 'build_training', 'data_record',
+           'check_data', 'run_data', 'fit', 'load_run', 'evaluate_run', 'calibrate_run', 'run_suite', 'run_config',
+           'publish_run']
 
 # %% ../nbs/09_engine.ipynb #24b45af6
 STANDIN_DATASETS = ('cifar10', 'cifar100', 'cifar10-jpeg', 'imagenet', 'imagenet-lt')  # smoke runs read generated stand-ins of these
@@ -42,13 +43,20 @@ def _load(cfg: Config):
     if ds in ('imagenet', 'imagenet-lt', 'places-lt'): return D.load_dataset(ds, **kw)
     return D.load_dataset(ds, imbalance_factor=IF, subsample_seed=cfg.subsample_seed, **kw)
 
+def _data_spec(cfg: Config) -> dict:
+    "The fields of `cfg` that decide its data (what data.json records and `load_data` tags its bundles with)."
+    return {'dataset': cfg.dataset.lower().replace('_', '-'), 'data_kwargs': copy.deepcopy(cfg.data_kwargs),
+            'imbalance_factor': cfg.imbalance_factor, 'subsample_seed': cfg.subsample_seed, 'smoke': bool(cfg.smoke)}
+
 def load_data(cfg: Config # dataset, imbalance_factor, subsample_seed, data_kwargs
              ):
     "The `DataBundle` (or `ListBundle`) of `cfg`; a smoke config reads format-identical stand-ins of the large data sets (chapter 09_engine)."
     if cfg.smoke and cfg.dataset.lower().replace('_', '-') in STANDIN_DATASETS:
         from margin_notes.standins import standin_root, using_data_root
-        with using_data_root(standin_root()): return _load(cfg)
-    return _load(cfg)
+        with using_data_root(standin_root()): data = _load(cfg)
+    else: data = _load(cfg)
+    data.info.update(config_spec=_data_spec(cfg), config_counts=list(data.class_counts or []))   # `fit` tells config-built data from your own
+    return data
 
 # %% ../nbs/09_engine.ipynb #4b2c1c5a
 def cpu_has_native_bf16() -> bool:
@@ -129,6 +137,7 @@ def build_model(cfg: Config, # arch, model_kwargs (head from the method unless s
         if not class_names: raise ConfigError(f"a zero-shot head needs the class names of the data set; {cfg.dataset!r} has none")
         kw['class_names'] = list(class_names)
     if 'pretrained' in kw: kw['weights'] = kw.pop('pretrained')
+    if cfg.arch.lower().replace('-', '_') == 'small_cnn': kw.setdefault('in_channels', int(in_shape[0]) if len(in_shape) == 3 else 3)
     return make_model(cfg.arch, num_classes, head=head, **kw)
 
 def build_loss(cfg: Config, # loss (a registry method), loss_kwargs, lwr
@@ -417,6 +426,85 @@ def build_training(cfg: Config, # the run configuration
     if cfg.compile: fwd = torch.compile(fwd, mode=cfg.compile_mode)
     return model, loss_fn, opt, fwd
 
+# %% ../nbs/09_engine.ipynb #2b637823
+DATA_FILE = 'data.json'   # what a run folder records about its data
+
+def _test_size(data) -> Optional[int]:
+    if getattr(data, 'in_memory', True): return int(len(data.test_labels))
+    return len(data.test) if getattr(data, 'test', None) is not None else None
+
+def data_record(cfg: Config, # the run's configuration
+                data, # the data it trains on
+                rebuildable: bool = True, # False: data passed from Python, which no config rebuilds
+               ) -> dict:
+    "The contents of a run's data.json: how to rebuild its data (the config's data fields, the folder, the files' fingerprint) and what it was (chapter 09_engine)."
+    info = getattr(data, 'info', None) or {}
+    rec = {'rebuildable': bool(rebuildable), **_data_spec(cfg), 'name': getattr(data, 'name', None), 'label': getattr(data, 'label', None),
+           'num_classes': int(data.num_classes), 'classes': list(getattr(data, 'classes', None) or []) or None,
+           'class_counts': None if data.class_counts is None else [int(c) for c in data.class_counts], 'test_size': _test_size(data)}
+    rec.update({k: info[k] for k in ('root', 'files', 'fingerprint', 'eval_split', 'order', 'class_rank') if k in info})
+    if not rebuildable: rec['source'] = 'python: fit(cfg, out, data=...); pass the same data again (data=...)'
+    return rec
+
+def _rebuildable(cfg: Config, data) -> bool:
+    "Whether `data` is what `load_data(cfg)` gives: built by it from the same data fields, its counts unchanged since."
+    info = getattr(data, 'info', None) or {}
+    return info.get('config_spec') == _data_spec(cfg) and list(data.class_counts or []) == info.get('config_counts')
+
+def _short(v: list, n: int = 6) -> str:
+    return '[' + ', '.join(map(str, v[:n])) + (', ...' if len(v) > n else '') + ']'
+
+def check_data(run_dir, # the run folder (for the message)
+               record: dict, # its data.json
+               data, # the data about to be used
+              ):
+    "Raise a one-line ConfigError unless `data` has the classes, training counts and test size `record` names (chapter 09_engine)."
+    if record.get('num_classes') is not None and int(data.num_classes) != record['num_classes']:
+        raise ConfigError(f"{run_dir} was trained on {record['num_classes']} classes; this data has {data.num_classes}")
+    now = None if data.class_counts is None else [int(c) for c in data.class_counts]
+    if record.get('class_counts') is not None and now is not None and now != record['class_counts']:
+        raise ConfigError(f"{run_dir} was trained on other data: training counts {_short(record['class_counts'])} then, {_short(now)} now")
+    if record.get('test_size') is not None and _test_size(data) not in (None, record['test_size']):
+        raise ConfigError(f"{run_dir} was tested on {record['test_size']} images; this data has {_test_size(data)}")
+
+# %% ../nbs/09_engine.ipynb #280454e2
+def run_data(run_dir, # a run folder written by `fit`
+             cfg: Config, # its configuration (config.json)
+             data=None, # the data, for a run trained on data passed from Python (checked against data.json)
+            ):
+    "The data of a saved run, rebuilt as its data.json records it; a one-line ConfigError when it cannot be (chapter 09_engine)."
+    from margin_notes.data import image_data_fingerprint
+    run_dir = Path(run_dir); f = run_dir / DATA_FILE
+    rec = json.loads(f.read_text()) if f.is_file() else None
+    if data is not None:
+        if rec is not None: check_data(run_dir, rec, data)
+        return data
+    if rec is None: return load_data(cfg)   # a run folder from before data.json: its config is all there is
+    if not rec.get('rebuildable', True):
+        raise ConfigError(f"{run_dir} was trained on data passed from Python (fit(cfg, out, data=...)), which no config rebuilds: "
+                          f"pass that data (evaluate_run / calibrate_run / diagnose_run(..., data=...)); the command line cannot load it")
+    kw = dict(rec.get('data_kwargs') or {})
+    if rec.get('root') is not None:   # the folder as trained; a moved copy at the config's (relative) root is fine if its files are the same
+        kw['root'] = rec['root'] if Path(rec['root']).is_dir() or not Path(str(kw.get('root', ''))).expanduser().is_dir() else str(kw['root'])
+    if rec.get('fingerprint') is not None:
+        try: now = image_data_fingerprint(rec['dataset'], **kw)
+        except (FileNotFoundError, ValueError) as e: raise ConfigError(f"cannot rebuild the data of {run_dir}: {e}") from None
+        if now['fingerprint'] != rec['fingerprint']:
+            raise ConfigError(f"the images of {run_dir} changed since it was trained ({rec.get('files')} files, fingerprint {rec['fingerprint']} then; "
+                              f"{now['files']} files, {now['fingerprint']} now): restore them, or train a new run")
+    data = load_data(cfg.replace(dataset=rec['dataset'], data_kwargs=kw, imbalance_factor=rec['imbalance_factor'],
+                                 subsample_seed=rec['subsample_seed'], smoke=rec.get('smoke', cfg.smoke)))
+    check_data(run_dir, rec, data)
+    return data
+
+def _fit_data(cfg: Config, out_dir: Path, data, resuming: bool, rank: int):
+    "The data of `fit`: as given, else from the config (on resume: what data.json records, or a one-line refusal); writes data.json."
+    given = data is not None
+    if resuming and (out_dir / DATA_FILE).is_file(): data = run_data(out_dir, cfg, data)
+    elif not given: data = load_data(cfg)
+    if rank == 0: atomic_write_json(out_dir / DATA_FILE, data_record(cfg, data, rebuildable=not given or _rebuildable(cfg, data)))
+    return data
+
 # %% ../nbs/09_engine.ipynb #a1f17e02
 def _drw_setup(cfg: Config, counts, spe: int, dev) -> tuple:
     "(DRW class weights, the global step they switch on at), or (None, None) without DRW."
@@ -481,7 +569,7 @@ def fit(cfg: Config, # run configuration
     if rank == 0: out_dir.mkdir(parents=True, exist_ok=True); cfg.save(out_dir / 'config.json')
     seed_everything(cfg.seed)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)   # batch order and augmentation, on the device
-    data = data if data is not None else load_data(cfg)
+    data = _fit_data(cfg, out_dir, data, s is not None, rank)   # writes data.json; on resume the recorded data, or a one-line refusal
     counts = list(data.class_counts)
     model, loss_fn, opt, fwd = build_training(cfg, data, dev, distributed)
     zs_path = _zero_shot_state(cfg, model, out_dir, rank)
@@ -531,13 +619,14 @@ def fit(cfg: Config, # run configuration
 # %% ../nbs/09_engine.ipynb #cce2a319
 def load_run(run_dir, # a folder written by `fit`
              device: str = 'auto', # where to put the model
+             data=None, # the run's data, for a run trained on data passed from Python (else rebuilt as data.json records it)
             ) -> tuple:
     "(config, data, model) of a saved run, with the weights of its last checkpoint (chapter 09_engine)."
     run_dir = Path(run_dir)
     cfg = Config.load(run_dir / 'config.json')
     cfg = cfg.replace(device=device) if device != 'auto' else cfg
     dev = _resolve_device(cfg)
-    data = load_data(cfg)
+    data = run_data(run_dir, cfg, data)   # exactly the data it trained on, or a one-line refusal
     names = getattr(data, 'class_names', None) or getattr(data, 'classes', None)
     model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224), names).to(dev)
     s = torch.load(run_dir / 'checkpoint.pt', map_location=dev, weights_only=False)
@@ -548,9 +637,10 @@ def evaluate_run(run_dir, # a folder written by `fit`
                  device: str = 'auto', # where to evaluate
                  many: Optional[float] = None, # Many threshold of the report (default: the run's `report.many`)
                  few: Optional[float] = None, # Few threshold of the report (default: the run's `report.few`)
+                 data=None, # the run's data, for a run trained on data passed from Python
                 ) -> dict:
     "Per-class accuracy and group report of a saved run's checkpoint on its test set (chapter 09_engine)."
-    cfg, data, model = load_run(run_dir, device)
+    cfg, data, model = load_run(run_dir, device, data=data)
     dev = next(model.parameters()).device
     out, y = collect_outputs(model, make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256)), _amp_dtype(cfg, dev))
     groups = {**cfg.report, **({'many': many} if many is not None else {}), **({'few': few} if few is not None else {})}
@@ -561,12 +651,13 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
                   method: str = 'marc', # 'marc' or 'la'
                   name: Optional[str] = None, # name of the new run
                   device: str = 'auto', # where to run
+                  data=None, # the run's data, for a run trained on data passed from Python
                   **kw, # options of the post-hoc step (marc.fit_marc / baselines.logit_adjust_posthoc)
                  ) -> dict:
     "Apply a post-hoc method (MARC by default) to a saved run and write a new results.json (chapter 09_engine)."
     t0 = time.time(); run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir.with_name(run_dir.name + f'-{method}')
-    cfg, data, model = load_run(run_dir, device)
+    cfg, data, model = load_run(run_dir, device, data=data)
     dev = next(model.parameters()).device; amp = _amp_dtype(cfg, dev)
     out, y = collect_outputs(model, make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256)), amp)
     r = resolve(cfg)
@@ -576,6 +667,7 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     res = {'name': smoke_tag(cfg) + ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev, preds), **_provenance(ncfg, t0, dev)}
     res['stage1']['run'] = str(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True); ncfg.save(out_dir / 'config.json')
+    if (run_dir / DATA_FILE).is_file(): atomic_write_json(out_dir / DATA_FILE, json.loads((run_dir / DATA_FILE).read_text()))   # the same data
     save_predictions(out_dir / 'predictions.npz', out, y, preds.get('posthoc'))
     atomic_write_json(out_dir / 'results.json', res)
     return res
