@@ -13,9 +13,9 @@ from .baselines import drw_start_epoch
 from .registry import get_method, check_kwargs, check_method_kwargs, loss_call, _accepts
 
 # %% auto #0
-__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'NUM_CLASSES', 'DATASETS', 'ENGINE_DATA_KEYS', 'PRESETS', 'ConfigError', 'Config',
-           'parse_overrides', 'apply_overrides', 'resolve', 'resolved_loss', 'validate_config', 'suite_members',
-           'get_config', 'config_changes', 'check_resume']
+__all__ = ['CIFAR_GROUPS', 'DRW_FRACTION', 'NUM_CLASSES', 'DATASETS', 'ENGINE_DATA_KEYS', 'DATA_KWARGS', 'PRESETS', 'ConfigError',
+           'Config', 'parse_overrides', 'apply_overrides', 'resolve', 'resolved_loss', 'check_name', 'validate_config',
+           'suite_members', 'get_config', 'config_changes', 'check_resume']
 
 # %% ../nbs/16_config.ipynb #74f32037
 CIFAR_GROUPS = {'many': 100, 'few': 20}  # Many: > 100 training images, Few: < 20 (the CIFAR-LT convention)
@@ -29,7 +29,7 @@ class Config:
     "Everything a training run needs; saved as JSON next to its results (chapter 16_config)."
     name: str = 'custom'                 # run name (a preset name, or anything)
     source: str = ''                     # the recipe this follows (paper / released code / [ours])
-    dataset: str = 'digits'              # 'digits', 'synthetic-cifar10/100', 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'imagenet-lt', 'places-lt', 'imagenet'
+    dataset: str = 'digits'              # 'digits', 'synthetic-cifar10/100', 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'imagenet-lt', 'places-lt', 'imagenet'; 'folder', 'lists': your own images (data_kwargs.root)
     imbalance_factor: float = 1.0        # n_max / n_min of the training set (1: balanced)
     subsample_seed: int = 0              # seed of the long-tailed selection (separate from `seed`)
     arch: str = 'mlp'                    # 'mlp' (flattened inputs) or a `models.make_model` name, e.g. 'resnet32'
@@ -105,13 +105,29 @@ def _save(self, path):
         return atomic_write_bytes(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
     return atomic_write_json(path, self.to_dict())
 
+def _yaml_load(text: str, where: str):
+    "`yaml.safe_load` that refuses aliases (`*name`): a few hundred bytes of nested aliases expand to billions of nodes."
+    import yaml
+    class _NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise ConfigError(f"{where}: YAML aliases (*{self.peek_event().anchor}) are not allowed in a config; write the values out")
+            return super().compose_node(parent, index)
+    try: return yaml.load(text, Loader=_NoAliases)
+    except yaml.YAMLError as e: raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+
 def _load(cls, path):
-    "Read a config written by `save` (JSON or YAML)."
-    path = Path(path); text = path.read_text()
-    if path.suffix in ('.yaml', '.yml'):
-        import yaml
-        return cls.from_dict(yaml.safe_load(text) or {})
-    return cls.from_dict(json.loads(text))
+    "Read a config written by `save` (JSON or YAML); an empty file, one that is not a mapping of fields, or YAML aliases are one-line errors naming the file."
+    path = Path(path)
+    try: text = path.read_text()
+    except UnicodeDecodeError: raise ConfigError(f"{path} is not a text file: a config is JSON or YAML") from None
+    if path.suffix in ('.yaml', '.yml'): d = _yaml_load(text, str(path))
+    else:
+        try: d = json.loads(text) if text.strip() else None
+        except ValueError as e: raise ConfigError(f"{path}: not valid JSON ({e}); a config is a .json or .yaml/.yml file") from None
+    if d is None: raise ConfigError(f"{path} is empty: a config file must set its fields (e.g. `loss: mr2`); start from a preset with `margin-notes run PRESET --dry-run`")
+    if not isinstance(d, dict): raise ConfigError(f"{path} must hold a mapping of config fields, got a {type(d).__name__}")
+    return cls.from_dict(d)
 
 for _f in (_from_dict, _replace, _save, _load): _f.__name__ = _f.__name__[1:]; _f.__qualname__ = 'Config.' + _f.__name__
 Config.from_dict, Config.load = classmethod(_from_dict), classmethod(_load)
@@ -122,9 +138,7 @@ def _parse_value(s: str):
     "Parse an override value as JSON, else YAML (numbers, true/false, null, [1, 2], {a: 1}); else keep the string."
     try: return json.loads(s)
     except ValueError: pass
-    try:
-        import yaml
-        v = yaml.safe_load(s)
+    try: v = _yaml_load(s, 'override')   # no aliases: a value cannot expand
     except Exception: return s
     if isinstance(v, str):   # YAML 1.1 reads '3e-5' as a string
         try: return float(v)
@@ -188,11 +202,21 @@ def resolved_loss(cfg: Config, # the configuration
 _CHOICES = {'head': (None, 'linear', 'cosine'), 'optimizer': ('sgd', 'adamw'), 'schedule': ('cosine', 'step', 'constant'),
             'amp': (None, 'auto', 'bf16', 'none', 'fp32'), 'channels_last': (True, False, 'auto'), 'pipeline': ('auto', 'gpu', 'dataloader'),
             'augment': ('crop-flip', 'rrc-flip', 'none'), 'posthoc': (None, 'none', 'marc', 'la')}
-_POSITIVE = ('epochs', 'batch_size', 'lr', 'eval_every')
+_POSITIVE = ('epochs', 'batch_size', 'lr', 'eval_every')   # epochs, batch_size, eval_every are ints: >= 1
+_SAFE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._+-]{0,127}')   # a file name: no separator, not '.' or '..', not absolute
+
+def check_name(name, # a run, suite or suite member name
+               what: str = 'name', # how the message calls it
+              ) -> str:
+    "Raise a one-line `ConfigError` unless `name` is safe as a folder name: letters, digits, `. _ + -`, starting with a letter or digit, no `..`, at most 128 characters (chapter 16_config)."
+    if not (isinstance(name, str) and _SAFE_NAME.fullmatch(name) and '..' not in name):
+        raise ConfigError(f"{what} {name!r} is not a safe name: use letters, digits and . _ + - (it names an output folder: "
+                          f"no path separators, no '..', not absolute, at most 128 characters)")
+    return name
 _NONNEG = ('weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'subsample_seed', 'seed', 'momentum', 'step_gamma')
 _TYPES = {'dict': (dict,), 'list': (list, tuple)}
 DATASETS = ('digits', 'synthetic-cifar10', 'synthetic-cifar100', 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist',
-            'imagenet-lt', 'places-lt', 'imagenet')
+            'imagenet-lt', 'places-lt', 'imagenet', 'folder', 'lists')   # folder, lists: your own images under data_kwargs.root (chapter 04_data)
 _SYNTHETIC_KEYS = ('n_max', 'test_per_class', 'size')
 ENGINE_DATA_KEYS = ('color_jitter', 'image_size')   # data_kwargs read by the engine's image transforms, not by `data.load_dataset`
 
@@ -214,8 +238,17 @@ def _check_fields(cfg: Config, w: str) -> str:
     "The checks of `validate_config` on the fields alone (types, ranges, choices, device, report); returns the dataset name, normalised."
     for f in dataclasses.fields(cfg):
         _check_type(w + f.name, f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type)), getattr(cfg, f.name))
+    check_name(cfg.name, w + 'name')
+    for f in dataclasses.fields(cfg):   # every number finite (lr: 1e400 reads as inf)
+        v = getattr(cfg, f.name)
+        vs = v if isinstance(v, (list, tuple)) and f.name != 'suite' else [v]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in vs): raise ConfigError(f"{w}{f.name} must be finite, got {v!r}")
     for k in _POSITIVE:
         if not getattr(cfg, k) > 0: raise ConfigError(f"{w}{k} must be positive, got {getattr(cfg, k)!r}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ConfigError(f"{w}grad_clip must be > 0 (a maximum gradient norm) or null for no clipping, got {cfg.grad_clip!r}")
+    for k in ('seed', 'subsample_seed'):
+        if not getattr(cfg, k) < 2 ** 32: raise ConfigError(f"{w}{k} must be < 2**32, got {getattr(cfg, k)!r}")
     for k in _NONNEG:
         if not getattr(cfg, k) >= 0: raise ConfigError(f"{w}{k} must be >= 0, got {getattr(cfg, k)!r}")
     if not cfg.momentum < 1: raise ConfigError(f"{w}momentum must be < 1, got {cfg.momentum}")
@@ -224,7 +257,7 @@ def _check_fields(cfg: Config, w: str) -> str:
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0: raise ConfigError(f"{w}warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if not 0 <= cfg.drw_start_frac < 1: raise ConfigError(f"{w}drw_start_frac must lie in [0, 1), got {cfg.drw_start_frac}")
     if not 0 <= cfg.drw_beta < 1: raise ConfigError(f"{w}drw_beta must lie in [0, 1), got {cfg.drw_beta}")
-    if cfg.milestones is not None and any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in cfg.milestones):
+    if cfg.milestones is not None and any(isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0 for m in cfg.milestones):
         raise ConfigError(f"{w}milestones must be a list of epochs, got {cfg.milestones!r}")
     if any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in cfg.milestone_fracs):
         raise ConfigError(f"{w}milestone_fracs must be fractions of the run in (0, 1], got {cfg.milestone_fracs!r}")
@@ -274,20 +307,45 @@ def _check_method(cfg: Config, r: dict, m, w: str):
         _nested(check_kwargs, logit_adjust_posthoc, r['posthoc_kwargs'], w + 'posthoc_kwargs', skip=('logits', 'class_counts'))
 
 # %% ../nbs/16_config.ipynb #87b60298
+_LT_KEYS = ('max_per_class', 'selection')
+_IMAGE_KEYS = ENGINE_DATA_KEYS + ('root', 'max_per_class')
+DATA_KWARGS = {'digits': ('test_per_class',) + _LT_KEYS, 'cifar10': ('root', 'download') + _LT_KEYS, 'cifar100': ('root', 'download') + _LT_KEYS,
+               'cifar10-jpeg': _LT_KEYS, 'fmnist': _LT_KEYS, 'imagenet-lt': _IMAGE_KEYS + ('list_dir',), 'places-lt': _IMAGE_KEYS + ('list_dir',),
+               'imagenet': _IMAGE_KEYS}   # data_kwargs each built-in data set takes; 'folder' and 'lists' take their loader's options
+
+def _check_data_kwargs(cfg: Config, ds: str, w: str):
+    "data_kwargs against the data set: unknown keys (with a did-you-mean), types, and for your own images a root that exists."
+    import inspect
+    from margin_notes import data as D
+    own = {'folder': D.load_image_folder, 'lists': D.load_image_lists}.get(ds)
+    keys = DATA_KWARGS.get(ds, ()) if own is None else tuple(p for p in inspect.signature(own).parameters if p not in ('imbalance_factor', 'subsample_seed'))
+    for k in cfg.data_kwargs:
+        if k not in keys:
+            near = difflib.get_close_matches(k, keys, n=1)
+            hint = " (it is a config field: set it at the top level)" if k in ('imbalance_factor', 'subsample_seed') else ''
+            raise ConfigError(f"{w}data_kwargs.{k}: dataset {ds!r} takes no option {k!r}" + (f"; did you mean {near[0]!r}?" if near else
+                              f"; its options are {', '.join(keys) or '(none)'}") + hint)
+    if own is None: return
+    _nested(check_kwargs, own, cfg.data_kwargs, w + 'data_kwargs')
+    root = cfg.data_kwargs.get('root')
+    what = 'train/<class>/ and test/<class>/' if ds == 'folder' else 'your images and the list files (train.txt, test.txt)'
+    if root is None: raise ConfigError(f"{w}dataset {ds!r} needs data_kwargs.root: the folder holding {what}")
+    if not Path(str(root)).expanduser().is_dir(): raise ConfigError(f"{w}data_kwargs.root: no folder {root} (the folder holding {what})")
+
 def _check_model_data(cfg: Config, ds: str, w: str):
     "The options of the model and the data, and WiSE-FT, against what receives them."
     if cfg.arch == 'mlp':
         from margin_notes.models import MLPClassifier
         _nested(check_kwargs, MLPClassifier, cfg.model_kwargs, w + 'model_kwargs', skip=('in_dim', 'num_classes', 'head'))
+    else:
+        from margin_notes.models import check_model_kwargs
+        _nested(check_model_kwargs, cfg.arch, cfg.model_kwargs, w + 'model_kwargs', w + 'arch')
     if ds.startswith('synthetic'):
         for k in cfg.data_kwargs:
             if k not in _SYNTHETIC_KEYS:
                 near = difflib.get_close_matches(k, _SYNTHETIC_KEYS, n=1)
                 raise ConfigError(f"{w}data_kwargs.{k}: the synthetic set takes {', '.join(_SYNTHETIC_KEYS)}" + (f"; did you mean {near[0]!r}?" if near else ''))
-    else:
-        from margin_notes.data import load_dataset
-        _nested(check_kwargs, load_dataset, {k: v for k, v in cfg.data_kwargs.items() if k not in ENGINE_DATA_KEYS}, w + 'data_kwargs',
-                     skip=('name', 'imbalance_factor', 'subsample_seed'))
+    else: _check_data_kwargs(cfg, ds, w)
     if cfg.wise_ft_alpha is not None:
         if not 0 <= cfg.wise_ft_alpha <= 1: raise ConfigError(f"{w}wise_ft_alpha must lie in [0, 1], got {cfg.wise_ft_alpha}")
         if not cfg.model_kwargs.get('zero_shot'): raise ConfigError(f"{w}wise_ft_alpha interpolates with a zero-shot CLIP head: it needs model_kwargs.zero_shot=true")
@@ -317,10 +375,13 @@ def _loss_options(method) -> list:
 def suite_members(cfg: Config) -> list:
     "[(key, label, from, member Config)] of a suite; suite-level `loss_kwargs` go to the members whose loss takes them (chapter 16_config)."
     base = cfg.to_dict(); base.pop('suite'); shared = base.pop('loss_kwargs')
-    out = []
+    out, keys = [], set()
     for i, mem in enumerate(cfg.suite):
         if not isinstance(mem, dict) or 'name' not in mem: raise ConfigError(f"suite[{i}] must be a dict with a 'name'")
         mem = dict(mem); key = mem.pop('name'); label = mem.pop('label', key); src = mem.pop('from', None)
+        check_name(key, f"suite member name")   # a sub-folder of the suite's folder
+        if key in keys: raise ConfigError(f"suite member name {key!r} appears twice: each member needs its own folder")
+        keys.add(key)
         mcfg = apply_overrides(Config.from_dict({**base, 'name': f"{cfg.name}-{key}"}), mem)
         try: opts = _loss_options(mcfg.loss)
         except KeyError as e: raise ConfigError(f"suite member {key!r}: loss: {e.args[0]}") from None
@@ -329,6 +390,7 @@ def suite_members(cfg: Config) -> list:
     return out
 
 def _validate_suite(cfg: Config) -> Config:
+    if not cfg.suite: raise ConfigError(f"{cfg.name!r}: suite is empty; list at least one member (or leave suite unset)")
     members, seen = suite_members(cfg), set()
     known = sorted({o for *_, m in members for o in _loss_options(m.loss)})
     for k in cfg.loss_kwargs:
