@@ -21,9 +21,10 @@ __all__ = ['N_MAX', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 
            'STANDIN_MARKER', 'FMNIST_DIRS', 'cifar_lt_counts', 'lt_indices', 'class_groups', 'DataBundle',
            'is_standin_root', 'cifar10_jpeg_arrays', 'read_idx', 'read_cifar_python', 'load_dataset', 'read_list_file',
            'ListFileDataset', 'ListBundle', 'imagenet_class_names', 'load_list_dataset', 'make_fake_list_tree',
-           'load_imagenet', 'crop_flip', 'random_crop_flip', 'GPULoader', 'TensorImageDataset', 'small_image_transform',
-           'imagenet_transform', 'ShardedLoader', 'make_loader', 'augmentation_stats', 'coordinate_probe',
-           'channel_stats']
+           'load_imagenet', 'files_fingerprint', 'decode_images', 'long_tail_counts', 'load_image_folder',
+           'load_image_lists', 'image_data_fingerprint', 'make_image_folder', 'crop_flip', 'random_crop_flip',
+           'GPULoader', 'TensorImageDataset', 'small_image_transform', 'imagenet_transform', 'ShardedLoader',
+           'make_loader', 'augmentation_stats', 'coordinate_probe', 'channel_stats']
 
 # %% ../nbs/04_data.ipynb #9d483d0a
 N_MAX = {10: 5000, 100: 500}  # CIFAR-10 / CIFAR-100 head-class sizes
@@ -352,7 +353,7 @@ def _lt_subset(d: dict, base: str, IF: float, info: dict, max_per_class, selecti
     return short, label, idx
 
 # %% ../nbs/04_data.ipynb #517de483
-def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'digits', 'synthetic', optional '-lt<IF>'; 'imagenet', 'imagenet_lt', 'places_lt'
+def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'digits', 'synthetic', optional '-lt<IF>'; 'imagenet', 'imagenet_lt', 'places_lt'; 'folder', 'lists' (your own images under `root`)
                  imbalance_factor: Optional[float] = None, # long-tailed training subset with this IF (overrides the name)
                  selection: str = 'shuffle', # 'shuffle' (reference subsets) or 'first'
                  subsample_seed: int = 0, # seed of the LT subsample (not the training seed)
@@ -363,6 +364,10 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
                 ):
     "Load a dataset as a `DataBundle` (uint8 images in memory) or, for ImageNet / ImageNet-LT / Places-LT, a `ListBundle` (chapter 04_data)."
     key = name.lower().replace('-', '_')
+    if key in ('folder', 'lists'):   # your own images (below): an ImageFolder tree or list files under `root`
+        if root is None: raise ValueError(f"dataset {name!r} needs root= (data_kwargs.root): the folder holding your images")
+        load = load_image_folder if key == 'folder' else load_image_lists
+        return load(root, imbalance_factor=imbalance_factor, subsample_seed=subsample_seed, selection=selection, max_per_class=max_per_class, **kwargs)
     if key in ('imagenet_lt', 'places_lt'): return _mark_standin(load_list_dataset(key, image_root=root, max_per_class=max_per_class, **kwargs))
     if key == 'imagenet': return _mark_standin(load_imagenet(root, max_per_class=max_per_class))
     base, if_name = _parse_name(name)
@@ -553,6 +558,247 @@ def load_imagenet(root=None, # folder holding train/ and val/ (default: <data ro
     return ListBundle(name='imagenet', label='ImageNet', train=train, val=None, test=test, num_classes=len(wnids),
                       class_counts=np.bincount(train.labels, minlength=len(wnids)).tolist(), classes=wnids,
                       class_names=imagenet_class_names(wnids, root), info=info)
+
+# %% ../nbs/04_data.ipynb #8c534576
+_FOLDER_LAYOUT = "<root>/train/<class>/*.png|jpg and <root>/test/<class>/... (torchvision's ImageFolder layout; val/ optional)"
+_ORDERS = ('given', 'count', 'shuffle')
+
+def _image_files(d: Path) -> list:
+    "Image file names in folder `d`, sorted."
+    return sorted(e.name for e in os.scandir(d) if e.is_file() and e.name.lower().endswith(_IMAGE_EXT))
+
+def _folder_listing(root: Path, eval_split: str = 'test') -> tuple:
+    "({'train': (paths, labels), 'test': (paths, labels)}, class names, split scored as test) of an image folder."
+    root = Path(root)
+    if not (root / 'train').is_dir(): raise FileNotFoundError(f"image folder {root}: no train/ folder; expected {_FOLDER_LAYOUT}")
+    if eval_split not in ('test', 'val'): raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
+    ev = eval_split if (root / eval_split).is_dir() or eval_split == 'val' else 'val'
+    if not (root / ev).is_dir(): raise FileNotFoundError(f"image folder {root}: no {eval_split}/ folder" + (" (nor val/)" if eval_split == 'test' else '') + f"; expected {_FOLDER_LAYOUT}")
+    classes = sorted(e.name for e in os.scandir(root / 'train') if e.is_dir() and _image_files(e.path))
+    if not classes: raise ValueError(f"image folder {root}: train/ holds no <class>/ folders with images; expected {_FOLDER_LAYOUT}")
+    found = sorted(e.name for e in os.scandir(root / ev) if e.is_dir() and _image_files(e.path))
+    if extra := [c for c in found if c not in classes]: raise ValueError(f"image folder {root}: {ev}/ has class folders {extra[:3]} that train/ lacks")
+    if missing := [c for c in classes if c not in found]: raise ValueError(f"image folder {root}: {ev}/ has no images of the classes {missing[:3]}; every class needs test images")
+    out = {}
+    for split, src in (('train', 'train'), ('test', ev)):
+        paths, labels = [], []
+        for k, c in enumerate(classes):
+            if not (root / src / c).is_dir(): continue
+            fs = _image_files(root / src / c); paths += [f'{src}/{c}/{f}' for f in fs]; labels += [k] * len(fs)
+        out[split] = (paths, np.asarray(labels, dtype=np.int64))
+    return out, classes, ev
+
+def files_fingerprint(root, # the folder the paths are relative to
+                      paths: Sequence[str], # relative paths of the files
+                      extra: str = '', # more text to hash (e.g. the list files' contents)
+                     ) -> str:
+    "A short hash of every file's relative path, size and modification time (no file is read) (chapter 04_data)."
+    import hashlib
+    h, root = hashlib.sha256(extra.encode()), Path(root)
+    for p in paths:
+        try: st = os.stat(root / p)
+        except FileNotFoundError: raise FileNotFoundError(f"{root}: listed file {p} is missing") from None
+        h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+# %% ../nbs/04_data.ipynb #62ee0e4f
+_GREY_MODES = ('1', 'L', 'I', 'I;16', 'F')
+
+def decode_images(root, # the folder the paths are relative to
+                  splits: dict, # {split: relative paths}
+                  size=None, # an int (square) or [H, W]; None: the most common size of the first split
+                  grayscale: Optional[bool] = None, # one channel; None: exactly when every image is grey
+                 ) -> dict:
+    "{split: uint8 array (N, C, H, W)}: every image opened with PIL, converted to grey or RGB and resized to one size (chapter 04_data)."
+    from collections import Counter
+    from PIL import Image
+    root = Path(root)
+    if size is None or grayscale is None:
+        heads = {}
+        for s, ps in splits.items():
+            for p in ps:
+                with Image.open(root / p) as im: heads[(s, p)] = (im.mode, im.size)
+        if grayscale is None: grayscale = all(m in _GREY_MODES for m, _ in heads.values())
+        if size is None:
+            first = next(iter(splits))
+            w, h = Counter(sz for (s, _), (_, sz) in heads.items() if s == first).most_common(1)[0][0]
+            size = (h, w)
+    H, W = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+    out = {}
+    for s, ps in splits.items():
+        arr = np.empty((len(ps), 1 if grayscale else 3, H, W), np.uint8)
+        for i, p in enumerate(ps):
+            with Image.open(root / p) as im:
+                im = im.convert('L' if grayscale else 'RGB')
+                if im.size != (W, H): im = im.resize((W, H), Image.BILINEAR)
+                a = np.asarray(im)
+            arr[i] = a[None] if grayscale else a.transpose(2, 0, 1)
+        out[s] = arr
+    return out
+
+def _cached_decode(root, splits: dict, fingerprint: str, size, grayscale) -> dict:
+    "`decode_images` once per (files, size, grey): later calls read `<cache>/image_folders/<key>.npz` (plain arrays, no pickle)."
+    import hashlib
+    from margin_notes.core import atomic_write_bytes
+    key = hashlib.sha256(json.dumps([fingerprint, sorted(splits), size, grayscale]).encode()).hexdigest()[:20]
+    f = cache_dir('image_folders') / f'{key}.npz'
+    if f.is_file():
+        try:
+            with np.load(f, allow_pickle=False) as z: return {s: z[s] for s in splits}
+        except (OSError, ValueError, KeyError): pass   # damaged entry: decode again
+    arrs = decode_images(root, splits, size, grayscale)
+    buf = io.BytesIO(); np.savez(buf, **arrs); atomic_write_bytes(f, buf.getvalue())
+    return arrs
+
+# %% ../nbs/04_data.ipynb #33988dab
+def long_tail_counts(available: Sequence[int], # images available per class, in label order
+                     imbalance_factor: float, # IF = n_head / n_tail
+                     order: str = 'given', # head first: 'given' (label order), 'count' (most images first), 'shuffle' (seeded)
+                     seed: int = 0, # seed of the 'shuffle' order
+                    ) -> tuple:
+    "(images to keep per class in label order, rank of every class with 0 the head) of the exponential profile (chapter 04_data)."
+    if order not in _ORDERS: raise ValueError(f"order must be one of {', '.join(_ORDERS)}, got {order!r}")
+    if not imbalance_factor >= 1: raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}")
+    a, K = np.asarray(available, dtype=np.int64), len(available)
+    if order == 'given': head_first = np.arange(K)
+    elif order == 'count': head_first = np.argsort(-a, kind='stable')
+    else: head_first = np.random.RandomState(seed).permutation(K)
+    rank = np.empty(K, np.int64); rank[head_first] = np.arange(K)
+    frac = rank / max(K - 1, 1)
+    head = min(int(math.floor(n * imbalance_factor ** f + 1e-9)) for n, f in zip(a.tolist(), frac.tolist()))
+    counts = [min(int(n), max(1, int(math.floor(head * imbalance_factor ** -f + 1e-9)))) for n, f in zip(a.tolist(), frac.tolist())]
+    return counts, rank.tolist()
+
+# %% ../nbs/04_data.ipynb #364d2a33
+def _image_bundle(root: Path, kind: str, listing: dict, classes: list, fingerprint: str, info: dict, imbalance_factor, order: str,
+                  subsample_seed: int, selection: str, max_per_class, size, grayscale) -> DataBundle:
+    "A DataBundle from a listing {'train'|'test': (paths, labels)}: decoded through the cache, capped, cut to the profile."
+    if order not in _ORDERS: raise ValueError(f"order must be one of {', '.join(_ORDERS)}, got {order!r}")
+    if order != 'given' and imbalance_factor is None:
+        raise ValueError(f"order={order!r} chooses the head class of a long-tail profile: give an imbalance_factor > 1 as well")
+    arrs = _cached_decode(root, {s: listing[s][0] for s in ('train', 'test')}, fingerprint, size, grayscale)
+    d = dict(train_images=torch.from_numpy(arrs['train']), train_labels=torch.from_numpy(listing['train'][1]),
+             test_images=torch.from_numpy(arrs['test']), test_labels=torch.from_numpy(listing['test'][1]), num_classes=len(classes),
+             classes=list(classes))
+    if max_per_class is not None: d = _cap_per_class(d, max_per_class); info['max_per_class'] = max_per_class
+    x = d['train_images'].float() / 255
+    d['mean'] = tuple(round(v, 4) for v in x.mean((0, 2, 3)).tolist()); d['std'] = tuple(round(max(v, 1e-3), 4) for v in x.std((0, 2, 3)).tolist())
+    name, label, idx = kind, f"{root.name} ({'image folder' if kind == 'folder' else 'list files'})", None
+    if imbalance_factor is not None:
+        counts, rank = long_tail_counts(torch.bincount(d['train_labels'], minlength=len(classes)).tolist(), imbalance_factor, order, subsample_seed)
+        idx = lt_indices(d['train_labels'], counts, selection=selection, seed=subsample_seed)
+        d['train_images'], d['train_labels'] = d['train_images'][torch.from_numpy(idx)], d['train_labels'][torch.from_numpy(idx)]
+        name, label = f"{kind}-lt{imbalance_factor:g}", label + f", IF {imbalance_factor:g} ({order} order)"
+        info.update(imbalance_factor=imbalance_factor, order=order, class_rank=rank, selection=selection, subsample_seed=subsample_seed)
+    info.update(image_shape=list(d['train_images'].shape[1:]))
+    return DataBundle(name=name, label=label, train_indices=idx, info=info, **d)
+
+def load_image_folder(root, # folder holding train/<class>/ and test/<class>/ (val/ optional)
+                      imbalance_factor: Optional[float] = None, # cut the training split to an exponential profile with this IF; None: as it is
+                      order: str = 'given', # head class of the profile: 'given' (label order), 'count' (most images first), 'shuffle' (seeded)
+                      subsample_seed: int = 0, # seed of the 'shuffle' order and of which images the profile keeps
+                      selection: str = 'shuffle', # which images of a class the profile keeps: 'shuffle' (seeded) or 'first'
+                      max_per_class: Optional[int] = None, # keep at most the first n images of every class (quick runs)
+                      size=None, # resize every image to size×size (or [H, W]); None: the most common training size
+                      grayscale: Optional[bool] = None, # one channel; None: exactly when every image is grey
+                      eval_split: str = 'test', # the split scored as the test set: 'test' (val/ when there is no test/) or 'val'
+                     ) -> DataBundle:
+    "Your own images in torchvision's ImageFolder layout, decoded once into the cache, as a `DataBundle` (chapter 04_data)."
+    root = Path(root).expanduser()
+    listing, classes, ev = _folder_listing(root, eval_split)
+    paths = listing['train'][0] + listing['test'][0]
+    info = {'source': 'folder', 'root': str(root.resolve()), 'files': len(paths), 'fingerprint': files_fingerprint(root, paths), 'eval_split': ev}
+    return _image_bundle(root, 'folder', listing, classes, info['fingerprint'], info, imbalance_factor, order, subsample_seed, selection,
+                         max_per_class, size, grayscale)
+
+# %% ../nbs/04_data.ipynb #3520589b
+def _find_list(root: Path, split: str, given) -> Optional[Path]:
+    "The list file of `split`: as given (relative to root), else <root>/<split>.txt or the one <root>/*_<split>.txt."
+    if given is not None:
+        p = Path(given).expanduser(); p = p if p.is_absolute() else root / p
+        if not p.is_file(): raise FileNotFoundError(f"list files {root}: {split} list {p.name} not found")
+        return p
+    if (root / f'{split}.txt').is_file(): return root / f'{split}.txt'
+    hits = sorted(root.glob(f'*_{split}.txt'))
+    if len(hits) > 1: raise ValueError(f"list files {root}: several {split} lists ({', '.join(h.name for h in hits[:3])}); name one with data_kwargs.{split}")
+    return hits[0] if hits else None
+
+def _lists_listing(root: Path, train=None, test=None, val=None, eval_split: str = 'test') -> tuple:
+    "({'train'|'test': (paths, labels renumbered 0..K-1)}, class names, split scored as test, the list files' text)."
+    root = Path(root)
+    if not root.is_dir(): raise FileNotFoundError(f"list files: image folder {root} does not exist")
+    if eval_split not in ('test', 'val'): raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
+    tr = _find_list(root, 'train', train)
+    if tr is None: raise FileNotFoundError(f"list files {root}: no train.txt or *_train.txt (lines '<relative path> <label>'); or name it with data_kwargs.train")
+    ev, evf = eval_split, _find_list(root, eval_split, test if eval_split == 'test' else val)
+    if evf is None and eval_split == 'test': ev, evf = 'val', _find_list(root, 'val', val)
+    if evf is None: raise FileNotFoundError(f"list files {root}: no {eval_split} list ({eval_split}.txt or *_{eval_split}.txt" + (", nor a val list" if eval_split == 'test' else '') + ")")
+    (tp, tl), (vp, vl) = read_list_file(tr), read_list_file(evf)
+    if not len(tl): raise ValueError(f"list files {root}: {tr.name} lists no images")
+    present = np.unique(tl); index = {int(v): k for k, v in enumerate(present)}
+    if extra := sorted(set(vl.tolist()) - set(index)): raise ValueError(f"list files {root}: {evf.name} has labels {extra[:3]} that {tr.name} lacks")
+    if missing := sorted(set(index) - set(vl.tolist())): raise ValueError(f"list files {root}: {evf.name} has no images of the labels {missing[:3]}; every class needs test images")
+    remap = lambda l: np.asarray([index[int(v)] for v in l], dtype=np.int64)
+    parents = {}
+    for p, v in zip(tp + vp, np.concatenate([tl, vl]).tolist()): parents.setdefault(v, set()).add(Path(p).parent.name)
+    names = [next(iter(parents[int(v)])) if len(parents[int(v)]) == 1 else str(int(v)) for v in present]
+    if len(set(names)) < len(names) or any(n in ('', '.') for n in names): names = [str(int(v)) for v in present]
+    text = tr.read_text() + '\0' + evf.read_text()
+    return {'train': ([p.lstrip('/') for p in tp], remap(tl)), 'test': ([p.lstrip('/') for p in vp], remap(vl))}, names, ev, text
+
+def load_image_lists(root, # folder the listed paths are relative to
+                     train=None, # training list ('<relative path> <label>' a line); default: <root>/train.txt or <root>/*_train.txt
+                     test=None, # test list; default: test.txt or *_test.txt (the val list when there is none)
+                     val=None, # validation list; default: val.txt or *_val.txt
+                     imbalance_factor: Optional[float] = None, # cut the training split to an exponential profile with this IF; None: as it is
+                     order: str = 'given', # head class of the profile: 'given' (label order), 'count' (most images first), 'shuffle' (seeded)
+                     subsample_seed: int = 0, # seed of the 'shuffle' order and of which images the profile keeps
+                     selection: str = 'shuffle', # which images of a class the profile keeps: 'shuffle' (seeded) or 'first'
+                     max_per_class: Optional[int] = None, # keep at most the first n images of every class (quick runs)
+                     size=None, # resize every image to size×size (or [H, W]); None: the most common training size
+                     grayscale: Optional[bool] = None, # one channel; None: exactly when every image is grey
+                     eval_split: str = 'test', # the list scored as the test set: 'test' (val when there is no test list) or 'val'
+                    ) -> DataBundle:
+    "Your own images named by list files (the ImageNet-LT convention), K = the labels of the training list, as a `DataBundle` (chapter 04_data)."
+    root = Path(root).expanduser()
+    listing, classes, ev, text = _lists_listing(root, train, test, val, eval_split)
+    paths = listing['train'][0] + listing['test'][0]
+    info = {'source': 'lists', 'root': str(root.resolve()), 'files': len(paths), 'fingerprint': files_fingerprint(root, paths, text), 'eval_split': ev}
+    return _image_bundle(root, 'lists', listing, classes, info['fingerprint'], info, imbalance_factor, order, subsample_seed, selection,
+                         max_per_class, size, grayscale)
+
+def image_data_fingerprint(dataset: str, # 'folder' or 'lists'
+                           root, # the data_kwargs of the run (root, and for lists train/test/val)
+                           train=None, test=None, val=None, eval_split: str = 'test', **_) -> dict:
+    "{'fingerprint', 'files'} of the images a 'folder' / 'lists' data set would read now, without decoding any (chapter 04_data)."
+    root = Path(root).expanduser()
+    if dataset == 'folder':
+        listing, _, _ = _folder_listing(root, eval_split); text = ''
+    else: listing, _, _, text = _lists_listing(root, train, test, val, eval_split)
+    paths = listing['train'][0] + listing['test'][0]
+    return {'fingerprint': files_fingerprint(root, paths, text), 'files': len(paths)}
+
+# %% ../nbs/04_data.ipynb #1d261da9
+def make_image_folder(root, # folder to create (train/ and test/ inside)
+                      counts: dict, # training images per class, {class name: n}
+                      test_per_class: int = 20, # test images per class
+                      size: int = 16, # images are size×size RGB PNGs
+                      noise: float = 0.35, # pixel noise relative to the pattern
+                      seed: int = 0,
+                     ) -> Path:
+    "Write a small generated image folder in the ImageFolder layout, for demos and tests: every class a grating at its own angle, plus noise (chapter 04_data)."
+    from PIL import Image
+    root, rng, K = Path(root), np.random.default_rng(seed), len(counts)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for k, (name, n) in enumerate(counts.items()):
+        theta = np.pi * k / K
+        for split, m in (('train', n), ('test', test_per_class)):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(m):
+                g = np.sin(2 * np.pi * 3 * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.uniform(0, 2 * np.pi))
+                img = 0.5 + 0.5 * (g[..., None] * rng.uniform(0.6, 1.0, 3) + noise * rng.standard_normal((size, size, 3)))
+                Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(root / split / name / f'{i:04d}.png')
+    return root
 
 # %% ../nbs/04_data.ipynb #a307c1db
 def crop_flip(x: torch.Tensor, # images (B, C, H, W), any dtype

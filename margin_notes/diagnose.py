@@ -343,13 +343,14 @@ def _features_preds(model, data, cfg, split):
 def diagnose_run(run_dir, # a folder written by `margin-notes run` (config.json + checkpoint.pt)
                  bootstrap: int = 200, # bootstrap resamples
                  device: str = 'cpu', # where to recompute the features
+                 data=None, # the run's data, for a run trained on data passed from Python (else rebuilt as its data.json records)
                 ) -> dict:
     "Diagnose one saved run: training features from its checkpoint, error on its test set (chapter 18_diagnose)."
     from margin_notes.engine import load_run
     run_dir = Path(run_dir)
     if not (run_dir / 'checkpoint.pt').exists() or not (run_dir / 'config.json').exists():
         raise FileNotFoundError(f"{run_dir} has no config.json + checkpoint.pt (not a finished `margin-notes run` folder)")
-    cfg, data, model = load_run(run_dir, device)
+    cfg, data, model = load_run(run_dir, device, data=data)   # the run's own data, or a one-line refusal (chapter 09_engine)
     if not hasattr(model, 'backbone'): raise ValueError(f"the model of {run_dir} has no `.backbone`: cannot read its features")
     f, y, _ = _features_preds(model, data, cfg, 'train')
     _, ty, tp = _features_preds(model, data, cfg, 'test')
@@ -389,7 +390,9 @@ def main(argv: Optional[Sequence[str]] = None # command-line arguments (default:
     except FileNotFoundError as e: ap.error(str(e))
     from margin_notes.core import atomic_write_json, atomic_write_bytes
     for rd in dirs:
-        d = diagnose_run(rd, bootstrap=a.bootstrap, device=a.device)
+        try: d = diagnose_run(rd, bootstrap=a.bootstrap, device=a.device)
+        except (ValueError, FileNotFoundError) as e:   # e.g. a run whose data changed, or was passed from Python: one line, exit 2
+            print(f"margin-notes diagnose: error: {e}".replace('\n', ' '), file=sys.stderr); return 2
         out = Path(a.out) / rd.name if a.out and len(dirs) > 1 else Path(a.out) if a.out else rd / 'diagnose'
         out.mkdir(parents=True, exist_ok=True)
         md = f"# diagnosis of {d['name']}\n\n" + diagnosis_markdown(d)

@@ -433,6 +433,14 @@ def _test_size(data) -> Optional[int]:
     if getattr(data, 'in_memory', True): return int(len(data.test_labels))
     return len(data.test) if getattr(data, 'test', None) is not None else None
 
+def _selection_hash(data) -> Optional[str]:
+    "A short hash of an in-memory set's labels and kept training indices: which images, not only how many (None for file lists)."
+    if not getattr(data, 'in_memory', True) or not hasattr(data, 'train_labels'): return None
+    import hashlib
+    h = hashlib.sha256(data.train_labels.cpu().numpy().astype(np.int64).tobytes() + data.test_labels.cpu().numpy().astype(np.int64).tobytes())
+    if getattr(data, 'train_indices', None) is not None: h.update(np.asarray(data.train_indices, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
 def data_record(cfg: Config, # the run's configuration
                 data, # the data it trains on
                 rebuildable: bool = True, # False: data passed from Python, which no config rebuilds
@@ -441,7 +449,8 @@ def data_record(cfg: Config, # the run's configuration
     info = getattr(data, 'info', None) or {}
     rec = {'rebuildable': bool(rebuildable), **_data_spec(cfg), 'name': getattr(data, 'name', None), 'label': getattr(data, 'label', None),
            'num_classes': int(data.num_classes), 'classes': list(getattr(data, 'classes', None) or []) or None,
-           'class_counts': None if data.class_counts is None else [int(c) for c in data.class_counts], 'test_size': _test_size(data)}
+           'class_counts': None if data.class_counts is None else [int(c) for c in data.class_counts], 'test_size': _test_size(data),
+           'selection_hash': _selection_hash(data)}
     rec.update({k: info[k] for k in ('root', 'files', 'fingerprint', 'eval_split', 'order', 'class_rank') if k in info})
     if not rebuildable: rec['source'] = 'python: fit(cfg, out, data=...); pass the same data again (data=...)'
     return rec
@@ -466,6 +475,8 @@ def check_data(run_dir, # the run folder (for the message)
         raise ConfigError(f"{run_dir} was trained on other data: training counts {_short(record['class_counts'])} then, {_short(now)} now")
     if record.get('test_size') is not None and _test_size(data) not in (None, record['test_size']):
         raise ConfigError(f"{run_dir} was tested on {record['test_size']} images; this data has {_test_size(data)}")
+    if record.get('selection_hash') is not None and _selection_hash(data) not in (None, record['selection_hash']):
+        raise ConfigError(f"{run_dir} was trained on other images of the same counts (another subsample_seed or order?): its data.json does not match this data")
 
 # %% ../nbs/09_engine.ipynb #280454e2
 def run_data(run_dir, # a run folder written by `fit`

@@ -16,10 +16,10 @@ from .core import cache_dir, atomic_torch_save, find_data
 from .registry import import_extra
 
 # %% auto #0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'LinearHead', 'build_head', 'ScaledCosineHead', 'Classifier', 'MLPClassifier',
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'ARCHS', 'LinearHead', 'build_head', 'ScaledCosineHead', 'Classifier', 'MLPClassifier',
            'head_weight_norms', 'BasicBlock', 'CifarResNet', 'resnet32', 'predict', 'WideResNet', 'clip_backbone',
-           'efficientnet_lite0_weights_path', 'efficientnet_lite0', 'register_tiny_clip', 'make_model', 'input_spec',
-           'FeatureExtractor', 'feature_cache_path', 'cache_features']
+           'efficientnet_lite0_weights_path', 'efficientnet_lite0', 'register_tiny_clip', 'SmallCNN', 'make_model',
+           'input_spec', 'check_model_kwargs', 'FeatureExtractor', 'feature_cache_path', 'cache_features']
 
 # %% ../nbs/05_models.ipynb #b97a7198
 class LinearHead(nn.Linear):
@@ -280,6 +280,21 @@ def register_tiny_clip(name: str = 'mn-tiny-RN') -> str:
     _MODEL_CONFIGS[name] = json.loads(json.dumps(_TINY_CLIP))
     return name
 
+# %% ../nbs/05_models.ipynb #d05fefb6
+class SmallCNN(nn.Module):
+    "Three 3×3 conv-BN-ReLU layers with stride 2 and global average pooling: images → (B, widths[-1]) (chapter 05_models)."
+    def __init__(self, in_channels: int = 3, # image channels (1 for grey images)
+                 widths: tuple = (16, 32, 64), # channels of the conv layers (one layer each)
+                ):
+        super().__init__()
+        layers, c = [], int(in_channels)
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, int(w), 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(int(w)), nn.ReLU(inplace=True)]
+            c = int(w)
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_dim = c
+    def forward(self, x): return self.features(x)
+
 # %% ../nbs/05_models.ipynb #a7b13570
 def _clip_model(name: str, # open_clip model name
                 num_classes: int, # K
@@ -308,17 +323,20 @@ def _clip_model(name: str, # open_clip model name
     return Classifier(bb, build_head(head, dim, num_classes), dim, arch='clip:' + name.lower().replace('-', '_'))
 
 # %% ../nbs/05_models.ipynb #1dd18d7c
-def make_model(arch: str, # 'resnet32', 'wrn28_10', 'resnet50', 'resnext50', 'efficientnet_lite0', 'clip:<open_clip name>'
+def make_model(arch: str, # 'small-cnn', 'resnet32', 'wrn28_10', 'resnet50', 'resnext50', 'efficientnet_lite0', 'clip:<open_clip name>'
                num_classes: int, # K
                head: str = 'linear', # 'linear' or 'cosine'
                weights=None, # checkpoint path (resnet32/resnet50/resnext50/clip), or True for efficientnet_lite0's ImageNet weights
-               **kwargs, # passed to the backbone (e.g. dropout for WRN); for clip see `_clip_model`
+               **kwargs, # passed to the backbone (e.g. in_channels, widths for small-cnn; dropout for WRN); for clip see `_clip_model`
               ) -> Classifier:
     "Build a `Classifier` (backbone + linear or cosine head) by architecture name (chapter 05_models)."
     a = arch.lower().replace('-', '_')
     if a.startswith('clip:'): return _clip_model(arch.split(':', 1)[1], num_classes, head, weights, **kwargs)
     if a == 'resnet32': return resnet32(num_classes, weights=weights, head=head)
-    if a in ('wrn28_10', 'wrn'):
+    if a == 'small_cnn':
+        if weights is not None: raise ValueError("small-cnn has no pretrained weights: leave model_kwargs.pretrained unset")
+        bb = SmallCNN(**kwargs); dim = bb.feature_dim
+    elif a in ('wrn28_10', 'wrn'):
         bb = WideResNet(28, 10, **kwargs); dim = bb.feature_dim
     elif a in ('resnet50', 'resnext50', 'resnet18'): bb, dim = _torchvision_backbone(a, weights)
     elif a == 'efficientnet_lite0': bb, dim = efficientnet_lite0(pretrained=bool(weights) if weights is not None else True), 1280
@@ -341,10 +359,39 @@ def input_spec(arch: str # an architecture name accepted by `make_model`
     from margin_notes.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
     a = arch.lower().replace('-', '_')
     if a in ('resnet32', 'wrn28_10', 'wrn'): return {'size': 32, 'mean': CIFAR_MEAN, 'std': CIFAR_STD}
+    if a == 'small_cnn': return {'size': 32, 'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}   # for list-file data read through the DataLoader
     if a in ('resnet50', 'resnext50', 'resnet18'): return {'size': 224, 'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
     if a == 'efficientnet_lite0': return {'size': 224, 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
     if a.startswith('clip:'): return {'size': _clip_image_size(arch.split(':', 1)[1]), 'mean': CLIP_MEAN, 'std': CLIP_STD}
     raise ValueError(f"unknown architecture {arch!r}")
+
+# %% ../nbs/05_models.ipynb #dbc25b85
+ARCHS = ('small-cnn', 'resnet32', 'wrn28_10', 'resnet18', 'resnet50', 'resnext50', 'efficientnet_lite0')   # and 'clip:<open_clip name>'; the engine adds 'mlp'
+_PRETRAINED = ('resnet32', 'resnet18', 'resnet50', 'resnext50', 'efficientnet_lite0')   # archs that load weights (model_kwargs.pretrained)
+
+def check_model_kwargs(arch: str, # an architecture name
+                       kwargs: dict, # the options for it (the engine's model_kwargs)
+                       where: str = 'model_kwargs', # how the options are named in the message
+                       arch_where: str = 'arch', # how the architecture is named in the message
+                      ) -> dict:
+    "Raise a one-line ValueError for an unknown architecture (with a did-you-mean) or an option it does not take (chapter 05_models)."
+    import difflib
+    from margin_notes.registry import check_kwargs
+    a = arch.lower().replace('-', '_')
+    if a.startswith('clip:'): return check_kwargs(_clip_model, kwargs, where, skip=('name', 'num_classes', 'head', 'class_names'))
+    known = [n.replace('-', '_') for n in ARCHS] + ['wrn']
+    if a not in known:
+        near = difflib.get_close_matches(arch, list(ARCHS) + ['mlp'], n=1)
+        raise ValueError(f"{arch_where}: unknown architecture {arch!r}" + (f"; did you mean {near[0]!r}?" if near else f"; known: mlp, {', '.join(ARCHS)}, clip:<name>"))
+    kw = dict(kwargs)
+    if a in _PRETRAINED: kw.pop('pretrained', None); kw.pop('weights', None)
+    if a == 'small_cnn': check_kwargs(SmallCNN, kw, where)
+    elif a in ('wrn28_10', 'wrn'): check_kwargs(WideResNet, kw, where, skip=('depth', 'width'))
+    else:
+        takes_nothing = lambda: None
+        takes_nothing.__name__ = arch + (' (besides pretrained)' if a in _PRETRAINED else '')
+        check_kwargs(takes_nothing, kw, where)
+    return kwargs
 
 # %% ../nbs/05_models.ipynb #a4d41d86
 class FeatureExtractor(nn.Module):

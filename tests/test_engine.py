@@ -196,7 +196,7 @@ def test_digits_subset_depends_on_subsample_seed_only():
 def test_fit_writes_outputs(tmp_path):
     r = fit(tiny(), tmp_path / 'r', verbose=False)
     files = sorted(p.name for p in (tmp_path / 'r').iterdir())
-    assert files == ['checkpoint.pt', 'config.json', 'metrics.csv', 'predictions.npz', 'results.json']   # no temporaries left
+    assert files == ['checkpoint.pt', 'config.json', 'data.json', 'metrics.csv', 'predictions.npz', 'results.json']   # no temporaries left
     pr = np.load(tmp_path / 'r' / 'predictions.npz')   # per-image predictions agree with the per-class accuracy
     acc = [float((pr['pred'][pr['labels'] == k] == k).mean()) for k in range(10)]
     assert acc == pytest.approx(json.loads((tmp_path / 'r' / 'results.json').read_text())['per_class_accuracy'])
