@@ -42,9 +42,11 @@ def _add_run_parser(sub, epi: str, fmt):
                    help='override config fields, e.g. --set epochs=10 loss_kwargs.lam=0.2 report.many=1000')
     r.add_argument('--out', default=None, help='output folder (default: runs/<name>)')
     r.add_argument('--resume', action='store_true', help='continue from the checkpoint in the output folder (same config)')
-    r.add_argument('--force', action='store_true', help='with --resume: continue even if the config differs from the saved one')
+    r.add_argument('--force', action='store_true', help='with --resume: continue even if the config differs from the saved one; without it: start afresh over a run '
+                   'already in the output folder (its old outputs are removed); with --publish: replace an earlier publication of the same run')
     r.add_argument('--publish', default=None, metavar='DIR', help="when the run has finished (full configuration), copy its config, "
-                   "metrics and results (not the checkpoint) into DIR atomically, e.g. results/<chapter>/<run>/seed0")
+                   "metrics and results (not the checkpoint) into DIR atomically, e.g. results/<chapter>/<run>/seed0; DIR must be new "
+                   "(or an earlier publication of this run, with --force): nothing else is ever replaced")
     r.add_argument('--smoke', action='store_true', help='tiny sizes: 2 epochs on generated stand-ins in the real data format (never published)')
     r.add_argument('--no-progress', action='store_true', help='no progress bar')
     r.add_argument('--dry-run', action='store_true', help='check and print the resolved config, then exit')
@@ -110,7 +112,7 @@ def _cmd_run(a) -> int:
     if cfg.smoke: print(f"{smoke_tag(cfg)}{cfg.name}: 2 epochs on a few images per class; its numbers mean nothing", flush=True)
     try:
         res = run_config(cfg, out, resume=a.resume, force=a.force, log=True)
-        if a.publish and res.get('finished', True): print(f"published -> {publish_run(out, a.publish)}")
+        if a.publish and res.get('finished', True): print(f"published -> {publish_run(out, a.publish, force=a.force)}")
     except KeyboardInterrupt as e:
         done = f"after {e.epochs_done} of {e.epochs} epochs of {e.out_dir}" if isinstance(e, TrainingInterrupted) else "before an epoch was saved"
         print(f"margin-notes run: interrupted {done}; resume with: {_resume_command(a, out)}", file=sys.stderr)
@@ -118,11 +120,6 @@ def _cmd_run(a) -> int:
     return 0
 
 # %% ../nbs/17_cli.ipynb #da0fc9a6
-def _groups(a, saved: dict) -> dict:
-    "Many/Few thresholds: the command line's, else the saved run's, else the CIFAR-LT convention (config.CIFAR_GROUPS)."
-    from margin_notes.config import CIFAR_GROUPS
-    return {k: getattr(a, k) if getattr(a, k) is not None else saved.get(k, CIFAR_GROUPS[k]) for k in ('many', 'few')}
-
 def _cmd_eval(a) -> int:
     from margin_notes.engine import evaluate_run
     from margin_notes.report import summary_table
@@ -147,12 +144,8 @@ def _cmd_calibrate(a) -> int:
 # %% ../nbs/17_cli.ipynb #171ff4c4
 def _cmd_report(a) -> int:
     from margin_notes.core import atomic_write_bytes
-    from margin_notes.report import collect_results, summary_table, plot_summary, group_report
-    methods = collect_results(a.dirs)
-    if a.many is not None or a.few is not None:
-        for r in methods.values():
-            if r.get('class_counts') is None: raise ValueError(f"{r.get('name', 'a result')} has no class_counts: cannot regroup")
-            r['report'] = group_report(r['per_class_accuracy'], r['class_counts'], **_groups(a, r['report'].get('groups', {})))
+    from margin_notes.report import collect_results, summary_table, plot_summary
+    methods = collect_results(a.dirs, many=a.many, few=a.few)   # seeds of one run name: mean ± std; no run dropped
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     table = summary_table(methods)
     atomic_write_bytes(out / 'report.md', ("# Results\n\nTest accuracy (%), from " + ', '.join(map(str, a.dirs)) + "\n\n" + table + "\n").encode())

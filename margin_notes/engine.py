@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_engine.ipynb #fad0098d
 from __future__ import annotations
-import copy, json, math, os, random, subprocess, sys, time
+import copy, json, math, os, random, re, subprocess, sys, time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -21,11 +21,12 @@ from .report import outputs_report, summary_table, plot_summary, write_summary, 
 from .schedules import lr_at_step
 
 # %% auto #0
-__all__ = ['STANDIN_DATASETS', 'DATA_FILE', 'PUBLISHED_FILES', 'load_data', 'cpu_has_native_bf16', 'precision', 'make_batches',
-           'build_model', 'build_loss', 'lr_at', 'build_optimizer', 'train_epochs', 'collect_outputs', 'apply_posthoc',
-           'dist_info', 'smoke_tag', 'save_predictions', 'TrainingInterrupted', 'build_training', 'data_record',
-           'check_data', 'run_data', 'fit', 'load_run', 'evaluate_run', 'calibrate_run', 'run_suite', 'run_config',
-           'publish_run']
+__all__ = ['STANDIN_DATASETS', 'DATA_FILE', 'RUN_OUTPUTS', 'PUBLISHED_FILES', 'PUBLICATION_MARKER', 'load_data',
+           'cpu_has_native_bf16', 'precision', 'make_batches', 'build_model', 'build_loss', 'lr_at', 'build_optimizer',
+           'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info', 'smoke_tag', 'save_predictions',
+           'TrainingInterrupted', 'build_training', 'data_record', 'check_data', 'run_data', 'RunFolderError',
+           'save_checkpoint', 'load_checkpoint', 'run_folder_lock', 'clean_stale_tmp', 'fit', 'load_run',
+           'evaluate_run', 'calibrate_run', 'run_suite', 'run_config', 'publish_run']
 
 # %% ../nbs/09_engine.ipynb #24b45af6
 STANDIN_DATASETS = ('cifar10', 'cifar100', 'cifar10-jpeg', 'imagenet', 'imagenet-lt')  # smoke runs read generated stand-ins of these
@@ -304,12 +305,17 @@ def _resolve_device(cfg: Config) -> torch.device:
 
 # %% ../nbs/09_engine.ipynb #dbb6a43a
 def _rng_state(gen: torch.Generator) -> dict:
-    s = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate(), 'gen': gen.get_state()}
+    "Every RNG's state as tensors, numbers and tuples only, so that a checkpoint loads with `weights_only=True`."
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    s = {'torch': torch.get_rng_state(), 'numpy': [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+         'python': random.getstate(), 'gen': gen.get_state()}
     if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
     return s
 
 def _set_rng_state(s: dict, gen: torch.Generator):
-    torch.set_rng_state(s['torch']); np.random.set_state(s['numpy']); random.setstate(s['python']); gen.set_state(s['gen'])
+    n = s['numpy']   # [name, keys as int64 tensor, pos, has_gauss, cached]; checkpoints written before 2026-12 hold the numpy tuple
+    if isinstance(n[1], torch.Tensor): n = (n[0], n[1].cpu().numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4]))
+    torch.set_rng_state(s['torch']); np.random.set_state(n); random.setstate(s['python']); gen.set_state(s['gen'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
 def _git_commit() -> Optional[str]:
@@ -556,7 +562,151 @@ def _clip_rows(cfg: Config, model, zs_path: Path, test_b, counts, amp) -> dict:
     finally: model.load_state_dict(ft)
     return rows
 
+# %% ../nbs/09_engine.ipynb #c66166d8
+class RunFolderError(ValueError):
+    "A run folder that cannot be used as asked (another run writes there, it holds a finished run, its checkpoint is damaged or refused); the message is one line naming the file (chapter 09_engine)."
+
+def _digest(obj, h=None):
+    "SHA-256 of a checkpoint's structure and contents (tensor bytes, numbers, strings) in a fixed order."
+    import hashlib
+    top, h = h is None, h if h is not None else hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode()); h.update(t.view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b'D%d' % len(obj))
+        for k, v in obj.items(): _digest(k, h); _digest(v, h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b'L%d' % len(obj))
+        for v in obj: _digest(v, h)
+    else: h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    return h.hexdigest() if top else None
+
+def save_checkpoint(state: dict, # tensors, numbers, strings, lists and dicts only
+                    path, # destination, e.g. out_dir/checkpoint.pt
+                   ):
+    "`torch.save` of `state` plus a SHA-256 of its contents under 'sha256', atomically (chapter 09_engine)."
+    return atomic_torch_save({**state, 'sha256': _digest(state)}, path)
+
+def _legacy_numpy_globals() -> list:
+    "What a checkpoint written before the RNG states became tensors needs besides tensors: numpy array reconstruction, nothing that runs code."
+    try: from numpy._core.multiarray import _reconstruct
+    except ImportError: from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+def load_checkpoint(path, # a file written by `save_checkpoint` (or an older run's checkpoint.pt)
+                    map_location='cpu', # where the tensors go
+                   ) -> dict:
+    "Load a run checkpoint with `weights_only=True` (no pickled code runs) and check its SHA-256; one-line `RunFolderError` naming the file otherwise (chapter 09_engine)."
+    import contextlib, pickle, zipfile
+    path = Path(path)
+    if not path.is_file(): raise RunFolderError(f"{path}: no such checkpoint file")
+    allow = getattr(torch.serialization, 'safe_globals', None)
+    try:
+        with (allow(_legacy_numpy_globals()) if allow else contextlib.nullcontext()):
+            s = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        g = re.search(r'(?:Unsupported global|GLOBAL|global):? *([\w.]+)', str(e))
+        if g or 'weights_only' in str(e).lower() or 'Weights only' in str(e):
+            raise RunFolderError(f"{path}: refused: it holds Python objects that a checkpoint never has ({g.group(1) if g else 'not tensors'}); "
+                                 f"it was not written by margin-notes or was tampered with, and nothing in it was run") from None
+        raise RunFolderError(f"{path}: damaged or not a checkpoint ({_first_line(e)}); delete it and start the run again, or restore it from a copy") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError, TypeError) as e:
+        raise RunFolderError(f"{path}: damaged or not a checkpoint ({_first_line(e)}); delete it and start the run again, or restore it from a copy") from None
+    if not isinstance(s, dict) or 'model' not in s:
+        raise RunFolderError(f"{path}: not a margin-notes run checkpoint (no 'model' entry)")
+    want = s.pop('sha256', None)
+    if want is not None and _digest(s) != want:
+        raise RunFolderError(f"{path}: checksum mismatch: the file changed after it was written (damaged on disk or in transfer); "
+                             f"delete it and start the run again, or restore it from a copy")
+    return s
+
+def _first_line(e: BaseException) -> str:
+    msg = ' '.join(str(e).split()) or type(e).__name__
+    return msg if len(msg) <= 160 else msg[:157] + '...'
+
+_LOCK_NAME = '.margin-notes.lock'
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+    return True
+
+class run_folder_lock:
+    "Context manager: hold `folder/.margin-notes.lock` (created with O_EXCL) while a run writes into `folder`; a second writer gets a one-line `RunFolderError` naming the holder; a lock left by a dead process on this host is taken over (chapter 09_engine)."
+    def __init__(self, folder): self.folder = Path(folder); self.path = self.folder / _LOCK_NAME
+    def __enter__(self):
+        import socket
+        self.folder.mkdir(parents=True, exist_ok=True)
+        me = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+        for _ in range(3):
+            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try: held = json.loads(self.path.read_text())
+                except (OSError, ValueError): held = {}
+                if not isinstance(held, dict): held = {}
+                pid = held.get('pid')
+                try: age = time.time() - self.path.stat().st_mtime
+                except OSError: continue                       # released meanwhile: try again
+                stale = (held.get('host') == me['host'] and isinstance(pid, int) and (pid == me['pid'] or not _pid_alive(pid))) \
+                        or (pid is None and age > 30)          # a lock whose writer died before writing its pid
+                if not stale:
+                    raise RunFolderError(f"{self.folder} is in use by another run (pid {pid if pid is not None else '?'} on {held.get('host', '?')}, "
+                                         f"since {held.get('since', '?')}): wait for it, or write to another --out; if that process is gone, delete {self.path}")
+                self.path.unlink(missing_ok=True); continue
+            with os.fdopen(fd, 'w') as f: json.dump(me, f)
+            self.me = me
+            return self
+        raise RunFolderError(f"{self.path}: could not take the run folder's lock")
+    def __exit__(self, *exc):
+        try:
+            if json.loads(self.path.read_text()).get('pid') == self.me['pid']: self.path.unlink()
+        except (OSError, ValueError, AttributeError): pass
+        return False
+
+_TMP_LEFTOVER = re.compile(r'\.(.+)\.[A-Za-z0-9_]{8}\.tmp')   # core.atomic_write_bytes / atomic_torch_save temporaries
+
+def clean_stale_tmp(folder, # a run or suite folder whose lock this process holds
+                   ) -> list:
+    "Delete the temporary files that a write killed half-way left in `folder` (`.checkpoint.pt.XXXXXXXX.tmp`, ...); returns their names (chapter 09_engine)."
+    gone = []
+    for f in Path(folder).glob('.*.tmp'):
+        if _TMP_LEFTOVER.fullmatch(f.name) and f.is_file(): f.unlink(missing_ok=True); gone.append(f.name)
+    return sorted(gone)
+
+RUN_OUTPUTS = ('checkpoint.pt', 'metrics.csv', 'results.json', 'predictions.npz', 'zero_shot.pt')   # what a fresh run replaces
+
+def _fresh_start(out_dir: Path, resume: bool, force: bool):
+    "A fresh run (no checkpoint to resume) into a folder holding a run: refused without `force`; with it, the old run's outputs are removed first."
+    if resume and (out_dir / 'checkpoint.pt').exists(): return
+    old = [f for f in ('results.json', 'checkpoint.pt') if (out_dir / f).exists()]
+    if not old: return
+    if not force:
+        raise RunFolderError(f"{out_dir} already holds a run ({', '.join(old)}): continue it with --resume, start afresh over it with --force, "
+                             f"or write to another --out")
+    for f in RUN_OUTPUTS: (out_dir / f).unlink(missing_ok=True)   # never a stale results.json beside a new config.json
+
+def _guard_run_folder(fresh_check: bool = True):
+    "Decorator of `fit` and `run_suite`: on rank 0, hold the output folder's lock, clean stale temporaries and check a fresh start, for the whole call."
+    import functools, inspect
+    def deco(fn):
+        sig = inspect.signature(fn)
+        @functools.wraps(fn)
+        def wrapper(*args, **kw):
+            b = sig.bind(*args, **kw); b.apply_defaults(); a = b.arguments
+            if dist_info()[0] != 0: return fn(*args, **kw)
+            out_dir = Path(a['out_dir'])
+            if getattr(a['cfg'], 'suite', None) and fresh_check: return fn(*args, **kw)   # fit refuses suites itself
+            with run_folder_lock(out_dir):
+                clean_stale_tmp(out_dir)
+                if fresh_check: _fresh_start(out_dir, a.get('resume', False), a.get('force', False))
+                return fn(*args, **kw)
+        return wrapper
+    return deco
+
 # %% ../nbs/09_engine.ipynb #5f72ff38
+@_guard_run_folder()   # one writer per folder (lock), stale temporaries cleaned, no fresh run over a finished one without force
 def fit(cfg: Config, # run configuration
         out_dir, # folder for config.json, metrics.csv, checkpoint.pt, results.json
         resume: bool = False, # continue from out_dir/checkpoint.pt if present
@@ -573,7 +723,7 @@ def fit(cfg: Config, # run configuration
     validate_config(cfg)
     out_dir = Path(out_dir); t_start = time.time(); ck = out_dir / 'checkpoint.pt'
     dev = _resolve_device(cfg)
-    s = torch.load(ck, map_location=dev, weights_only=False) if resume and ck.exists() else None
+    s = load_checkpoint(ck, dev) if resume and ck.exists() else None   # weights_only, checksum checked
     if s is not None: check_resume(s.get('config', {}), cfg, out_dir, force)
     distributed = _maybe_init_distributed(dev.type)
     rank, world, _ = dist_info()
@@ -601,7 +751,7 @@ def fit(cfg: Config, # run configuration
         rows.append(row)
         if rank == 0:
             write_csv(out_dir / 'metrics.csv', rows)
-            atomic_torch_save({'epoch': epoch + 1, 'model': model.state_dict(), 'optimizer': opt.state_dict(),
+            save_checkpoint({'epoch': epoch + 1, 'model': model.state_dict(), 'optimizer': opt.state_dict(),
                                'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows, 'config': cfg.to_dict()}, ck)
         done[0] = epoch + 1
         if hasattr(bar, 'update'): bar.update(1); bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", acc=f"{row.get('test_acc', float('nan')):.3f}")
@@ -634,14 +784,20 @@ def load_run(run_dir, # a folder written by `fit`
             ) -> tuple:
     "(config, data, model) of a saved run, with the weights of its last checkpoint (chapter 09_engine)."
     run_dir = Path(run_dir)
-    cfg = Config.load(run_dir / 'config.json')
+    if not (run_dir / 'config.json').is_file(): raise RunFolderError(f"{run_dir} holds no config.json: not a run folder")
+    if not (run_dir / 'checkpoint.pt').is_file(): raise RunFolderError(f"{run_dir} holds no checkpoint.pt: the run saved no epoch yet, or the file was not copied")
+    try: cfg = Config.load(run_dir / 'config.json')
+    except ConfigError as e:
+        raise RunFolderError(str(e) if str(run_dir / 'config.json') in str(e) else f"{run_dir / 'config.json'}: {e}") from None
     cfg = cfg.replace(device=device) if device != 'auto' else cfg
     dev = _resolve_device(cfg)
     data = run_data(run_dir, cfg, data)   # exactly the data it trained on, or a one-line refusal
     names = getattr(data, 'class_names', None) or getattr(data, 'classes', None)
     model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224), names).to(dev)
-    s = torch.load(run_dir / 'checkpoint.pt', map_location=dev, weights_only=False)
-    model.load_state_dict(s['model'])
+    s = load_checkpoint(run_dir / 'checkpoint.pt', dev)   # weights_only: a received folder runs no code; checksum checked
+    try: model.load_state_dict(s['model'])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise RunFolderError(f"{run_dir / 'checkpoint.pt'}: its weights do not fit the model of {run_dir / 'config.json'} ({_first_line(e)})") from None
     return cfg, data, model.eval()
 
 def evaluate_run(run_dir, # a folder written by `fit`
@@ -684,6 +840,7 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     return res
 
 # %% ../nbs/09_engine.ipynb #6e53f69b
+@_guard_run_folder(fresh_check=False)   # the suite folder's lock; each member's fit checks its own folder
 def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' preset)
               out_dir, # one sub-folder per member, plus the summary files
               resume: bool = False, # resume members from their checkpoints
@@ -728,18 +885,54 @@ def run_config(cfg: Config, # a single-run or suite configuration
 # %% ../nbs/09_engine.ipynb #a1f17e07
 PUBLISHED_FILES = ('config.json', 'metrics.csv', 'results.json', 'predictions.npz')
 
+PUBLICATION_MARKER = '.margin-notes-publication'   # written into every publication: what it is a publication of
+
+def _run_identity(cfg: dict) -> dict:
+    return {'name': cfg.get('name'), 'seed': cfg.get('seed')}
+
+def _publication_of(dest: Path) -> Optional[dict]:
+    "The run (name, seed) that folder `dest` is a publication of; None when it holds anything else."
+    if dest.is_symlink() or not dest.is_dir(): return None
+    names = {p.name for p in dest.iterdir()}
+    if not names or not names <= set(PUBLISHED_FILES) | {PUBLICATION_MARKER}: return None   # foreign files: never ours to replace
+    try:
+        if PUBLICATION_MARKER in names: return json.loads((dest / PUBLICATION_MARKER).read_text())['run']
+        if 'config.json' in names: return _run_identity(json.loads((dest / 'config.json').read_text()))   # published before markers
+    except (OSError, ValueError, KeyError, TypeError, AttributeError): return None
+    return None
+
 def publish_run(work_dir, # a run folder written by `fit`
                 dest, # where the finished run goes, e.g. results/<chapter>/<run>/seed0
+                force: bool = False, # replace an earlier publication of the same run (same name and seed); nothing else is ever replaced
                ) -> Path:
-    "Copy a finished, full-configuration run's config, metrics and results into `dest` atomically (chapter 09_engine)."
-    import shutil
-    work_dir, dest = Path(work_dir), Path(dest)
-    if not (work_dir / 'results.json').exists(): raise ValueError(f"{work_dir} holds no finished run (no results.json)")
+    "Copy a finished, full-configuration run's config, metrics and results into `dest`: written beside it, then renamed into place; an existing `dest` is refused unless it is an earlier publication of the same run and `force` is given (chapter 09_engine)."
+    import shutil, tempfile
+    work_dir, shown = Path(work_dir), Path(dest)
+    dest = Path(os.path.abspath(dest))                 # '..' resolved: a name, not a way up
+    if not (work_dir / 'results.json').exists(): raise RunFolderError(f"{work_dir} holds no finished run (no results.json)")
     res = json.loads((work_dir / 'results.json').read_text())
-    if res.get('config', {}).get('smoke') or res.get('smoke'): raise ValueError(f"{work_dir} is a smoke run: it is never published")
-    tmp = dest.with_name(f".{dest.name}.publishing"); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    for f in PUBLISHED_FILES:
-        if (work_dir / f).exists(): shutil.copy2(work_dir / f, tmp / f)
-    if dest.exists(): shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
+    if res.get('config', {}).get('smoke') or res.get('smoke'): raise RunFolderError(f"{work_dir} is a smoke run: it is never published")
+    me, wd, cwd = _run_identity(res.get('config', {})), work_dir.resolve(), Path.cwd().resolve()
+    if dest in (wd, *wd.parents) or dest in (cwd, *cwd.parents):
+        raise RunFolderError(f"publish destination {shown} contains the run folder or the working folder; give a new folder, e.g. results/<chapter>/<run>/seed0")
+    if dest.exists() or dest.is_symlink():
+        old = _publication_of(dest)
+        if old is None: raise RunFolderError(f"publish destination {shown} exists and is not a publication of this run; nothing was changed: choose a new folder")
+        if old != me: raise RunFolderError(f"publish destination {shown} holds the publication of another run ({old.get('name')}, seed {old.get('seed')}); nothing was changed")
+        if not force: raise RunFolderError(f"publish destination {shown} already holds this run's publication; pass --force (force=True) to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.publishing-"))   # our own, new folder
+    try:
+        for f in PUBLISHED_FILES:
+            if (work_dir / f).exists(): shutil.copy2(work_dir / f, tmp / f)
+        atomic_write_json(tmp / PUBLICATION_MARKER, {'run': me, 'from': str(wd), 'published': time.strftime('%Y-%m-%d %H:%M:%S')})
+        if dest.exists():                              # an earlier publication of this run (checked above): set aside, swap, then delete
+            aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.replaced-")); os.rmdir(aside)
+            os.rename(dest, aside)
+            try: os.rename(tmp, dest)
+            except BaseException: os.rename(aside, dest); raise
+            shutil.rmtree(aside)
+        else: os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    return shown

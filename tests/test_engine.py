@@ -211,7 +211,7 @@ def test_fit_writes_outputs(tmp_path):
     assert ev['per_class_accuracy'] == saved['per_class_accuracy']
 
 
-def _ckpt(p): return torch.load(p / 'checkpoint.pt', weights_only=False)
+def _ckpt(p): return E.load_checkpoint(p / 'checkpoint.pt')   # weights_only, checksum checked
 
 
 @pytest.mark.parametrize('name,extra', [('digits-lt-mr2', []), ('digits-lt-bs', ['drw_start=1']), ('digits-lt-bs-lwr', [])])
@@ -235,7 +235,7 @@ def test_resume_differs_from_restart_without_state(tmp_path):
     fit(cfg, tmp_path / 'a', verbose=False)
     fit(cfg, tmp_path / 'b', stop_after=1, verbose=False)
     ck = _ckpt(tmp_path / 'b'); ck.pop('rng'); ck['optimizer']['state'] = {}
-    torch.save({**ck, 'rng': E._rng_state(torch.Generator().manual_seed(123))}, tmp_path / 'b' / 'checkpoint.pt')
+    E.save_checkpoint({**ck, 'rng': E._rng_state(torch.Generator().manual_seed(123))}, tmp_path / 'b' / 'checkpoint.pt')
     fit(cfg, tmp_path / 'b', resume=True, verbose=False)
     a, b = _ckpt(tmp_path / 'a'), _ckpt(tmp_path / 'b')
     assert any(not torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
