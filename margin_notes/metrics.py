@@ -12,8 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['DIFFICULTY_KEYS', 'SHOT_KEYS', 'per_class_accuracy', 'confusion_matrix', 'difficulty_ranking', 'difficulty_groups',
-           'shot_groups', 'accuracy_report', 'aggregate_reports', 'format_mean_std', 'holm_adjust', 'mcnemar_test',
-           'plot_sorted_per_class']
+           'shot_groups', 'accuracy_report', 'aggregate_reports', 'format_mean_std', 'holm_adjust', 'paired_tests',
+           'mcnemar_test', 'plot_sorted_per_class']
 
 # %% ../nbs/06_metrics.ipynb #c0ce6801
 def _as_preds(preds: torch.Tensor) -> torch.Tensor:
@@ -172,6 +172,34 @@ def holm_adjust(pvalues: Sequence[float], # the raw p-values of one family of co
     adj = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
     out = np.empty_like(p); out[order] = adj
     return out
+
+# %% ../nbs/06_metrics.ipynb #5720e6e5
+def paired_tests(runs: Mapping, # label -> per-seed values in one seed order: numbers, or results dicts with a 'report'
+                 pairs: Sequence, # (method, reference) label pairs; a pair with a label missing from `runs` is skipped
+                 metrics: Sequence[str] = ('overall',), # report keys to compare (ignored when the values are numbers)
+                 alpha: float = 0.05, # family-wise level of the 'significant' column
+                 scale: float = 100.0, # difference in points = scale x mean difference (100 for fractions, 1 for %)
+                ) -> list:
+    "Paired t-tests (scipy's `ttest_rel`) of method vs reference over seeds, Holm-adjusted over all rows: one dict per comparison (chapter 06_metrics)."
+    from scipy.stats import ttest_rel
+    def values(label, metric):
+        v = runs[label]
+        return np.asarray([r['report'][metric] if isinstance(r, Mapping) else r for r in v], dtype=np.float64)
+    rows = []
+    for a, b in pairs:
+        if a not in runs or b not in runs: continue
+        plain = not any(isinstance(r, Mapping) for r in runs[a])
+        for mt in ((None,) if plain else metrics):
+            x, y = values(a, mt), values(b, mt)
+            if x.shape != y.shape or x.size < 2:
+                raise ValueError(f"{a!r} vs {b!r}: paired tests need the same seeds (at least 2), got {x.size} and {y.size}")
+            d = x - y
+            rows.append({'method': a, 'vs': b, **({} if plain else {'metric': mt}),
+                         'difference (points)': scale * float(d.mean()), 'sd of difference': scale * float(d.std(ddof=1)),
+                         'p': float(ttest_rel(x, y).pvalue)})
+    for r, ph in zip(rows, holm_adjust([r['p'] for r in rows])):
+        r['p (Holm)'] = float(ph); r['significant'] = 'yes' if ph < alpha else 'no'
+    return rows
 
 # %% ../nbs/06_metrics.ipynb #ae7864e5
 def mcnemar_test(correct_a, # per-image correctness of model A on one test set (N,) bool

@@ -144,3 +144,39 @@ def test_shot_thresholds_are_parameters_fashion_mnist_like():
         assert rep[k] == pytest.approx(sum(acc[i].item() for i in idx) / len(idx))
     with pytest.raises(ValueError, match='few <= many'):
         shot_groups(fm, many=10, few=20)
+
+
+def _naive_t_p(x, y):
+    "Two-sided p of the paired t-test from its definition: t = mean(d) / (sd(d)/sqrt(n)), n-1 degrees of freedom."
+    from scipy.stats import t as tdist
+    d = [a - b for a, b in zip(x, y)]; n = len(d); m = sum(d) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1))
+    return 2 * tdist.sf(abs(m / (sd / math.sqrt(n))), n - 1)
+
+
+def test_paired_tests_against_definition():
+    from margin_notes.metrics import paired_tests, holm_adjust
+    rng = np.random.default_rng(1)
+    runs = {k: (0.6 + 0.02 * i + 0.01 * rng.standard_normal(5)).tolist() for i, k in enumerate(('ref', 'a', 'b', 'c'))}
+    pairs = [('a', 'ref'), ('b', 'ref'), ('c', 'ref'), ('gone', 'ref')]
+    rows = paired_tests(runs, pairs)
+    assert [(r['method'], r['vs']) for r in rows] == pairs[:3]               # a pair with a missing label is skipped
+    p = [_naive_t_p(runs[m], runs['ref']) for m in ('a', 'b', 'c')]
+    assert [r['p'] for r in rows] == pytest.approx(p, rel=1e-9)
+    # Holm over the whole family, by the step-down definition
+    order = sorted(range(3), key=lambda k: p[k]); adj = [0.0] * 3; run = 0.0
+    for j, k in enumerate(order): run = max(run, min(1.0, (3 - j) * p[k])); adj[k] = run
+    assert [r['p (Holm)'] for r in rows] == pytest.approx(adj, rel=1e-9)
+    assert [r['significant'] for r in rows] == ['yes' if a < 0.05 else 'no' for a in adj]
+    d = np.subtract(runs['c'], runs['ref'])
+    assert rows[2]['difference (points)'] == pytest.approx(100 * d.mean())
+    assert rows[2]['sd of difference'] == pytest.approx(100 * d.std(ddof=1))
+    # results dicts: one row per (pair, metric), one family; scale=1 for values already in points
+    res = {k: [{'report': {'overall': v, 'hard': v / 2}} for v in vs] for k, vs in runs.items()}
+    rr = paired_tests(res, pairs[:2], metrics=('overall', 'hard'))
+    assert [(r['method'], r['metric']) for r in rr] == [('a', 'overall'), ('a', 'hard'), ('b', 'overall'), ('b', 'hard')]
+    assert rr[0]['p'] == pytest.approx(p[0], rel=1e-9)
+    assert [r['p (Holm)'] for r in rr] == pytest.approx(holm_adjust([r['p'] for r in rr]).tolist())
+    assert paired_tests(runs, pairs[:1], scale=1)[0]['difference (points)'] == pytest.approx(rows[0]['difference (points)'] / 100)
+    with pytest.raises(ValueError, match='same seeds'):
+        paired_tests({'a': [0.1, 0.2], 'ref': [0.1, 0.2, 0.3]}, [('a', 'ref')])
