@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from .margins import optimal_margins
+from .report import markdown_table   # the book's one Markdown renderer (chapter 24)
 
 # %% auto #0
 __all__ = ['STATISTICS', 'class_statistics', 'spearman', 'class_permutation_test', 'fisher_z_interval', 'diagnose',
-           'diagnosis_tables', 'format_p', 'markdown_table', 'diagnosis_markdown', 'class_verdict', 'plot_diagnosis',
-           'diagnose_run', 'main']
+           'diagnosis_tables', 'format_p', 'diagnosis_markdown', 'class_verdict', 'plot_diagnosis', 'diagnose_run',
+           'main']
 
 # %% ../nbs/18_diagnose.ipynb #8802edf4
 STATISTICS = ('A', 'mean_norm', 'spread', 'A_c', 'mean_norm_c', 'A_L5', 'A_c_L5')
@@ -252,17 +253,6 @@ def format_p(p: float) -> str:
     "A p-value for a table: three decimals, '< 0.001' below that, '–' when there is none (chapter 18_diagnose)."
     return '–' if not np.isfinite(p) else '< 0.001' if p < 0.001 else f"{p:.3f}"
 
-def markdown_table(df, # a pandas DataFrame
-                   index: bool = True, # include the index as the first column
-                  ) -> str:
-    "A GitHub-Markdown table of a DataFrame, without optional dependencies (chapter 18_diagnose)."
-    cols = ([df.index.name or ''] if index else []) + [str(c) for c in df.columns]
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-    for idx, row in df.astype(object).iterrows():
-        cells = ([str(idx)] if index else []) + [str(v) for v in row.tolist()]
-        lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
-    return '\n'.join(lines)
-
 # %% ../nbs/18_diagnose.ipynb #7eb433e4
 def diagnosis_markdown(d: dict) -> str:
     "The diagnosis as Markdown: the per-class table, the correlations and a one-line verdict on A (chapter 18_diagnose)."
@@ -283,8 +273,8 @@ def diagnosis_markdown(d: dict) -> str:
     how = (f"all {math.factorial(K):,} orderings" if exact else f"{n:,} seeded random orderings") if n else "not run"
     extra = sum(np.isfinite(c['spearman_vs_error']) for c in d['correlations'] if c['statistic'] != 'A')
     return (f"overall accuracy {100 * d['overall_accuracy']:.1f} %, mean class accuracy {100 * d['mean_class_accuracy']:.1f} %; "
-            f"the spread is a median {100 * d['spread_share']:.0f} % of A\n\n" + markdown_table(pc) + "\n\n"
-            + markdown_table(cr) + f"\n\nSpearman's rho of each statistic with the per-class error. p (classes): two-sided "
+            f"the spread is a median {100 * d['spread_share']:.0f} % of A\n\n" + markdown_table(pc, index=True) + "\n\n"
+            + markdown_table(cr, index=True) + f"\n\nSpearman's rho of each statistic with the per-class error. p (classes): two-sided "
             f"permutation test over the {K} classes ({how}); 95 % CI (classes): Fisher's z over the {K} classes; "
             f"95 % CI (images): bootstrap over images with the classes held fixed ({d['bootstrap']} resamples). "
             f"A is MR²'s statistic and the one the verdict tests (at 5 %); the other {extra} rows are exploratory "

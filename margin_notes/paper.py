@@ -11,6 +11,9 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .metrics import difficulty_groups
+from .report import load_results, markdown_table
+
 # %% auto #0
 __all__ = ['METRIC_LABELS', 'MR2_TABLE1A', 'MR2_TABLE1B', 'MARC_TABLE2', 'MARC_TABLE4', 'DBM_CIFAR100LT', 'LWR_COMPAT',
            'LWR_ABLATION', 'LWR_THETA', 'LWR_SOTA', 'PAPER_TABLES', 'NOT_RUN', 'PaperTable', 'ResultPart', 'load_runs',
@@ -232,15 +235,10 @@ class ResultPart:
 
 def load_runs(path, # a run folder (results.json inside), a folder of seed sub-folders, a `ResultPart`, or None
              ) -> list:
-    "The results dicts found at `path`: one for a run folder, one per seed sub-folder, [] when absent (chapter 29_paper)."
-    if path is None: return []
+    "The results dicts found at `path` (`report.load_results`: one per run folder below it, [] when absent); a `ResultPart` reads its part (chapter 29_paper)."
     if isinstance(path, ResultPart):
-        return [{**r, **r[path.key]} for r in load_runs(path.path) if isinstance(r.get(path.key), dict)]
-    p = Path(path)
-    if (p / 'results.json').is_file(): files = [p / 'results.json']
-    elif p.is_dir(): files = sorted(q / 'results.json' for q in p.iterdir() if (q / 'results.json').is_file())
-    else: files = []
-    return [json.loads(f.read_text()) for f in files]
+        return [{**r, **r[path.key]} for r in load_results(path.path) if isinstance(r.get(path.key), dict)]
+    return load_results(path)
 
 # %% ../nbs/29_paper.ipynb #b434626d
 NOT_RUN = 'not run'
@@ -287,7 +285,6 @@ def compare_table(table: PaperTable, # the published table (one setting)
         loaded[m] = [r for p in paths for r in load_runs(p)]
     groups, need = None, any(k in table.metrics for k in ('easy', 'medium', 'hard'))
     if need and loaded.get(reference):
-        from margin_notes.metrics import difficulty_groups
         groups = difficulty_groups(np.asarray([r['per_class_accuracy'] for r in loaded[reference]], dtype=np.float64))
     methods = [m for m in table.methods if not only_runs or m in runs] + [m for m in runs if m not in table.rows]
     records = []
@@ -310,12 +307,8 @@ def compare_table(table: PaperTable, # the published table (one setting)
 def table_markdown(df, # a DataFrame from `compare_table`
                    caption: bool = True, # prepend the source and setting, append the notes
                   ) -> str:
-    "Render a `compare_table` frame as a markdown table (no extra dependency) (chapter 29_paper)."
-    cols = [str(c) for c in df.columns]
-    rows = [[str(v) for v in r] for r in df.astype(object).itertuples(index=False, name=None)]
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
-    lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-    out = '\n'.join(lines)
+    "A `compare_table` frame as markdown (`report.markdown_table`), with its source, setting and notes (chapter 29_paper)."
+    out = markdown_table(df)
     if caption and df.attrs.get('source'):
         out = f"**{df.attrs['source']}** — {df.attrs.get('setting', '')}\n\n" + out
         if df.attrs.get('notes'): out += '\n\n' + '\n'.join(f"- {n}" for n in df.attrs['notes'])

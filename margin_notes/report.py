@@ -8,8 +8,12 @@ import csv, io, json, math
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .core import atomic_write_bytes, atomic_write_json
+from .metrics import accuracy_report, aggregate_reports, per_class_accuracy, plot_sorted_per_class
+
 # %% auto #0
-__all__ = ['group_report', 'outputs_report', 'summary_table', 'plot_summary', 'write_csv', 'write_summary', 'collect_results']
+__all__ = ['group_report', 'outputs_report', 'markdown_table', 'summary_table', 'plot_summary', 'write_csv', 'write_summary',
+           'load_results', 'aggregate_runs', 'collect_results']
 
 # %% ../nbs/24_report.ipynb #c91d8c29
 def group_report(per_class_acc, # per-class accuracies (K,), fractions in [0, 1]
@@ -18,7 +22,6 @@ def group_report(per_class_acc, # per-class accuracies (K,), fractions in [0, 1]
                  few: float = 20, # Few: fewer than this many training images (CIFAR-LT convention)
                 ) -> dict:
     "`metrics.accuracy_report` with the Many/Medium/Few groups taken at the given thresholds (chapter 24_report)."
-    from margin_notes.metrics import accuracy_report
     rep = accuracy_report(per_class_acc, class_counts=class_counts, many=many, few=few)
     rep['groups'] = {'many': many, 'few': few}
     return rep
@@ -30,31 +33,55 @@ def outputs_report(outputs, # test scores (N, K) (a torch tensor)
                    few: float = 20, # Few: fewer than this many training images (CIFAR-LT convention)
                   ) -> dict:
     "{'per_class_accuracy': [...], 'report': group_report(...)} of test outputs (chapter 24_report)."
-    from margin_notes.metrics import per_class_accuracy
     pca = per_class_accuracy(outputs.argmax(1), labels, outputs.shape[1])
     return {'per_class_accuracy': pca.tolist(), 'report': group_report(pca, class_counts, many, few)}
 
 # %% ../nbs/24_report.ipynb #51286988
-def _fmt(v) -> str:
-    return '–' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{100 * v:.1f}'
+def _md_cell(v) -> str:
+    return str(v).replace('|', '\\|')
 
-def summary_table(methods: dict, # label -> {'report': ..., 'per_class_accuracy': [...]}
+def markdown_table(rows, # a pandas DataFrame, or a sequence of rows (each a sequence of cells)
+                   header: Optional[Sequence] = None, # column titles (a DataFrame brings its own)
+                   index: bool = False, # a DataFrame's index as the first column
+                   pad: bool = False, # pad the columns to one width (first column left, the others right)
+                  ) -> str:
+    "A GitHub-Markdown table, `|` in cells escaped, without optional dependencies (chapter 24_report)."
+    if hasattr(rows, 'columns'):   # a DataFrame
+        df = rows
+        header = ([df.index.name or ''] if index else []) + [str(c) for c in df.columns]
+        rows = [([i] if index else []) + list(r) for i, r in zip(df.index, df.astype(object).itertuples(index=False, name=None))]
+    if header is None: raise ValueError("`header` is needed unless `rows` is a DataFrame")
+    cells = [[_md_cell(c) for c in header]] + [[_md_cell(c) for c in r] for r in rows]
+    if not pad:
+        return '\n'.join(['| ' + ' | '.join(cells[0]) + ' |', '|' + '---|' * len(cells[0])] + ['| ' + ' | '.join(r) + ' |' for r in cells[1:]])
+    w = [max(len(c) for c in col) for col in zip(*cells)]
+    line = lambda r: '| ' + ' | '.join(c.rjust(wi) if j else c.ljust(wi) for j, (c, wi) in enumerate(zip(r, w))) + ' |'
+    return '\n'.join([line(cells[0]), '|' + '|'.join('-' * (wi + 2) for wi in w) + '|'] + [line(r) for r in cells[1:]])
+
+def _fmt(v, sd=None) -> str:
+    "'71.2', or '71.2 ± 0.3' with a standard deviation over seeds; '–' when undefined."
+    if v is None or (isinstance(v, float) and math.isnan(v)): return '–'
+    return f'{100 * v:.1f}' if sd is None or math.isnan(sd) else f'{100 * v:.1f} ± {100 * sd:.1f}'
+
+_SUMMARY_KEYS = ('overall', 'worst', 'many_shot', 'medium_shot', 'few_shot')
+
+def summary_table(methods: dict, # label -> {'report': ..., 'per_class_accuracy': [...]} (+ 'report_std', 'n_runs' over seeds)
                   per_class: bool = True, # add one column per class (only when K <= 20)
                  ) -> str:
-    "A markdown table of overall / worst / Many / Medium / Few (and per-class) accuracy in % (chapter 24_report)."
+    "A markdown table of overall / worst / Many / Medium / Few (and per-class) accuracy in %, mean ± std over seeds (chapter 24_report)."
     if not methods: return '(no results)'
     K = len(next(iter(methods.values()))['per_class_accuracy'])
     pc = per_class and K <= 20
-    head = ['method', 'overall', 'worst', 'many', 'medium', 'few'] + ([f'c{k}' for k in range(K)] if pc else [])
+    several = any(r.get('n_runs', 1) > 1 for r in methods.values())
+    head = ['method'] + (['runs'] if several else []) + ['overall', 'worst', 'many', 'medium', 'few'] + ([f'c{k}' for k in range(K)] if pc else [])
     rows = []
     for label, r in methods.items():
-        rep = r['report']
-        row = [label] + [_fmt(rep.get(k)) for k in ('overall', 'worst', 'many_shot', 'medium_shot', 'few_shot')]
+        rep, sd = r['report'], r.get('report_std', {})
+        row = [label] + ([r.get('n_runs', 1)] if several else []) + [_fmt(rep.get(k), sd.get(k)) for k in _SUMMARY_KEYS]
         if pc: row += [_fmt(a) for a in r['per_class_accuracy']]
         rows.append(row)
-    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: '| ' + ' | '.join(str(c).rjust(wi) if j else str(c).ljust(wi) for j, (c, wi) in enumerate(zip(cells, w))) + ' |'
-    return '\n'.join([line(head), '|' + '|'.join('-' * (wi + 2) for wi in w) + '|'] + [line(r) for r in rows])
+    return markdown_table(rows, head, pad=True)
+
 
 # %% ../nbs/24_report.ipynb #281279b4
 def plot_summary(methods: dict, # label -> {'per_class_accuracy': [...], ...}
@@ -65,8 +92,7 @@ def plot_summary(methods: dict, # label -> {'per_class_accuracy': [...], ...}
     import numpy as np
     from margin_notes.registry import import_extra
     plt = import_extra('matplotlib.pyplot')
-    from margin_notes.style import use_book_style
-    from margin_notes.metrics import plot_sorted_per_class
+    from margin_notes.style import use_book_style   # matplotlib: imported only when a figure is drawn
     use_book_style()
     acc = np.array([r['per_class_accuracy'] for r in methods.values()], dtype=float) * 100
     K = acc.shape[1]
@@ -94,7 +120,6 @@ def write_csv(path, # file to write (atomically)
               rows: Sequence[dict], # one dict per row; the header is the union of their keys, in order
              ):
     "Write dict rows as CSV, atomically (chapter 24_report)."
-    from margin_notes.core import atomic_write_bytes
     if not rows: return
     keys = []
     for r in rows:
@@ -111,7 +136,6 @@ def write_summary(summary: dict, # {'suite', 'source', 'methods': {label: result
                   tag: str = '', # prefix of every printed line (a smoke run's `engine.smoke_tag`)
                  ):
     "Write summary.json / summary.csv / summary.md / per_class.png and print the table (chapter 24_report)."
-    from margin_notes.core import atomic_write_json, atomic_write_bytes
     out_dir = Path(out_dir); methods = summary['methods']
     atomic_write_json(out_dir / 'summary.json', summary)
     rows = [{'method': k, **{g: r['report'].get(g) for g in ('overall', 'worst', 'many_shot', 'medium_shot', 'few_shot')},
@@ -134,21 +158,53 @@ def write_summary(summary: dict, # {'suite', 'source', 'methods': {label: result
         print('\n'.join(tag + l for l in lines))
 
 # %% ../nbs/24_report.ipynb #4bc97f3d
+def _load(path) -> list:
+    "(results dict, its folder) pairs found at `path`."
+    if path is None: return []
+    p = Path(path)
+    if (p / 'results.json').is_file(): return [(json.loads((p / 'results.json').read_text()), p)]
+    if (p / 'summary.json').is_file():
+        s = json.loads((p / 'summary.json').read_text())
+        return [({**r, 'name': k}, p) for k, r in s['methods'].items()]
+    if p.is_dir(): return [(json.loads(f.read_text()), f.parent) for f in sorted(p.rglob('results.json'))]
+    return []
+
+def load_results(path, # a run folder (results.json), a suite folder (summary.json), a folder with runs below it, or None
+                ) -> list:
+    "Every results dict at `path` (a suite's methods with 'name' = their label); [] when there are none (chapter 24_report)."
+    return [r for r, _ in _load(path)]
+
+def aggregate_runs(runs: Sequence[dict], # results dicts of one method, one per seed
+                  ) -> dict:
+    "One result of several seeds: mean report and per-class accuracy, 'report_std' (sample std), 'seeds', 'n_runs' and the 'runs' (chapter 24_report)."
+    if not runs: raise ValueError("`runs` is empty")
+    rep = aggregate_reports([r['report'] for r in runs])
+    pc = aggregate_reports([{'pc': r['per_class_accuracy']} for r in runs])['pc']
+    return {'name': runs[0].get('name'), 'class_counts': runs[0].get('class_counts'),
+            'report': {k: v['mean'] for k, v in rep.items()}, 'report_std': {k: v['std'] for k, v in rep.items()},
+            'per_class_accuracy': list(pc['mean']), 'seeds': [r.get('seed') for r in runs], 'n_runs': len(runs), 'runs': list(runs)}
+
 def collect_results(dirs: Sequence, # run folders (results.json), suite folders (summary.json) or folders of runs
+                    many: Optional[float] = None, # regroup every run at these Many/Few thresholds (None: the run's own)
+                    few: Optional[float] = None,
                    ) -> dict:
-    "label -> {'report', 'per_class_accuracy'} from run folders (results.json) and suite folders (summary.json) (chapter 24_report)."
-    methods = {}
-    for d in map(Path, dirs):
-        found = False
-        if (d / 'summary.json').exists():
-            s = json.loads((d / 'summary.json').read_text())
-            for k, r in s['methods'].items(): methods[k if k not in methods else f'{d.name}/{k}'] = r
-            found = True
-        elif (d / 'results.json').exists():
-            r = json.loads((d / 'results.json').read_text())
-            methods[r.get('name', d.name)] = r; found = True
-        else:
-            for f in sorted(d.glob('*/results.json')):
-                r = json.loads(f.read_text()); methods[r.get('name', f.parent.name)] = r; found = True
+    "label -> result for the table and figure; runs with one name and different seeds are aggregated, none is dropped (chapter 24_report)."
+    groups = {}
+    for d in dirs:
+        found = _load(d)
         if not found: raise FileNotFoundError(f"no results.json or summary.json in {d}")
-    return methods
+        for r, folder in found:
+            if many is not None or few is not None:
+                if r.get('class_counts') is None: raise ValueError(f"{r.get('name', 'a result')} has no class_counts: cannot regroup")
+                g = r['report'].get('groups', {})
+                r = {**r, 'report': group_report(r['per_class_accuracy'], r['class_counts'],
+                                                 **{k: v for k, v in (('many', many if many is not None else g.get('many')),
+                                                                      ('few', few if few is not None else g.get('few'))) if v is not None})}
+            label = r.get('name') or folder.name
+            if any(x.get('seed') == r.get('seed') for x in groups.get(label, [])):   # same name and seed: another run, its own row
+                rel = folder.relative_to(d) if folder != Path(d) and folder.is_relative_to(d) else Path(Path(d).name)
+                label, n = f"{rel.as_posix()}/{label}", 1
+                while label in groups: n += 1; label = f"{label.rsplit(' #', 1)[0]} #{n}"
+            groups.setdefault(label, []).append(r)
+    return {label: rs[0] if len(rs) == 1 else aggregate_runs(rs) for label, rs in groups.items()}
+

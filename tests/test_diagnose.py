@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from margin_notes.diagnose import (STATISTICS, class_permutation_test, class_statistics, class_verdict, diagnose, diagnosis_markdown,
-                                   diagnosis_tables, fisher_z_interval, markdown_table, spearman, main)
+                                   diagnosis_tables, fisher_z_interval, spearman, main)
 
 
 def naive_stats(X, y, K, p=2.0, center=None):
@@ -126,13 +126,6 @@ def test_diagnose_bad_input():
     with pytest.raises(ValueError, match='class_counts'): diagnose(xtr, ytr, yte, pred, class_counts=[1, 2])
     with pytest.raises(ValueError, match='NaN'): diagnose(xtr * float('nan'), ytr, yte, pred)
     with pytest.raises(ValueError, match='labels'): class_statistics(xtr, ytr[:3])
-
-
-def test_markdown_table_plain():
-    import pandas as pd
-    s = markdown_table(pd.DataFrame({'a': [1, 2], 'b': ['x|y', 'z']}, index=pd.Index(['r1', 'r2'], name='row')))
-    lines = s.splitlines()
-    assert lines[0] == '| row | a | b |' and lines[1] == '|---|---|---|' and lines[2] == '| r1 | 1 | x\\|y |'
 
 
 def test_main_on_a_real_engine_run(tmp_path, capsys):
