@@ -189,6 +189,13 @@ def _decode_jpeg_tar(path, max_per_class: Optional[int] = None):
 # %% ../nbs/04_data.ipynb #a9dbe90e
 _SMALL_JPEG = {}
 
+def _load_decode_cache(cache: Path) -> dict:
+    "The decoded-JPEG cache: tensors, lists and strings only, loaded with weights_only=True (a planted pickle payload is refused, not run)."
+    import pickle
+    try: return torch.load(cache, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{cache}: damaged or not a decode cache ({' '.join(str(e).split())[:160]}); delete it and it is rebuilt") from None
+
 def cifar10_jpeg_arrays(max_per_class: Optional[int] = None, # read only the first n images of each class (no cache)
                         verbose: bool = False, # print timing of a fresh decode
                        ) -> dict:
@@ -200,7 +207,7 @@ def cifar10_jpeg_arrays(max_per_class: Optional[int] = None, # read only the fir
     cache = cache_dir('cifar10-jpeg') / 'cifar10_jpeg_uint8.pt'
     if max_per_class is not None:
         if cache.exists():  # slice the full decode when it is there
-            d = torch.load(cache, weights_only=False); out = {'classes': d['classes']}
+            d = _load_decode_cache(cache); out = {'classes': d['classes']}
             for split in ('train', 'test'):
                 x, y = d[split]
                 keep = torch.cat([torch.nonzero(y == k).flatten()[:max_per_class] for k in range(len(d['classes']))])
@@ -209,7 +216,7 @@ def cifar10_jpeg_arrays(max_per_class: Optional[int] = None, # read only the fir
         key = (str(path), max_per_class)  # else read straight from the archive; kept in memory for the session
         if key not in _SMALL_JPEG: _SMALL_JPEG.clear(); _SMALL_JPEG[key] = _decode_jpeg_tar(path, max_per_class)
         return _SMALL_JPEG[key]
-    if cache.exists(): return torch.load(cache, weights_only=False)
+    if cache.exists(): return _load_decode_cache(cache)
     t = time.time()
     d = _decode_jpeg_tar(path)
     d['decode_seconds'] = time.time() - t
@@ -261,8 +268,21 @@ _CIFAR_LAYOUT = {10: ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1
 def _cifar_files(K): s, tr, te, m = _CIFAR_LAYOUT[K][:4]; return f"{s}/{{{', '.join(tr + te + [m])}}}"
 
 def _unpickle(path):
+    "A CIFAR python file: dicts, lists, strings, numbers and numpy arrays only; any other global is refused, so a planted payload never runs."
     import pickle
-    with open(path, 'rb') as f: return pickle.load(f, encoding='bytes')
+    allowed = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
+               ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'), ('_codecs', 'encode'),
+               ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer')}   # the last two: protocol-5 pickles
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in allowed: return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"global {module}.{name}")
+    try:
+        with open(path, 'rb') as f: return _Restricted(f, encoding='bytes').load()
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: a CIFAR file holds arrays, lists and strings only, this one also {e}; nothing in it was run") from None
+    except (EOFError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: damaged or not a CIFAR python file ({' '.join(str(e).split())[:160]})") from None
 
 def read_cifar_python(folder, # a `cifar-10-batches-py` or `cifar-100-python` folder
                       num_classes: int = 10, # 10 or 100: which layout to expect
@@ -786,12 +806,12 @@ def make_image_folder(root, # folder to create (train/ and test/ inside)
                       noise: float = 0.35, # pixel noise relative to the pattern
                       seed: int = 0,
                      ) -> Path:
-    "Write a small generated image folder in the ImageFolder layout, for demos and tests: every class a grating at its own angle, plus noise (chapter 04_data)."
+    "Write a small generated image folder in the ImageFolder layout, for demos and tests: every class a grating at its own angle in [0°, 90°], plus noise (chapter 04_data)."
     from PIL import Image
     root, rng, K = Path(root), np.random.default_rng(seed), len(counts)
     yy, xx = np.mgrid[0:size, 0:size] / size
     for k, (name, n) in enumerate(counts.items()):
-        theta = np.pi * k / K
+        theta = np.pi / 2 * k / max(K - 1, 1)   # angles in [0, 90°]: a horizontal flip (crop-flip augmentation) never turns one class into another
         for split, m in (('train', n), ('test', test_per_class)):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(m):

