@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .registry import import_extra
+from .core import import_extra
 from .core import cache_dir, data_root, find_data, is_smoke, smoke_or, atomic_torch_save, check_class_counts
 
 # %% auto #0
