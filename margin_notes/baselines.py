@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_finite, check_num_classes, check_positive,
-                               document_parameters, loss_targets)
+from .core import (ClassWeighted, KeepBufferPrecision, autocast_off, check_class_counts, check_finite, check_num_classes,
+                               check_positive, document_parameters, loss_targets)
 
 # %% auto #0
 __all__ = ['CELoss', 'BalancedSoftmaxLoss', 'LogitAdjustedLoss', 'logit_adjust_posthoc', 'ldam_margins', 'LDAMLoss', 'FocalLoss',
@@ -31,35 +31,14 @@ def _weighted_mean(per_sample: torch.Tensor, targets: torch.Tensor, weight: Opti
     # a batch of zero-weight classes only: 0 / tiny = 0 instead of 0 / 0 = NaN, with no host sync; otherwise unchanged
     return (w * per_sample).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
 
-class _ClassWeighted(KeepBufferPrecision, nn.Module):
-    "Base for losses with an optional per-class weight buffer `weight` (chapter 11_baselines)."
+class _ClassWeighted(ClassWeighted, KeepBufferPrecision, nn.Module):
+    "Base for losses with an optional per-class weight buffer `weight`, set by chapter 00's `ClassWeighted.set_class_weight` (chapter 11_baselines)."
     def __init__(self, weight=None, num_classes: Optional[int] = None):
         super().__init__()
         self.num_classes = None if num_classes is None else check_num_classes(num_classes)
         self.register_buffer('_anchor', torch.empty(0), persistent=False)   # follows .to(device)
         self.register_buffer('weight', None)
         self.set_class_weight(weight)
-
-    def set_class_weight(self,
-                         weight, # None (uniform) or (K,) positive finite per-class weights
-                        ):
-        "Set (or clear, with None) the per-class weights used by the loss; placed on the loss's device."
-        if weight is None: self.weight = None; return self
-        w = torch.as_tensor(weight).detach()
-        if w.dim() != 1 or w.numel() == 0: raise ValueError(f"`weight` must have shape (K,), got {tuple(w.shape)}")
-        if self.num_classes is not None and w.numel() != self.num_classes:
-            raise ValueError(f"`weight` has {w.numel()} entries, expected num_classes={self.num_classes}")
-        if w.device.type == 'cpu':
-            if not bool(torch.isfinite(w.double()).all()) or bool((w < 0).any()) or not bool(w.sum() > 0):
-                raise ValueError("`weight` must be finite, >= 0 and not all zero")
-        self.weight = w.to(device=self._anchor.device, dtype=torch.float32)
-        return self
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        key = prefix + 'weight'
-        if key in state_dict: self.weight = torch.empty_like(state_dict[key], dtype=torch.float32, device=self._anchor.device)
-        else: self.weight = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _check(self, logits, targets, cosine_owner=None, name='logits'):
         "All input checks (chapter 00_core's `loss_targets`); returns the labels as int64."

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import import_extra
+from .core import import_extra
 from .models import Classifier, _NoWeightsNote, register_tiny_clip
 
 # %% auto #0

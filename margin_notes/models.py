@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import cache_dir, atomic_torch_save, find_data
-from .registry import import_extra
+from .core import import_extra
 
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'ARCHS', 'LinearHead', 'build_head', 'ScaledCosineHead', 'Classifier', 'MLPClassifier',

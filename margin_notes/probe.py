@@ -491,7 +491,7 @@ def grid_table(result: dict, # output of run_method_grid (or its JSON)
                seconds: bool = True, # add the mean wall time per run
               ):
     "A pandas table: one row per method, 'mean ± std' (%) per column, '–' for undefined groups (chapter 19_probe)."
-    from margin_notes.registry import import_extra
+    from margin_notes.core import import_extra
     pd = import_extra('pandas')
     from margin_notes.metrics import format_mean_std
     rows = {}

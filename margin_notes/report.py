@@ -8,7 +8,7 @@ import csv, io, json, math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import atomic_write_bytes, atomic_write_json
+from .core import atomic_write_bytes, atomic_write_json, import_extra
 from .metrics import accuracy_report, aggregate_reports, per_class_accuracy, plot_sorted_per_class
 
 # %% auto #0
@@ -90,7 +90,6 @@ def plot_summary(methods: dict, # label -> {'per_class_accuracy': [...], ...}
                 ):
     "Sorted per-class accuracy of every method, plus a methods x classes map for K <= 30 (chapter 24_report)."
     import numpy as np
-    from margin_notes.registry import import_extra
     plt = import_extra('matplotlib.pyplot')
     from margin_notes.style import use_book_style   # matplotlib: imported only when a figure is drawn
     use_book_style()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_style.ipynb #e0292224
 from __future__ import annotations
-from .registry import import_extra
+from .core import import_extra
 _mpl = import_extra('matplotlib')   # figures need the `book` extra
 
 # %% auto #0
