@@ -372,17 +372,25 @@ def _parser():
 def main(argv: Optional[Sequence[str]] = None # command-line arguments (default: sys.argv[1:])
         ) -> int:
     "`python -m margin_notes.diagnose RUN_DIR [--out DIR] [--bootstrap B]`: write diagnose.md/.json/.png per run (chapter 18_diagnose)."
+    import os
+    def fail(msg) -> int:
+        print(f"margin-notes diagnose: error: {msg}".replace('\n', ' '), file=sys.stderr); return 2
     ap = _parser()
+    ap.error = lambda msg: sys.exit(fail(msg))          # argparse's errors: one line too, exit 2
     a = ap.parse_args(argv)
     root = Path(a.run_dir)
-    if not root.is_dir(): ap.error(f"{root} is not a folder")
+    if not root.is_dir(): return fail(f"{root} is not a folder")
+    if a.bootstrap < 0: return fail(f"--bootstrap must be >= 0 (0: no intervals), got {a.bootstrap}")
     try: dirs = _run_dirs(root)
-    except FileNotFoundError as e: ap.error(str(e))
+    except FileNotFoundError as e: return fail(e)
     from margin_notes.core import atomic_write_json, atomic_write_bytes
+    failed = 0
     for rd in dirs:
         try: d = diagnose_run(rd, bootstrap=a.bootstrap, device=a.device)
-        except (ValueError, FileNotFoundError) as e:   # e.g. a run whose data changed, or was passed from Python: one line, exit 2
-            print(f"margin-notes diagnose: error: {e}".replace('\n', ' '), file=sys.stderr); return 2
+        except Exception as e:   # a damaged or foreign checkpoint/config, changed data: one line naming it; the other runs go on
+            if os.environ.get('MARGIN_NOTES_DEBUG'): raise
+            kind = '' if isinstance(e, (ValueError, FileNotFoundError, KeyError)) else f"{type(e).__name__}: "
+            fail(f"{rd}: {kind}{e}" if str(rd) not in str(e) else f"{kind}{e}"); failed += 1; continue
         out = Path(a.out) / rd.name if a.out and len(dirs) > 1 else Path(a.out) if a.out else rd / 'diagnose'
         out.mkdir(parents=True, exist_ok=True)
         md = f"# diagnosis of {d['name']}\n\n" + diagnosis_markdown(d)
@@ -396,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None # command-line arguments (default:
             print(f"-> {out}/diagnose.md, diagnose.json\n", flush=True); continue
         fig = plot_diagnosis(d, title=d['name']); fig.savefig(out / 'diagnose.png', dpi=120); plt.close(fig)
         print(f"-> {out}/diagnose.md, diagnose.json, diagnose.png\n", flush=True)
-    return 0
+    return 2 if failed else 0
 
 def _in_ipython() -> bool:
     try: get_ipython; return True   # noqa: F821 (defined by IPython)
