@@ -586,7 +586,10 @@ def save_checkpoint(state: dict, # tensors, numbers, strings, lists and dicts on
                     path, # destination, e.g. out_dir/checkpoint.pt
                    ):
     "`torch.save` of `state` plus a SHA-256 of its contents under 'sha256', atomically (chapter 09_engine)."
-    return atomic_torch_save({**state, 'sha256': _digest(state)}, path)
+    try: return atomic_torch_save({**state, 'sha256': _digest(state)}, path)
+    except (RuntimeError, OSError) as e:   # a full disk surfaces as 'inline_container.cc ... unexpected pos'
+        raise RunFolderError(f"{path}: could not write the checkpoint ({_first_line(e)}); is the disk full? The previous checkpoint "
+                             f"is intact: free space and continue with --resume") from None
 
 def _legacy_numpy_globals() -> list:
     "What a checkpoint written before the RNG states became tensors needs besides tensors: numpy array reconstruction, nothing that runs code."
