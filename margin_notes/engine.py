@@ -26,7 +26,7 @@ __all__ = ['STANDIN_DATASETS', 'DATA_FILE', 'RUN_OUTPUTS', 'PUBLISHED_FILES', 'P
            'train_epochs', 'collect_outputs', 'apply_posthoc', 'dist_info', 'smoke_tag', 'save_predictions',
            'TrainingInterrupted', 'build_training', 'data_record', 'check_data', 'run_data', 'RunFolderError',
            'save_checkpoint', 'load_checkpoint', 'run_folder_lock', 'clean_stale_tmp', 'fit', 'load_run',
-           'evaluate_run', 'calibrate_run', 'run_suite', 'run_config', 'publish_run']
+           'evaluate_run', 'calibrate_run', 'run_suite', 'run_config', 'check_publish_destination', 'publish_run']
 
 # %% ../nbs/09_engine.ipynb #24b45af6
 STANDIN_DATASETS = ('cifar10', 'cifar100', 'cifar10-jpeg', 'imagenet', 'imagenet-lt')  # smoke runs read generated stand-ins of these
@@ -904,6 +904,22 @@ def _publication_of(dest: Path) -> Optional[dict]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError): return None
     return None
 
+def check_publish_destination(dest, # where a run would be published
+                              run: dict, # {'name', 'seed'} of the run
+                              work_dir=None, # its run folder
+                              force: bool = False, # an earlier publication of the same run may be replaced
+                             ):
+    "Raise a one-line `RunFolderError` unless `dest` is new, or (with `force`) an earlier publication of the same run; the CLI checks before training (chapter 09_engine)."
+    shown, dest, cwd = dest, Path(os.path.abspath(dest)), Path.cwd().resolve()
+    wd = Path(work_dir).resolve() if work_dir is not None else cwd
+    if dest in (wd, *wd.parents) or dest in (cwd, *cwd.parents):
+        raise RunFolderError(f"publish destination {shown} contains the run folder or the working folder; give a new folder, e.g. results/<chapter>/<run>/seed0")
+    if dest.exists() or dest.is_symlink():
+        old = _publication_of(dest)
+        if old is None: raise RunFolderError(f"publish destination {shown} exists and is not a publication of this run; nothing was changed: choose a new folder")
+        if old != run: raise RunFolderError(f"publish destination {shown} holds the publication of another run ({old.get('name')}, seed {old.get('seed')}); nothing was changed")
+        if not force: raise RunFolderError(f"publish destination {shown} already holds this run's publication; pass --force (force=True) to replace it")
+
 def publish_run(work_dir, # a run folder written by `fit`
                 dest, # where the finished run goes, e.g. results/<chapter>/<run>/seed0
                 force: bool = False, # replace an earlier publication of the same run (same name and seed); nothing else is ever replaced
@@ -915,14 +931,8 @@ def publish_run(work_dir, # a run folder written by `fit`
     if not (work_dir / 'results.json').exists(): raise RunFolderError(f"{work_dir} holds no finished run (no results.json)")
     res = json.loads((work_dir / 'results.json').read_text())
     if res.get('config', {}).get('smoke') or res.get('smoke'): raise RunFolderError(f"{work_dir} is a smoke run: it is never published")
-    me, wd, cwd = _run_identity(res.get('config', {})), work_dir.resolve(), Path.cwd().resolve()
-    if dest in (wd, *wd.parents) or dest in (cwd, *cwd.parents):
-        raise RunFolderError(f"publish destination {shown} contains the run folder or the working folder; give a new folder, e.g. results/<chapter>/<run>/seed0")
-    if dest.exists() or dest.is_symlink():
-        old = _publication_of(dest)
-        if old is None: raise RunFolderError(f"publish destination {shown} exists and is not a publication of this run; nothing was changed: choose a new folder")
-        if old != me: raise RunFolderError(f"publish destination {shown} holds the publication of another run ({old.get('name')}, seed {old.get('seed')}); nothing was changed")
-        if not force: raise RunFolderError(f"publish destination {shown} already holds this run's publication; pass --force (force=True) to replace it")
+    me, wd = _run_identity(res.get('config', {})), work_dir.resolve()
+    check_publish_destination(shown, me, work_dir, force)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.publishing-"))   # our own, new folder
     try:

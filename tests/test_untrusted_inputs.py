@@ -197,3 +197,10 @@ def test_diagnose_expected_failures_are_one_line(finished, tmp_path, capsys):
     one_line_error(capsys, diagnose_main([str(tmp_path / 'nowhere')]), 'not a folder')
     d = copy_run(finished, tmp_path / 'cfg'); (d / 'config.json').write_text('[1, 2]')
     one_line_error(capsys, diagnose_main([str(d)]), 'config.json', 'mapping')
+
+
+def test_cli_publish_destination_checked_before_training(tmp_path, capsys):
+    keep = tmp_path / 'keep'; keep.mkdir(); (keep / 'notes.txt').write_text('data')
+    rc = main(['run', 'digits-lt-erm', '--set', *TINY, '--out', str(tmp_path / 'run'), '--publish', str(keep)])
+    one_line_error(capsys, rc, 'not a publication of this run')
+    assert not (tmp_path / 'run').exists() and (keep / 'notes.txt').read_text() == 'data'
