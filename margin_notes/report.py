@@ -96,21 +96,26 @@ def plot_summary(methods: dict, # label -> {'per_class_accuracy': [...], ...}
     acc = np.array([r['per_class_accuracy'] for r in methods.values()], dtype=float) * 100
     K = acc.shape[1]
     heat = K <= 30
-    fig, axes = plt.subplots(1, 2 if heat else 1, figsize=(12 if heat else 7, max(3.6, 0.32 * len(methods) + 1.2)), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+    # one column at the book's text width (chapter 08): the sorted curves on top, the map below; legends outside the data
+    hh = max(1.6, 0.3 * len(methods) + 1.0)
+    fig, axes = plt.subplots(2 if heat else 1, 1, figsize=(6.6, 3.4 + (hh if heat else 0)), squeeze=False, layout='constrained',
+                             gridspec_kw={'height_ratios': [3.0, hh]} if heat else None)
     ax = axes[0, 0]
     plot_sorted_per_class({k: r['per_class_accuracy'] for k, r in methods.items()}, ax=ax, title=title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.get_legend().remove()
+    fig.legend(*ax.get_legend_handles_labels(), loc='outside upper center', ncol=min(3, len(methods)), fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # classes are whole numbers (rank 0 = best class)
     if heat:
-        h = axes[0, 1]
+        h = axes[1, 0]
         im = h.imshow(acc, cmap='viridis', vmin=0, vmax=100, aspect='auto')
         h.set_yticks(range(len(methods)), list(methods)); h.set_xticks(range(K))
         h.set_xlabel('class (training count decreasing to the right)'); h.grid(False)
         if K <= 12:
             for i in range(acc.shape[0]):
-                for j in range(K): h.text(j, i, f'{acc[i, j]:.0f}', ha='center', va='center', fontsize=7,
+                for j in range(K): h.text(j, i, f'{acc[i, j]:.0f}', ha='center', va='center', fontsize=8,
                                           color='black' if acc[i, j] > 60 else 'white')
         fig.colorbar(im, ax=h, label='per-class accuracy (%)')
-    fig.tight_layout()
     if path is not None: fig.savefig(path); plt.close(fig)
     return fig
 
