@@ -1,0 +1,150 @@
+"""Dose-response of MR²'s logit margins (results/dose_response): do larger class-margin ratios move accuracy?
+
+    python scripts/dose_response.py [--setting fmnist-lt100|fmnist-balanced] [--smoke OUT_DIR]
+
+MR²'s logit term divides the logits of a sample of class k by a class margin gamma_k (a per-class temperature); the
+rule of chapter 02 sets gamma_k proportional to A_k^(1/3), where A_k is the class statistic of chapter 03. If margins
+alone matter, making the ratio max(gamma)/min(gamma) larger should move per-class accuracy more. Each run below trains
+chapter 21's CNN with the margins only (lambda = 0, no representation term) and one "dose":
+
+- power p in {1/3, 1, 2}: gamma_k ∝ v_k^p, where v_k is MR²'s statistic A_k ('A') or the class spread s_k ('spread');
+- a fixed ratio r in {2, 4}: gamma spaced geometrically from 1 to r by the rank of v_k;
+- the reversed direction (the class with the largest v gets the smallest gamma) at p = 1, a control;
+
+each margin floored at 0.1 of the mean margin (MR²'s own floor) and all normalised to a mean margin of 1 over the
+classes seen so far, and the margins are recomputed at every step from
+the running statistics (as MR² does). The gamma of every training step is recorded, and the results keep gamma at the
+end of every epoch, so the ratio actually applied is known. CE (gamma = 1 for every class) is the reference; every
+configuration runs on the same seeds, so differences are paired. Validation: the last 200 test images of every class
+(never scored); scored: the first 800. Per-image predictions of every run are kept (predictions.npz).
+"""
+from __future__ import annotations
+import argparse, math, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'scripts'))
+
+import referee_experiments as R   # registers its methods; gives the CNN, the data split and the probe trainer
+from margin_notes.core import atomic_write_json
+from margin_notes.metrics import accuracy_report, aggregate_reports, difficulty_groups, per_class_accuracy
+from margin_notes.mr2 import MR2Loss
+from margin_notes.registry import register_method
+
+P = R.P
+
+
+class DoseMR2Loss(MR2Loss):
+    """MR²'s logit margins alone (lam = 0) at a chosen dose: gamma_k ∝ v_k**power, or a fixed max/min `ratio` spaced
+    geometrically by the rank of v_k; v is MR²'s statistic ('A') or the spread ('spread'); direction -1 reverses.
+    Every training step's gamma is appended to `self.trace`; the last instance made is `DoseMR2Loss.latest`."""
+    latest = None
+
+    def __init__(self, num_classes, stat='A', power=1 / 3, ratio=None, direction=1, **kw):
+        kw['lam'] = 0.0
+        super().__init__(num_classes, **kw)
+        if stat not in ('A', 'spread'): raise ValueError(f"`stat` must be 'A' or 'spread', got {stat!r}")
+        if direction not in (1, -1): raise ValueError(f"`direction` must be 1 or -1, got {direction!r}")
+        self.stat, self.power, self.ratio, self.direction = stat, float(power), ratio, int(direction)
+        self.trace = []
+        DoseMR2Loss.latest = self
+
+    def gammas(self):
+        s = self.stats; init = s.initialized
+        v = (s.variability if self.stat == 'A' else s.spread).double()
+        w = init.to(v.dtype); n = w.sum().clamp_min(1)
+        floor = 1e-3 * (v * w).sum() / n + 1e-12
+        v = torch.maximum(v, floor)
+        if self.ratio is None:
+            g = v ** (self.direction * self.power)
+        else:   # rank of v among the seen classes (0 = smallest), mapped to ratio ** (rank / (n - 1))
+            key = torch.where(init, self.direction * v, torch.full_like(v, float('inf')))
+            rank = torch.empty_like(v); rank[key.argsort()] = torch.arange(len(v), dtype=v.dtype)
+            g = float(self.ratio) ** (rank / (n - 1).clamp_min(1))
+        g = torch.where(init, g, torch.zeros_like(g))
+        if self.ratio is None:   # MR²'s margin floor, applied to the dosed margins: at least 0.1 of their mean (seen classes)
+            g = torch.where(init, torch.maximum(g, self.margin_floor * g.sum() / n), g)
+        g = g * self.mean_margin * n / g.sum().clamp_min(1e-12)           # mean over the seen classes = mean_margin
+        return torch.where(init, g, torch.full_like(g, self.mean_margin)).to(s.variability.dtype)
+
+    def forward(self, logits, targets, features=None):
+        loss = super().forward(logits, targets, features)
+        if self.training: self.trace.append(self.last['gamma'].float().cpu())
+        return loss
+
+
+register_method('mr2-dose', "MR²'s logit margins at a chosen dose (scripts/dose_response.py)", DoseMR2Loss,
+                first_arg='num_classes', needs_features=True, color='#c080c0')
+
+# (label, loss_kwargs); CE is the reference, 'A p=1/3' is MR²'s own rule with lambda = 0
+CONFIGS = [('CE', None)] + [
+    (f"{stat} {dose}", dict(stat=stat, **kw)) for stat in ('A', 'spread')
+    for dose, kw in (('p=1/3', dict(power=1 / 3)), ('p=1', dict(power=1.0)), ('p=2', dict(power=2.0)),
+                     ('ratio 2', dict(ratio=2.0)), ('ratio 4', dict(ratio=4.0)), ('reversed p=1', dict(power=1.0, direction=-1)))]
+
+
+def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2)):
+    IF = 100 if setting == 'fmnist-lt100' else None
+    d, (xte, yte), (xva, yva) = R.fmnist(IF, smoke)
+    counts = list(d.class_counts)
+    fit = dict(R.FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
+    seeds = seeds if not smoke else (0,)
+    tf = R.image_transform(d.mean, d.std)
+    K, res, preds, t_all = 10, {}, {}, time.time()
+    for label, kw in CONFIGS:
+        res[label] = []
+        for seed in seeds:
+            t0 = time.time()
+            method = 'erm' if kw is None else 'mr2-dose'
+            p = P.fit_method(lambda h, s: R.SmallCNN(K, h, s), d.train_images, d.train_labels, method, seed=seed,
+                             class_counts=counts, loss_kwargs=kw, transform=tf, **fit)
+            with torch.no_grad():
+                pte, pva = p.scores(xte).argmax(1), p.scores(xva).argmax(1)
+            rec = {'seed': seed, 'seconds': time.time() - t0,
+                   'per_class': per_class_accuracy(pte, yte, K).tolist(),
+                   'val_per_class': per_class_accuracy(pva, yva, K).tolist()}
+            if kw is not None:
+                tr = torch.stack(DoseMR2Loss.latest.trace)
+                spe = len(tr) // fit['epochs']
+                per_epoch = tr[spe - 1::spe][:fit['epochs']]
+                rec['gamma_per_epoch'] = per_epoch.tolist()
+                rec['gamma_ratio_per_epoch'] = (per_epoch.max(1).values / per_epoch.min(1).values).tolist()
+                rec['gamma_ratio_final'] = float(rec['gamma_ratio_per_epoch'][-1])
+            res[label].append(rec)
+            preds[f"{label}|seed{seed}"] = pte.numpy().astype(np.int8)
+            print(f"{label:18s} seed {seed}: test {100 * np.mean(rec['per_class']):5.1f}  worst {100 * min(rec['per_class']):5.1f}"
+                  f"  ratio {rec.get('gamma_ratio_final', 1.0):6.2f}  ({rec['seconds']:.1f} s)", flush=True)
+    # difficulty groups from CE's validation accuracy (seed-mean), as in chapter 21
+    ce_val = np.mean([r['val_per_class'] for r in res['CE']], axis=0)
+    groups = difficulty_groups(torch.tensor(ce_val))
+    summary = {}
+    for label, rs in res.items():
+        for r in rs: r['report'] = accuracy_report(torch.tensor(r['per_class']), counts, groups)
+        summary[label] = aggregate_reports([r['report'] for r in rs])
+        if 'gamma_ratio_final' in rs[0]:
+            summary[label]['gamma_ratio_final'] = float(np.mean([r['gamma_ratio_final'] for r in rs]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = sorted(preds)
+    np.savez_compressed(out_dir / f"{setting}-predictions.npz", labels=yte.numpy().astype(np.int8),
+                        runs=np.array(keys), predictions=np.stack([preds[k] for k in keys]))
+    atomic_write_json(out_dir / f"{setting}.json", {
+        'runs': res, 'summary': summary, 'configs': {l: kw for l, kw in CONFIGS}, 'class_counts': counts,
+        'difficulty_groups': {k: [int(i) for i in v] for k, v in groups.items()} if isinstance(groups, dict) else groups,
+        'seeds': list(seeds), 'smoke': smoke,
+        'meta': dict(data=f"Fashion-MNIST{'-LT, IF 100' if IF else ' (balanced)'}", model='SmallCNN conv16/2-conv32/2-fc128',
+                     **fit, optimizer='SGD momentum 0.9, wd 5e-4, half-cosine lr', mean_margin=1.0, lam=0.0,
+                     validation='the last 200 test images of every class (never scored); scored: the first 800',
+                     device=f"CPU, {torch.get_num_threads()} thread(s)", torch=torch.__version__,
+                     wall_seconds=time.time() - t_all, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))})
+    print(f"wrote {out_dir / f'{setting}.json'}")
+
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--setting', default='fmnist-lt100', choices=['fmnist-lt100', 'fmnist-balanced'])
+    ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
+    a = ap.parse_args()
+    run(Path(a.smoke) if a.smoke else ROOT / 'results' / 'dose_response', a.setting, smoke=a.smoke is not None)
