@@ -17,6 +17,10 @@ the running statistics (as MR² does). The gamma of every training step is recor
 end of every epoch, so the ratio actually applied is known. CE (gamma = 1 for every class) is the reference; every
 configuration runs on the same seeds, so differences are paired. Validation: the last 200 test images of every class
 (never scored); scored: the first 800. Per-image predictions of every run are kept (predictions.npz).
+
+`--grid dbm-scale` runs the controls for DBM's default scale on the same data and split: Balanced Softmax on a
+linear head, Balanced Softmax on a cosine head at s in {4, 8, 16, 32} (is DBM's gain the cosine head's?), and DBM
+(Balanced-Softmax base) at s in {4, 8, 16, 32}; each family's s is chosen on the validation images.
 """
 from __future__ import annotations
 import argparse, math, sys, time
@@ -79,14 +83,20 @@ class DoseMR2Loss(MR2Loss):
 register_method('mr2-dose', "MR²'s logit margins at a chosen dose (scripts/dose_response.py)", DoseMR2Loss,
                 first_arg='num_classes', needs_features=True, color='#c080c0')
 
-# (label, loss_kwargs); CE is the reference, 'A p=1/3' is MR²'s own rule with lambda = 0
-CONFIGS = [('CE', None)] + [
-    (f"{stat} {dose}", dict(stat=stat, **kw)) for stat in ('A', 'spread')
+# (label, method, loss_kwargs, fit overrides); CE is the reference, 'A p=1/3' is MR²'s own rule with lambda = 0
+CONFIGS = [('CE', 'erm', None, {})] + [
+    (f"{stat} {dose}", 'mr2-dose', dict(stat=stat, **kw), {}) for stat in ('A', 'spread')
     for dose, kw in (('p=1/3', dict(power=1 / 3)), ('p=1', dict(power=1.0)), ('p=2', dict(power=2.0)),
                      ('ratio 2', dict(ratio=2.0)), ('ratio 4', dict(ratio=4.0)), ('reversed p=1', dict(power=1.0, direction=-1)))]
+SCALES = (4.0, 8.0, 16.0, 32.0)
+DBM_CONFIGS = [('BS', 'bs', None, {})] + \
+    [(f"BS cosine s={s:g}", 'bs', None, dict(head='cosine', cosine_scale=s)) for s in SCALES] + \
+    [(f"DBM s={s:g}", 'dbm', dict(scale=s), {}) for s in SCALES]
+GRIDS = {'dose': CONFIGS, 'dbm-scale': DBM_CONFIGS}
 
 
-def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2)):
+def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), grid='dose'):
+    configs = GRIDS[grid]; stem = setting if grid == 'dose' else f"{grid}-{setting}"
     IF = 100 if setting == 'fmnist-lt100' else None
     d, (xte, yte), (xva, yva) = R.fmnist(IF, smoke)
     counts = list(d.class_counts)
@@ -94,19 +104,18 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2)):
     seeds = seeds if not smoke else (0,)
     tf = R.image_transform(d.mean, d.std)
     K, res, preds, t_all = 10, {}, {}, time.time()
-    for label, kw in CONFIGS:
+    for label, method, kw, over in configs:
         res[label] = []
         for seed in seeds:
             t0 = time.time()
-            method = 'erm' if kw is None else 'mr2-dose'
             p = P.fit_method(lambda h, s: R.SmallCNN(K, h, s), d.train_images, d.train_labels, method, seed=seed,
-                             class_counts=counts, loss_kwargs=kw, transform=tf, **fit)
+                             class_counts=counts, loss_kwargs=kw, transform=tf, **fit, **over)
             with torch.no_grad():
                 pte, pva = p.scores(xte).argmax(1), p.scores(xva).argmax(1)
             rec = {'seed': seed, 'seconds': time.time() - t0,
                    'per_class': per_class_accuracy(pte, yte, K).tolist(),
                    'val_per_class': per_class_accuracy(pva, yva, K).tolist()}
-            if kw is not None:
+            if method == 'mr2-dose':
                 tr = torch.stack(DoseMR2Loss.latest.trace)
                 spe = len(tr) // fit['epochs']
                 per_epoch = tr[spe - 1::spe][:fit['epochs']]
@@ -118,7 +127,8 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2)):
             print(f"{label:18s} seed {seed}: test {100 * np.mean(rec['per_class']):5.1f}  worst {100 * min(rec['per_class']):5.1f}"
                   f"  ratio {rec.get('gamma_ratio_final', 1.0):6.2f}  ({rec['seconds']:.1f} s)", flush=True)
     # difficulty groups from CE's validation accuracy (seed-mean), as in chapter 21
-    ce_val = np.mean([r['val_per_class'] for r in res['CE']], axis=0)
+    ref = configs[0][0]
+    ce_val = np.mean([r['val_per_class'] for r in res[ref]], axis=0)
     groups = difficulty_groups(torch.tensor(ce_val))
     summary = {}
     for label, rs in res.items():
@@ -128,10 +138,15 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2)):
             summary[label]['gamma_ratio_final'] = float(np.mean([r['gamma_ratio_final'] for r in rs]))
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = sorted(preds)
-    np.savez_compressed(out_dir / f"{setting}-predictions.npz", labels=yte.numpy().astype(np.int8),
+    chosen = {}   # each family's scale chosen on the validation images (dbm-scale)
+    for fam in ('BS cosine', 'DBM'):
+        cands = [l for l, *_ in configs if l.startswith(fam + ' s=')]
+        if cands: chosen[fam] = max(cands, key=lambda l: np.mean([np.mean(r['val_per_class']) for r in res[l]]))
+    np.savez_compressed(out_dir / f"{stem}-predictions.npz", labels=yte.numpy().astype(np.int8),
                         runs=np.array(keys), predictions=np.stack([preds[k] for k in keys]))
-    atomic_write_json(out_dir / f"{setting}.json", {
-        'runs': res, 'summary': summary, 'configs': {l: kw for l, kw in CONFIGS}, 'class_counts': counts,
+    atomic_write_json(out_dir / f"{stem}.json", {
+        'grid': grid, 'runs': res, 'summary': summary, 'chosen_on_validation': chosen,
+        'configs': {l: dict(method=m, loss_kwargs=kw, overrides=o) for l, m, kw, o in configs}, 'class_counts': counts,
         'difficulty_groups': {k: [int(i) for i in v] for k, v in groups.items()} if isinstance(groups, dict) else groups,
         'seeds': list(seeds), 'smoke': smoke,
         'meta': dict(data=f"Fashion-MNIST{'-LT, IF 100' if IF else ' (balanced)'}", model='SmallCNN conv16/2-conv32/2-fc128',
@@ -139,12 +154,13 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2)):
                      validation='the last 200 test images of every class (never scored); scored: the first 800',
                      device=f"CPU, {torch.get_num_threads()} thread(s)", torch=torch.__version__,
                      wall_seconds=time.time() - t_all, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))})
-    print(f"wrote {out_dir / f'{setting}.json'}")
+    print(f"wrote {out_dir / f'{stem}.json'}")
 
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--setting', default='fmnist-lt100', choices=['fmnist-lt100', 'fmnist-balanced'])
+    ap.add_argument('--grid', default='dose', choices=list(GRIDS))
     ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
     a = ap.parse_args()
-    run(Path(a.smoke) if a.smoke else ROOT / 'results' / 'dose_response', a.setting, smoke=a.smoke is not None)
+    run(Path(a.smoke) if a.smoke else ROOT / 'results' / 'dose_response', a.setting, smoke=a.smoke is not None, grid=a.grid)

@@ -61,8 +61,20 @@ def test_smoke_run(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / 'fmnist-lt100.json').read_text())
-    assert set(res['summary']) == {label for label, _ in D.CONFIGS} and res['smoke'] is True
+    assert set(res['summary']) == {c[0] for c in D.CONFIGS} and res['smoke'] is True
     rec = res['runs']['A ratio 2'][0]
     assert abs(rec['gamma_ratio_final'] - 2.0) < 1e-4 and len(rec['gamma_per_epoch']) == 1
     z = np.load(tmp_path / 'fmnist-lt100-predictions.npz')
     assert z['predictions'].shape == (len(D.CONFIGS), len(z['labels']))
+
+
+def test_dbm_scale_grid_smoke(tmp_path):
+    from margin_notes.data import load_dataset
+    try: load_dataset('fmnist', max_per_class=1)
+    except (FileNotFoundError, OSError, ValueError): pytest.skip('Fashion-MNIST is not installed')
+    r = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'dose_response.py'), '--grid', 'dbm-scale', '--smoke', str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / 'dbm-scale-fmnist-lt100.json').read_text())
+    assert set(res['chosen_on_validation']) == {'BS cosine', 'DBM'} and res['configs']['BS cosine s=8']['overrides'] == {'head': 'cosine', 'cosine_scale': 8.0}
+    assert res['chosen_on_validation']['DBM'] in {f'DBM s={s:g}' for s in D.SCALES}
