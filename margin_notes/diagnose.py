@@ -301,7 +301,7 @@ def plot_diagnosis(d: dict, # output of `diagnose`
     use_book_style()
     if axs is None:  # two panels a row, so each stays readable at page width
         ncol = min(2, len(stats)); nrow = -(-len(stats) // ncol)
-        fig, grid = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+        fig, grid = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.8 * nrow), squeeze=False)
         for ax in grid.flat[len(stats):]: ax.remove()
         axs = grid.flat[:len(stats)]
     else: fig = axs[0].figure
@@ -310,8 +310,8 @@ def plot_diagnosis(d: dict, # output of `diagnose`
     for ax, s in zip(axs, stats):
         v = np.array([r[s] for r in d['per_class']])
         ax.scatter(v, acc, s=18)
-        for xv, yv, nm in zip(v, acc, names): ax.annotate(nm[:8], (xv, yv), fontsize=6, xytext=(2, 2), textcoords='offset points')
-        ax.set_xlabel(s); ax.set_title(f"ρ(stat, error) = {rho[s]:+.2f}", fontsize=8)
+        for xv, yv, nm in zip(v, acc, names): ax.annotate(nm[:8], (xv, yv), fontsize=7, xytext=(2, 2), textcoords='offset points')
+        ax.set_xlabel(s); ax.set_title(f"ρ(stat, error) = {rho[s]:+.2f}", fontsize=9)
     for ax in axs:  # label the left column (any axes not on a grid get the label too)
         ss = ax.get_subplotspec(); ax.set_ylabel('per-class accuracy (%)' if ss is None or ss.is_first_col() else '')
     if title: fig.suptitle(title, fontsize=9)
