@@ -241,6 +241,55 @@ PROBE = r"""
     out.ids = ids;
     var links = []; document.querySelectorAll('a[href]').forEach(function(a){ links.push(a.getAttribute('href')); });
     out.links = links;
+    // reader checks (scripts/check_site.py READER_CHECKS): raw measurements, judged in Python
+    var rd = {imgs: [], tables: [], chapters: [], sources: [], sigLinks: [], mathWide: []};
+    function cellOf(el){
+      var c = el.closest('.cell'); if (c && c.id) return c.id;
+      var f = el.closest('.quarto-float[id], [id^="fig-"], [id^="tbl-"]'); return f ? f.id : '';
+    }
+    function near(el){
+      var c = el.closest('.cell'); if (c && c.id) return 'cell ' + c.id;
+      var s = el.closest('section[id]'); return s ? '#' + s.id : '';
+    }
+    function capOf(el){
+      var cap = '';
+      for (var f = el.closest('.quarto-float'); f; f = f.parentElement ? f.parentElement.closest('.quarto-float') : null)
+        f.querySelectorAll('figcaption').forEach(function(fc){ cap += ' ' + fc.textContent; });
+      return cap.replace(/\s+/g, ' ').trim();
+    }
+    main.querySelectorAll('.cell-output-display img, .cell-output img').forEach(function(im){
+      rd.imgs.push({src: im.getAttribute('src') || '', nat: im.naturalWidth, shown: im.getBoundingClientRect().width,
+                    cell: cellOf(im), alt: im.getAttribute('alt'), caption: capOf(im)});
+    });
+    main.querySelectorAll('.cell-output-display table, .cell-output table').forEach(function(t){
+      if (t.parentElement.closest('table')) return;
+      var row = t.querySelector('tr'), head = [];
+      if (row) row.querySelectorAll('th, td').forEach(function(c){ head.push((c.textContent || '').trim()); });
+      rd.tables.push({cell: cellOf(t), caption: capOf(t), head: head.join(' | ')});
+    });
+    var skip = 'a, code, pre, h1, h2, h3, h4, h5, h6, script, style, .sourceCode, .math, .MathJax_CHTML, .MathJax, mjx-container, #__site_check__';
+    var cw = document.createTreeWalker(main, NodeFilter.SHOW_TEXT, null), chre = /\b[Cc]hapters?\s+(\d{2})(?:_\w+)?\b/g, cm;
+    while (cw.nextNode()) {
+      var tn = cw.currentNode, pe = tn.parentElement;
+      if (!pe || pe.closest(skip)) continue;
+      chre.lastIndex = 0;
+      while ((cm = chre.exec(tn.nodeValue)) !== null) rd.chapters.push({nn: cm[1], text: cm[0], where: near(pe)});
+    }
+    document.querySelectorAll('a[href]').forEach(function(a){
+      if ((a.textContent || '').trim() === 'source') rd.sources.push(a.getAttribute('href'));
+    });
+    main.querySelectorAll('pre').forEach(function(p){
+      if (p.closest('.cell-code, .cell-output-stdout, .cell-output-stderr')) return;
+      var t = p.textContent || '', m = /\]\(https?:[^)\s]*\)?|\[`[^`\]]+`\]\([^)\s]*\)?/.exec(t);
+      if (m) rd.sigLinks.push({text: t.slice(Math.max(0, m.index - 30), m.index + Math.min(m[0].length, 50)), where: near(p)});
+    });
+    main.querySelectorAll('.MJXc-display, .MathJax_Display, mjx-container[display="true"]').forEach(function(el){
+      var inner = el.querySelector('.mjx-math, mjx-math') || el, right = inner.getBoundingClientRect().right;
+      var px = Math.max(Math.round(right - col.right), el.scrollWidth - el.clientWidth);
+      var host = el.closest('.math'), s = host && host.querySelector('script');
+      if (px > 0) rd.mathWide.push({px: px, text: ((s ? s.textContent : el.textContent) || '').trim().slice(0, 60), where: near(el)});
+    });
+    out.reader = rd;
     var pre = document.createElement('pre'); pre.id = '__site_check__';
     pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
   }
@@ -390,9 +439,476 @@ def page_problems(exp: dict, probe: dict) -> list[str]:
     return probs
 
 
+# ---------------------------------------------------------------- reader checks (issue 25: "reads like a reader")
+# Each finding has a check id; `READER_CHECKS` says what each one catches. Notebook-side checks read the committed
+# notebooks (pure Python, no build, `--prose-only`); page-side checks read what the probe measured in Chromium.
+READER_CHECKS = {
+    'md-code':        'a Markdown cell whose text is code (first line `#|`, or most lines Python statements)',
+    'list-para':      'a Markdown list right after a paragraph line with no blank line: Pandoc renders it as text',
+    'img-scale':      f'a cell-output image shown below {0.85:.0%} of its natural width',
+    'img-font':       "a cell-output image whose smallest text renders under 8 px (style's smallest font, "
+                      "or a smaller explicit fontsize in the cell, x PNG dpi / 72 x shown / natural width)",
+    'caption':        'a figure or results table in a cell output without a numbered Quarto caption (Figure N / Table N)',
+    'alt':            'a figure in a cell output without alt text (#| fig-alt)',
+    'chapter-link':   'a chapter mention in prose ("chapter NN", "Chapter NN_name") that is not a link',
+    'source-line':    'an nbdev "source" link without a line number (#LNone, or no #L<n>)',
+    'sig-link':       'raw Markdown link syntax inside a code block outside code cells (show_doc signatures)',
+    'math-wide':      'display math wider than the text column (by more than 2 px)',
+    'output-repr':    'a temporary path or a raw numpy / long float repr in a cell output',
+    'harness-words':  'test-harness words or history in chapter prose (smoke, nbdev_test, hidden checks, seed paper...)',
+    'title':          'a chapter title that differs between sidebar, page and the index',
+    'library-default': "prose that states a library default (MR2Loss's variant, DBMLoss's base/scale) the library does not have",
+}
+IMG_MIN_SCALE = 0.85       # the review measured 0.44-0.69 on the pages a reader could not read
+IMG_MIN_TEXT_PX = 8.0
+MATH_SLACK_PX = 2
+CONTRIBUTING = 'contributing'   # the page where the test harness is explained (harness words allowed there)
+
+
+class Finding(tuple):
+    "(check, page, where, message); str() is the one-line report."
+    def __new__(cls, check, page, where, msg): return super().__new__(cls, (check, page, where, msg))
+    check = property(lambda s: s[0]); page = property(lambda s: s[1])
+    where = property(lambda s: s[2]); msg = property(lambda s: s[3])
+    def __str__(self): return f'[{self[0]}] {self[1]} {self[2]}: {self[3]}'
+
+
+def _cells(nb) -> list[dict]:
+    if isinstance(nb, (str, Path)): nb = json.loads(Path(nb).read_text())
+    return nb['cells'] if isinstance(nb, dict) else nb
+
+def _cid(cell, i) -> str:
+    return f'cell {cell.get("id") or i}'
+
+FENCE_RE = re.compile(r'^(\s*)(```|~~~).*?^\1\2\s*$', re.M | re.S)
+MATHBLOCK_RE = re.compile(r'\$\$.*?\$\$', re.S)
+CODESPAN_RE = re.compile(r'(`+)(?!`).+?(?<!`)\1', re.S)
+HTMLCOMMENT_RE = re.compile(r'<!--.*?-->', re.S)
+
+def _blank_out(text: str, rx) -> str:
+    "Replace each match by as many blank lines as it spans (so line numbers and list structure survive)."
+    return rx.sub(lambda m: '\n' * m.group(0).count('\n'), text)
+
+def _mask_lines(text: str, rx) -> str:
+    "Replace each line of each match by 'x' (display math stays part of its paragraph or list item)."
+    return rx.sub(lambda m: re.sub(r'[^\n]+', 'x', m.group(0)), text)
+
+def _prose(text: str, spans: bool = True) -> str:
+    "Markdown without fenced code blocks, display math, HTML comments, (optionally) code spans and link targets."
+    t = _blank_out(_blank_out(_blank_out(text, FENCE_RE), MATHBLOCK_RE), HTMLCOMMENT_RE)
+    if spans: t = CODESPAN_RE.sub(' ', t)
+    return re.sub(r'\]\([^)\s]*\)', ']', t)
+
+def _hidden_output(cell) -> bool:
+    "Quarto/nbdev show nothing of this cell's outputs (#| hide, #| include: false, #| output: false)."
+    src = _text(cell.get('source', ''))
+    return bool(re.search(r'^\s*#\|\s*(?:hide\s*$|include:\s*false|output:\s*false)', src, re.M | re.I))
+
+def _markdown_texts(cells):
+    "(where, markdown text) of every Markdown cell and every text/markdown output (what Quarto renders as prose)."
+    for i, c in enumerate(cells):
+        if c.get('cell_type') == 'markdown': yield _cid(c, i), _text(c.get('source', ''))
+        elif c.get('cell_type') == 'code' and not _hidden_output(c):
+            for o in c.get('outputs', []):
+                md = o.get('data', {}).get('text/markdown')
+                if md is not None and 'text/html' not in o.get('data', {}):
+                    yield _cid(c, i) + ' (Markdown output)', _text(md)
+
+
+# -- 1. md-code
+_CODE_LINE_RE = re.compile(
+    r'^\s*(?:import\s+[\w.]+(?:\s+as\s+\w+)?\s*(?:,\s*[\w.]+\s*)*$|from\s+[\w.]+\s+import\s+[\w*(]'
+    r'|(?:for|while|if|elif|with|def|class|try|except|else|async\s+def)\b[^\n]*:\s*(?:#.*)?$'
+    r'|(?:return|raise|assert|yield)\b\s*\S*[^.\s]\s*$|@\w[\w.]*(?:\(.*\))?\s*$'
+    r"|[A-Za-z_][\w.]*(?:\[[^\]]*\])?(?:\s*,\s*[A-Za-z_][\w.]*)*\s*(?:[-+*/]?=)\s*[^=\s].*[^.:;!?\s]\s*$"
+    r'|[A-Za-z_][\w.]*\(.*\)\s*(?:#.*)?$)')
+
+def _code_like(line: str) -> bool:
+    s = line.strip()
+    if not s or s.startswith(('#', '>', '|', '$', '<')) or re.match(r'^(?:[-*+]|\d+[.)])\s', s): return False
+    if not _CODE_LINE_RE.match(s): return False
+    if re.search(r'[A-Za-z]{3,} [A-Za-z]{3,} [A-Za-z]{3,} [A-Za-z]{3,}', re.sub(r'#.*|(["\']).*?\1', '', s)):
+        return False   # four words in a row outside strings and comments: a sentence, not code
+    import ast
+    try: ast.parse(s if not s.endswith(':') else s + ' pass'); return True
+    except SyntaxError: return bool(re.match(r'^(?:import|from|for|while|if|with|def|class)\b|^[\w.]+\s*=\s*[\w.]+\($', s))
+
+def md_code_findings(cells, page: str) -> list[Finding]:
+    out = []
+    for i, c in enumerate(cells):
+        if c.get('cell_type') != 'markdown': continue
+        src = _text(c.get('source', ''))
+        lines = [l for l in _blank_out(_blank_out(src, FENCE_RE), MATHBLOCK_RE).splitlines() if l.strip()]
+        if not lines: continue
+        if lines[0].lstrip().startswith('#|'):
+            out.append(Finding('md-code', page, _cid(c, i), f'Markdown cell starts with a cell directive {lines[0].strip()[:40]!r}: '
+                               'a code cell committed as Markdown renders as garbled prose'))
+            continue
+        code = [l for l in lines if _code_like(l)]
+        if len(code) >= 2 and len(code) > 0.5 * len(lines):
+            out.append(Finding('md-code', page, _cid(c, i), f'{len(code)} of its {len(lines)} lines are Python statements '
+                               f'({code[0].strip()[:50]!r}): a code cell committed as Markdown'))
+    return out
+
+
+# -- 2. list-para
+_ITEM_RE = re.compile(r'^(\s*)(?:[-*+]|\d{1,3}[.)])\s+\S')
+
+def list_para_lines(md: str) -> list[str]:
+    "Lines that start a list item right after a paragraph line (Pandoc then reads them as text of the paragraph)."
+    bad, block_is_list, prev = [], False, ''
+    text = _mask_lines(_blank_out(_blank_out(md, FENCE_RE), HTMLCOMMENT_RE), MATHBLOCK_RE)
+    for line in text.splitlines():
+        if not line.strip():
+            block_is_list, prev = False, ''; continue
+        item = _ITEM_RE.match(line)
+        if not prev:                                   # first line of a block
+            block_is_list = bool(item)
+        elif item and not block_is_list and not re.match(r'^\s*(?:#{1,6}\s|\||>|<)', prev):
+            bad.append(line.strip())
+            block_is_list = True                       # report a run of items once
+        if re.match(r'^\s*(?:#{1,6}\s)', line): prev = ''; continue   # a heading ends its block
+        prev = line
+    return bad
+
+def list_para_findings(cells, page: str) -> list[Finding]:
+    out = []
+    for where, md in _markdown_texts(cells):
+        for line in list_para_lines(md):
+            out.append(Finding('list-para', page, where, f'list item {line[:50]!r} follows a paragraph line with no blank '
+                               'line: it renders as running text'))
+    return out
+
+
+# -- 9. output-repr
+TMP_RE = re.compile(r'(?<![\w.])(?:/tmp/|/var/tmp/|/var/folders/)|(?<![\w-])tmp[a-z0-9_]{8}(?=[/\\\'"\s)\],]|$)', re.M)
+NP_REPR_RE = re.compile(r'\bnp\.(?:float|int|uint|bool_|complex|str_)\w*\(|\barray\(\[[^()]*?\],?\s*dtype=\w+\)', re.S)
+FLOAT_RE = re.compile(r'(?<![\w.])-?(\d+\.\d+)(?:[eE][-+]?\d+)?(?![\w.])')
+
+def _long_float(t: str) -> str | None:
+    for m in FLOAT_RE.finditer(t):
+        digits = m.group(1).replace('.', '').lstrip('0')
+        if len(digits) >= 12: return m.group(0)
+    return None
+
+def _shown(o) -> str:
+    "The text of an output as the page shows it (Quarto picks HTML, then Markdown, then images, then plain text)."
+    if o.get('output_type') == 'stream': return _text(o.get('text', ''))
+    if o.get('output_type') == 'error': return ''
+    d = o.get('data', {})
+    if 'text/html' in d: return re.sub(r'<[^>]+>', ' ', re.sub(r'<style.*?</style>', ' ', _text(d['text/html']), flags=re.S))
+    if 'text/markdown' in d: return _text(d['text/markdown'])
+    if any(k.startswith('image/') for k in d): return ''
+    return _text(d.get('text/plain', ''))
+
+def output_repr_findings(cells, page: str) -> list[Finding]:
+    out = []
+    for i, c in enumerate(cells):
+        if c.get('cell_type') != 'code' or _hidden_output(c): continue
+        for o in c.get('outputs', []):
+            t = _shown(o)
+            m = TMP_RE.search(t)
+            if m:
+                line = next(l for l in t[m.start():].splitlines() or [''])
+                out.append(Finding('output-repr', page, _cid(c, i), f'temporary path in the output: {(t[max(0, m.start() - 20):m.start()] + line)[:80].strip()!r}'))
+            m = NP_REPR_RE.search(t)
+            if m: out.append(Finding('output-repr', page, _cid(c, i), f'numpy repr in the output: {m.group(0)[:60]!r}'))
+            f = _long_float(t)
+            if f: out.append(Finding('output-repr', page, _cid(c, i), f'unrounded float repr in the output: {f!r}'))
+    return out
+
+
+# -- 10. harness-words
+HARNESS_RES = [   # (pattern, applies inside code spans too)
+    (re.compile(r'\bsmoke\b', re.I), False),
+    (re.compile(r'\bnbdev_test\b'), True),
+    (re.compile(r'\bhidden[- ]checks?\b', re.I), False),
+    (re.compile(r'\bslow[- ]cells?\b', re.I), False),
+    (re.compile(r'#\|\s*slow\b'), True),
+    (re.compile(r'\bload average\b', re.I), False),
+    (re.compile(r'\b(?:an|the) (?:earlier|previous|older) (?:version|draft|edition) of this (?:chapter|book|page)\b', re.I), False),
+    # the source papers called "seed(s)"; random seeds ("seed 0", "three seeds", "per seed") are fine
+    (re.compile(r'\bseed[- ](?:papers?|posters?|articles?|publications?|works?|methods?|text|pdf)\b', re.I), False),
+    (re.compile(r'\b(?:in|from|by|than|beyond) the seeds?\b(?!\s*(?:\d|=|value|number|of\b|for\b|is\b|was\b|to\b))', re.I), False),
+    (re.compile(r'\bthe seeds?\s+(?:say|says|state|states|claim|claims|report|reports|gives?|proves?|uses?|writes?'
+                r'|derives?|defines?|describes?|does not|do not|doesn\'t|prints?|argues?|lists?)\b', re.I), False),
+]
+
+def harness_findings(cells, page: str) -> list[Finding]:
+    if page.removesuffix('.html') == CONTRIBUTING: return []
+    out = []
+    for where, md in _markdown_texts(cells):
+        for rx, in_spans in HARNESS_RES:
+            t = _prose(md, spans=not in_spans)
+            for m in rx.finditer(t):
+                ctx = t[max(0, m.start() - 30):m.end() + 30].replace('\n', ' ').strip()
+                out.append(Finding('harness-words', page, where, f'{m.group(0)!r} in prose: ...{ctx}...'))
+    return out
+
+
+# -- 11. title
+MARKER_RE = re.compile(r'\s*[(\[](plan|recipe)[)\]]\s*$', re.I)
+
+def _norm_title(t: str) -> str:
+    t = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', t)
+    t = re.sub(r'[*_`]', '', t).replace('\u00a0', ' ').replace('’', "'").replace('–', '-').replace('—', '-')
+    return re.sub(r'^(?:the|a|an) ', '', re.sub(r'\s+', ' ', t).strip().lower())
+
+def _split_marker(t: str) -> tuple[str, str]:
+    m = MARKER_RE.search(t)
+    return (t[:m.start()], m.group(1).lower()) if m else (t, '')
+
+def titles_agree(short: str, page_title: str) -> bool:
+    """The sidebar (or index) title `short` names the chapter whose page title is `page_title`: equal (case, Markdown
+    emphasis and a trailing "(plan)"/"(recipe)" marker aside), or `page_title` is `short` plus a subtitle after
+    ': ', '? ', ' - ' (e.g. "Core" and "Core: settings, checks and small utilities")."""
+    a, b = _norm_title(_split_marker(short)[0]), _norm_title(_split_marker(page_title)[0])
+    if a == b: return True
+    return bool(a) and b.startswith(a) and (b[len(a):].startswith((': ', ' - ', ' : ')) or (a.endswith('?') and b[len(a):].startswith(' ')))
+
+def page_title(cells) -> str:
+    md = next((c for c in cells if c.get('cell_type') == 'markdown'), None)
+    first = _text(md.get('source', '')).splitlines()[0] if md else ''
+    return first[2:].strip() if first.startswith('# ') else ''
+
+def title_findings(cfg: dict | None = None, nbs: Path = NBS) -> list[Finding]:
+    """Sidebar label (without its "NN · " prefix) against the page title (the notebook's `# Title`), and every chapter
+    title the index names (a link to the chapter whose text is more than its number, or a "title"/"chapter" column
+    of a Markdown table) against the same. Markers: the sidebar may say "(plan)"/"(recipe)" when the page title
+    does not (the sidebar marks the status; the page says it in its text); when the page title has one, the sidebar
+    must have the same."""
+    cfg = cfg or quarto_config()
+    out, titles = [], {}
+    for _, href, text in sidebar_entries(cfg):
+        stem = Path(href).stem
+        nb = nbs / f'{stem}.ipynb'
+        if not href.endswith('.ipynb') or not nb.exists() or text is None or not re.match(r'\d', stem): continue
+        title = page_title(_cells(nb)); titles[stem] = (title, text)
+        short = re.sub(r'^\s*\d+\w*\s*·\s*', '', text)
+        page = f'{page_name(stem)}.html'
+        if not titles_agree(short, title):
+            out.append(Finding('title', page, 'title', f'sidebar says {short!r}, the page title is {title!r}'))
+        else:
+            mp, ms = _split_marker(title)[1], _split_marker(short)[1]
+            if mp and mp != ms:
+                out.append(Finding('title', page, 'title', f'the page title is marked ({mp}), the sidebar {short!r} is not'))
+    index = nbs / 'index.ipynb'
+    if index.exists():
+        by_num = {re.match(r'(\d+)', s).group(1): s for s in titles if re.match(r'\d+_', s)}
+        def check(named: str, stem: str, where: str):
+            named = re.sub(r'[\[\]]', '', named)
+            named = re.sub(r'^\s*(?:chapter\s+)?\d+\w*\s*(?:·|:|-|–|—)?\s*', '', named, flags=re.I).strip()
+            if not named or re.fullmatch(r'[\d\s,–-]*', named) or stem not in titles: return
+            title, text = titles[stem]
+            short = re.sub(r'^\s*\d+\w*\s*·\s*', '', text)
+            if not (titles_agree(named, title) or titles_agree(named, short) or titles_agree(short, named)):
+                out.append(Finding('title', 'index.html', where, f'the index calls chapter {stem} {named!r}; '
+                                   f'sidebar {short!r}, page {title!r}'))
+        for i, c in enumerate(_cells(index)):
+            if c.get('cell_type') != 'markdown': continue
+            src = _prose(_text(c.get('source', '')), spans=False)
+            for m in re.finditer(r'\[([^\]]+)\]\((\d+\w*_\w+)\.(?:ipynb|html)(?:#[^)]*)?\)', _text(c.get('source', ''))):
+                check(m.group(1), m.group(2), _cid(c, i))
+            lines = src.splitlines()
+            for j, l in enumerate(lines[:-1]):
+                if not (l.strip().startswith('|') and re.match(r'^\s*\|?\s*:?-{3,}', lines[j + 1])): continue
+                head = [h.strip().lower() for h in l.strip().strip('|').split('|')]
+                col = next((k for k, h in enumerate(head) if h in ('title', 'chapter', 'chapter title')), None)
+                if col is None: continue
+                for row in lines[j + 2:]:
+                    if not row.strip().startswith('|'): break
+                    cells_ = [x.strip() for x in row.strip().strip('|').split('|')]
+                    num = re.search(r'\((\d+)\w*_\w+\.(?:ipynb|html)', row) or re.search(r'\b(\d{2})\b', cells_[col] if col < len(cells_) else '')
+                    if num and num.group(1) in by_num and col < len(cells_):
+                        named = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', cells_[col])
+                        check(named, by_num[num.group(1)], _cid(c, i))
+    return list(dict.fromkeys(out))
+
+
+# -- 12. library-default
+_DEFAULT_CLAIM_RE = re.compile(r'\bdefault(?:s|ed)?\b(?!\s+(?:table|experiments?|file|runs?|sweep|chapter|grid|results?)\b)', re.I)
+# whose default: the papers', the authors', a candidate's... is not the library's
+_NOT_OURS_RE = re.compile(r"(?:papers?|authors?|release[sd]?|code|their|original|candidate|proposed|possible|alternative|new|other|"
+                          r"different|a)['’]?s?['’]?\s+(?:own\s+)?default", re.I)
+_HISTORY_RE = re.compile(r'\bused to\b|\bno longer\b|\bpreviously\b|\b(?:was|were) (?:the )?default|\bformer(?:ly)?\b|\buntil\b'
+                         r'|\bat the time\b|\bwhen (?:this|the|these|that) [\w -]{0,30}(?:was|were) (?:run|made|measured|trained|written)\b', re.I)
+NEAR = 100   # characters between a default claim and the value it states
+MR2_VARIANT_RES = {
+    'paper': re.compile(r"variant\s*=\s*['\"]paper['\"]|paper-(?:faithful|literal)|the paper['’]s (?:term|form|variant)"
+                        r"|\bdefaults?\b[^.;]{0,20}\b(?:is|are|:)\s+(?:the\s+)?paper\b", re.I),
+    'released': re.compile(r"variant\s*=\s*['\"]released['\"]|\breleased\b|the authors['’] code", re.I),
+}
+DBM_BASE_RES = {
+    'ce': re.compile(r"base\s*=\s*['\"]ce['\"]|\bCE base\b|\bDBM-CE\b|cross-entropy base", re.I),
+    'bs': re.compile(r"base\s*=\s*['\"]bs['\"]|\bBS base\b|\bDBM-BS\b|Balanced[- ]Softmax base", re.I),
+}
+_SCALE_RE = re.compile(r"(?:\bscale\s*(?:=|of|:)?|\bs\s*=)\s*\$?\s*(\d+(?:\.\d+)?)\b", re.I)
+_THEIRS_RE = re.compile(r"(?:papers?|authors?|release[sd]?|code)['’]?s?['’]?\s+(?:cosine\s+)?(?:scale\s*)?(?:of\s*)?\$?\s*$", re.I)
+
+@functools.lru_cache(maxsize=None)
+def library_defaults() -> dict:
+    "The true defaults, read from the library's signatures."
+    import inspect
+    sys.path.insert(0, str(ROOT))
+    from margin_notes.mr2 import MR2Loss
+    from margin_notes.dbm import DBMLoss
+    p, q = inspect.signature(MR2Loss).parameters, inspect.signature(DBMLoss).parameters
+    return {'mr2_variant': p['variant'].default, 'dbm_base': q['base'].default, 'dbm_scale': float(q['scale'].default)}
+
+def _sentences(md: str):
+    t = _blank_out(_blank_out(md, FENCE_RE), HTMLCOMMENT_RE)
+    for block in re.split(r'\n\s*\n|\n(?=\s*(?:[-*+]|\d+[.)])\s)|\n(?=\s*\|)', t):
+        yield from (' '.join(s.split()) for s in re.split(r'(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z`*(\[$])', block) if s.strip())
+
+def default_claim_problem(sentence: str, defaults: dict | None = None) -> str | None:
+    """Why `sentence` states a library default of MR2Loss / DBMLoss that the library does not have (None if it
+    does not): a claim that something is the default ("default", "defaults to", not "the papers' default", "a
+    candidate default", "the defaults table", nor history such as "used to default"), within NEAR characters
+    of a value for MR²'s variant or DBM's base / scale, where the sentence never names the true default."""
+    d = defaults or library_defaults()
+    s = ' '.join(sentence.split())
+    claims = [m.start() for m in _DEFAULT_CLAIM_RE.finditer(s) if not _NOT_OURS_RE.search(s[max(0, m.start() - 30):m.end()])]
+    if not claims or _HISTORY_RE.search(s): return None
+    near = lambda pos: any(abs(pos - c) <= NEAR for c in claims)
+    def said(res):
+        return [k for k, rx in res.items() if any(near(m.start()) for m in rx.finditer(s))]
+    if re.search(r'\bMR2|MR²|\bvariant\s*=', s, re.I):
+        v = said(MR2_VARIANT_RES)
+        if v and d['mr2_variant'] not in v and not MR2_VARIANT_RES.get(d['mr2_variant'], re.compile('$^')).search(s):
+            return f"says MR²'s default is variant={v[0]!r}; MR2Loss's default is variant={d['mr2_variant']!r}"
+    if re.search(r'\bDBM', s):
+        b = said(DBM_BASE_RES)
+        if b and d['dbm_base'] not in b and not DBM_BASE_RES.get(d['dbm_base'], re.compile('$^')).search(s):
+            return f"says DBM's default base is {b[0]!r}; DBMLoss's default is base={d['dbm_base']!r}"
+        scales = [(float(m.group(1)), m.start()) for m in _SCALE_RE.finditer(s) if not _THEIRS_RE.search(s[max(0, m.start() - 25):m.start()])]
+        if any(v == d['dbm_scale'] for v, _ in scales): return None
+        wrong = [v for v, pos in scales if near(pos)]
+        if wrong:
+            return f"says DBM's default scale is {wrong[0]:g}; DBMLoss's default is scale={d['dbm_scale']:g}"
+    return None
+
+def library_default_findings(cells, page: str, defaults: dict | None = None) -> list[Finding]:
+    out = []
+    for where, md in _markdown_texts(cells):
+        for s in _sentences(md):
+            why = default_claim_problem(s, defaults)
+            if why: out.append(Finding('library-default', page, where, f'{why}: {" ".join(s.split())[:90]!r}'))
+    return out
+
+
+def prose_findings(nb_path: Path, defaults: dict | None = None) -> list[Finding]:
+    "Every notebook-side reader check of one notebook."
+    cells, page = _cells(nb_path), f'{page_name(Path(nb_path).stem)}.html'
+    return (md_code_findings(cells, page) + list_para_findings(cells, page) + output_repr_findings(cells, page)
+            + harness_findings(cells, page) + library_default_findings(cells, page, defaults))
+
+
+# -- page-side: 3-8, from the probe's `reader` measurements
+def book_min_font_pt() -> float:
+    "The smallest font size (pt) margin_notes/style.py sets for a figure."
+    txt = (ROOT / 'margin_notes' / 'style.py').read_text()
+    m = re.search(r'BOOK_RC\s*=\s*\{(.*?)\n\}', txt, re.S)
+    sizes = [float(v) for k, v in re.findall(r"'([\w.]*size)':\s*([\d.]+)", m.group(1) if m else '') if k != 'figure.figsize']
+    return min(sizes) if sizes else 10.0
+
+def book_dpi() -> float:
+    m = re.search(r"'figure\.dpi':\s*([\d.]+)", (ROOT / 'margin_notes' / 'style.py').read_text())
+    return float(m.group(1)) if m else 100.0
+
+_REL_SIZES = {'xx-small': 0.579, 'x-small': 0.694, 'small': 0.833, 'medium': 1.0}
+_FONTSIZE_RE = re.compile(r"(?:\b(?:fontsize|labelsize|titlesize)\b|(?<![\w.])size\b|['\"](?:[\w.]*size)['\"])\s*[=:]\s*"
+                          r"['\"]?(xx-small|x-small|small|[\d.]+)\b")
+
+def cell_min_font_pt(src: str, base: float) -> float:
+    "The smallest explicit font size in a cell's source (pt), or `base`."
+    sizes = [base]
+    for v in _FONTSIZE_RE.findall(src):
+        try: sizes.append(_REL_SIZES[v] * 10.0 if v in _REL_SIZES else float(v))
+        except ValueError: pass
+    return min(x for x in sizes if x > 0)
+
+def image_dpi(src: str, page: Path) -> float:
+    "The dpi a PNG records (matplotlib writes it), else the book's figure dpi."
+    import base64, io
+    try:
+        from PIL import Image
+        if src.startswith('data:'): im = Image.open(io.BytesIO(base64.b64decode(src.split(',', 1)[1])))
+        else: im = Image.open(page.parent / unquote(urlsplit(src).path))
+        dpi = im.info.get('dpi')
+        if dpi and dpi[0] > 1: return float(dpi[0])
+    except Exception: pass
+    return book_dpi()
+
+def cell_sources(cells) -> dict[str, str]:
+    "Cell source by every id the page may give its cell: the notebook id, 'cell-<label>' and '<label>'."
+    out = {}
+    for c in cells:
+        src = _text(c.get('source', ''))
+        if c.get('id'): out[c['id']] = src
+        m = re.search(r'^#\|\s*label:\s*(\S+)', src, re.M)
+        if m: out[m.group(1)] = out[f'cell-{m.group(1)}'] = src
+    return out
+
+def chapter_numbers(nbs: Path = NBS) -> set[str]:
+    return {m.group(1) for p in nbs.glob('*.ipynb') if (m := re.match(r'(\d{2})_', p.stem))}
+
+def reader_findings(probe: dict, page: Path, cells=None, numbers: set[str] | None = None) -> list[Finding]:
+    "Page-side reader checks from the probe's `reader` measurements."
+    r, name = probe.get('reader') or {}, page.name
+    srcs = cell_sources(cells or [])
+    numbers = chapter_numbers() if numbers is None else numbers
+    own = re.match(r'(\d{2})_', next((p.stem for p in NBS.glob('*.ipynb') if f'{page_name(p.stem)}.html' == name), '') or '')
+    out, base_pt = [], book_min_font_pt()
+    for im in r.get('imgs', []):
+        where = f'cell {im["cell"]}' if im.get('cell') else f'image {im["src"][:40]}'
+        if im['nat'] > 0 and im['shown'] > 0:
+            scale = im['shown'] / im['nat']
+            if scale < IMG_MIN_SCALE:
+                out.append(Finding('img-scale', name, where, f'figure shown at {scale:.0%} of its natural width '
+                                   f'({im["nat"]} px drawn, {im["shown"]:.0f} px shown; needs >= {IMG_MIN_SCALE:.0%})'))
+            pt = cell_min_font_pt(srcs.get(im.get('cell') or '', ''), base_pt)
+            px = pt * image_dpi(im['src'], page) / 72 * min(scale, 1.0)
+            if px < IMG_MIN_TEXT_PX:
+                out.append(Finding('img-font', name, where, f'its smallest text ({pt:g} pt) renders at {px:.1f} px '
+                                   f'(< {IMG_MIN_TEXT_PX:g} px)'))
+        if not re.search(r'Figure\s*\d+', im.get('caption') or ''):
+            out.append(Finding('caption', name, where, 'figure without a numbered caption (#| label: fig-... and #| fig-cap:)'))
+        alt = (im.get('alt') or '').strip()
+        if not alt or alt.lower() in ('png', 'image', 'figure', 'plot', 'output', 'img') or \
+                re.fullmatch(r'(?:figure|image|plot|output)[\s-]*\d*', alt, re.I) or \
+                alt == re.sub(r'^Figure\s*\d+\s*:\s*', '', (im.get('caption') or '').strip()):
+            out.append(Finding('alt', name, where, f'figure without alt text (alt={alt!r}; add #| fig-alt:)'))
+    for t in r.get('tables', []):
+        if re.search(r'^\s*(?:type|default|details)\b', t.get('head', ''), re.I) and \
+                set(re.findall(r'\w+', t.get('head', '').lower())) <= {'type', 'default', 'details'}:
+            continue   # an API parameter table (nbdev show_doc)
+        if not re.search(r'Table\s*\d+', t.get('caption') or ''):
+            out.append(Finding('caption', name, f'cell {t["cell"]}' if t.get('cell') else 'table',
+                               f'results table without a numbered caption (#| label: tbl-... and #| tbl-cap:): {t.get("head", "")[:50]!r}'))
+    seen = set()
+    for m in r.get('chapters', []):
+        if m['nn'] not in numbers or (own and m['nn'] == own.group(1)): continue
+        key = (m['nn'], m['text'])
+        if key in seen: continue
+        seen.add(key)
+        out.append(Finding('chapter-link', name, m.get('where') or 'prose', f'{m["text"]!r} is not a link'))
+    for href in sorted(set(r.get('sources', []))):
+        if not re.search(r'#L\d+(?:-L\d+)?$', href):
+            out.append(Finding('source-line', name, 'source link', f'"source" link without a line number: {href[-60:]!r}'))
+    for s in r.get('sigLinks', []):
+        out.append(Finding('sig-link', name, s.get('where') or 'signature', f'raw Markdown link in a code block: {s["text"]!r}'))
+    for m in r.get('mathWide', []):
+        if m['px'] > MATH_SLACK_PX:
+            out.append(Finding('math-wide', name, m.get('where') or 'math', f'display math {m["px"]} px wider than the text '
+                               f'column: {m["text"]!r}'))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--no-build', action='store_true', help='check the _docs/ that is there')
+    ap.add_argument('--prose-only', action='store_true',
+                    help='only the checks that read the notebooks and _quarto.yml (no build, no browser)')
     ap.add_argument('--docs', type=Path, default=DOCS)
     ap.add_argument('--only', nargs='*', help='pages to check (e.g. mr2 or 10_mr2)')
     ap.add_argument('--shots', nargs='*', default=[], help='pages to screenshot into screenshots/')
@@ -400,16 +916,35 @@ def main(argv=None) -> int:
     ap.add_argument('--timeout', type=int, default=120)
     ap.add_argument('--jobs', type=int, default=2)
     a = ap.parse_args(argv)
+    probs = chapter_list_problems() + title_problems()
+    nbs = chapters(a.only)
+    want = {f'{page_name(nb.stem)}.html' for nb in nbs}
+    titles = [f for f in title_findings() if f.page in want]
+    defaults = library_defaults()
+    prose = {nb: prose_findings(nb, defaults) for nb in nbs}
+    counts: dict[str, int] = {}
+    def report(findings) -> list[str]:
+        for f in findings: counts[f.check] = counts.get(f.check, 0) + 1
+        return [str(f) for f in findings]
+    passed = failed = 0
+    for p in probs: print(f'FAIL chapter list: {p}'); failed += 1
+    if a.prose_only:
+        for nb in nbs:
+            name = f'{page_name(nb.stem)}.html'
+            pp = report([f for f in titles if f.page == name] + prose[nb])
+            if pp: failed += 1; print(f'FAIL {name} ({nb.name}):'); print('\n'.join('     ' + x for x in pp))
+            else: passed += 1; print(f'ok   {name}')
+        _summary(counts, passed, failed, prose_only=True)
+        return 1 if failed else 0
     chromium()
     if not (MATHJAX_DIR / 'MathJax.js').exists():
         sys.exit(f'check_site: no {MATHJAX_DIR}/MathJax.js (Debian: apt-get install libjs-mathjax)')
-    probs = chapter_list_problems() + title_problems()
     if not a.no_build:
         subprocess.run([sys.executable, str(ROOT / 'scripts' / 'build_docs.py')], cwd=ROOT, check=True)
     docs = a.docs.resolve()
     srv, url = serve(docs)
-    nbs = chapters(a.only)
     shots = {page_name(Path(s).stem.removesuffix('.html')) for s in a.shots}
+    numbers = chapter_numbers()
 
     def one(nb: Path):
         name = page_name(nb.stem)
@@ -420,20 +955,29 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(a.jobs) as pool: seen = list(pool.map(one, nbs))
     live_ids = {page.name: set(p['ids']) for _, page, p, _ in seen if p}
-    passed = failed = 0
-    for p in probs: print(f'FAIL chapter list: {p}'); failed += 1
+    index_extra = [f for f in titles if f.page not in {page.name for _, page, _, _ in seen}]
     for nb, page, probe, err in seen:
         pp = [err] if err else page_problems(expectations(nb), probe) + link_problems(
             page, probe['links'] + static_links(page), docs, live_ids, served=url)
+        reader = [f for f in titles if f.page == page.name] + prose[nb]
+        if probe: reader += reader_findings(probe, page, _cells(nb), numbers)
+        pp += report(reader)
         if pp:
             failed += 1; print(f'FAIL {page.name} ({nb.name}):'); print('\n'.join('     ' + x for x in pp))
         else:
             passed += 1
             print(f'ok   {page.name:28s} {len(probe["imgs"])} figures, {probe["tables"]} tables, '
                   f'{probe["mathTypeset"]} formulas, {len(probe["links"])} links')
+    for f in report(index_extra): print(f'FAIL {f}'); failed += 1
     srv.shutdown()
-    print(f'check-site: {passed} passed, {failed} failed')
+    _summary(counts, passed, failed)
     return 1 if failed else 0
+
+
+def _summary(counts: dict, passed: int, failed: int, prose_only: bool = False):
+    if counts:
+        print('reader checks failed: ' + ', '.join(f'{k} {counts[k]}' for k in READER_CHECKS if k in counts))
+    print(f'check-site{" --prose-only" if prose_only else ""}: {passed} passed, {failed} failed')
 
 
 if __name__ == '__main__':
