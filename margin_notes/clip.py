@@ -49,7 +49,7 @@ _WNID = re.compile(r'n\d{8}')
 
 def clip_class_names(class_names, # 'imagenet', or a list of names / ImageNet WordNet ids
                     ) -> list:
-    "Words for the prompts: 'imagenet' gives open_clip's 1,000 names, WordNet ids map to them, '_' becomes a space (chapter 26_clip)."
+    "Words for the prompts: 'imagenet' gives open_clip's 1,000 names, WordNet ids map to them, underscores become spaces (chapter 26_clip)."
     meta = _zero_shot_metadata()
     if isinstance(class_names, str):
         if class_names.lower() == 'imagenet': return list(meta.IMAGENET_CLASSNAMES)
