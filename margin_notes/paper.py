@@ -16,9 +16,9 @@ from .report import load_results, markdown_table
 
 # %% auto #0
 __all__ = ['METRIC_LABELS', 'MR2_TABLE1A', 'MR2_TABLE1B', 'MARC_TABLE2', 'MARC_TABLE4', 'DBM_CIFAR100LT', 'LWR_COMPAT',
-           'LWR_ABLATION', 'LWR_THETA', 'LWR_SOTA', 'PAPER_TABLES', 'NOT_RUN', 'PaperTable', 'ResultPart', 'load_runs',
-           'compare_table', 'table_markdown', 'PlannedRun', 'results_root', 'run_command', 'plan_table',
-           'plan_markdown', 'planned_runs', 'train_planned']
+           'LWR_ABLATION', 'LWR_THETA', 'LWR_SOTA', 'PAPER_TABLES', 'NOT_RUN', 'PaperTable', 'paper_markdown',
+           'ResultPart', 'load_runs', 'compare_table', 'table_markdown', 'PlannedRun', 'results_root', 'run_command',
+           'plan_table', 'plan_markdown', 'planned_runs', 'train_planned']
 
 # %% ../nbs/29_paper.ipynb #501751db
 METRIC_LABELS = {'overall': 'Overall', 'easy': 'Easy', 'medium': 'Medium', 'hard': 'Hard',
@@ -59,10 +59,28 @@ def _rows(metrics, table: str) -> dict:
         out[cells[0]] = {m: (None if c in ('–', '-') else float(c)) for m, c in zip(metrics, cells[1:])}
     return out
 
+# %% ../nbs/29_paper.ipynb #ab9fc95a
+def paper_markdown(table, # a `PaperTable`, or a dict / list of one-metric `PaperTable`s (one column each, e.g. `MARC_TABLE2`)
+                   columns: Optional[list] = None, # column titles of the dict / list form (default: each table's setting)
+                  ) -> str:
+    "The printed values as a Markdown table, rows in the paper's order, '–' where the paper leaves a cell empty (chapter 29_paper)."
+    fmt = lambda v, d: '–' if v is None else f"{v:.{d}f}"
+    if isinstance(table, PaperTable):
+        head = ['method'] + [METRIC_LABELS[k] for k in table.metrics]
+        rows = [[m] + [fmt(v[k], table.digits) for k in table.metrics] for m, v in table.rows.items()]
+    else:
+        ts = list(table.values()) if isinstance(table, dict) else list(table)
+        if any(len(t.metrics) != 1 for t in ts): raise ValueError('the dict / list form takes one-metric tables')
+        head = ['method'] + list(columns or [t.setting for t in ts])
+        methods = list(dict.fromkeys(m for t in ts for m in t.rows))
+        rows = [[m] + [fmt(t.rows[m][t.metrics[0]], t.digits) if m in t.rows else '–' for t in ts] for m in methods]
+    return markdown_table(rows, header=head)
+
+
 # %% ../nbs/29_paper.ipynb #498db928
 _EMH = ('overall', 'easy', 'medium', 'hard')
 
-MR2_TABLE1A = PaperTable('mr2-table1a', 'MR² Table 1a (seed poster)', 'CIFAR-100 (balanced), ResNet-32', _EMH, _rows(_EMH, """
+MR2_TABLE1A = PaperTable('mr2-table1a', 'MR² Table 1a (poster)', 'CIFAR-100 (balanced), ResNet-32', _EMH, _rows(_EMH, """
 ERM | 70.9 | 84.5 | 71.0 | 56.7
 LfF | 69.1 | 83.6 | 70.1 | 53.7
 JTT | 70.6 | 84.3 | 70.8 | 56.2
@@ -82,7 +100,7 @@ MR² | 73.9 | 85.9 | 73.8 | 61.9
              "Training recipe not given in the paper; the released script trains WRN-28-10 for 300 epochs with AutoAugment (chapter 22, MR² rows 13-14).",
              "Easy/Medium/Hard: no code computes them; our reading is thirds of the ERM per-class ranking (chapter 06; unverified)."])
 
-MR2_TABLE1B = PaperTable('mr2-table1b', 'MR² Table 1b (seed poster)', 'ImageNet (balanced), CLIP ResNet-50 fine-tuned', _EMH, _rows(_EMH, """
+MR2_TABLE1B = PaperTable('mr2-table1b', 'MR² Table 1b (poster)', 'ImageNet (balanced), CLIP ResNet-50 fine-tuned', _EMH, _rows(_EMH, """
 ERM | 75.2 | 91.1 | 78.3 | 56.4
 LfF | 74.4 | 90.2 | 77.8 | 55.2
 JTT | 74.8 | 90.7 | 77.9 | 55.7
@@ -381,16 +399,21 @@ def plan_table(plan: list, # PlannedRun rows
     return pd.DataFrame(recs)
 
 def plan_markdown(df, # a frame from `plan_table`
+                  commands: bool = True, # append the one-GPU commands
+                  fold: bool = True, # the commands in a collapsed callout (a long list of commands would dominate the page)
                  ) -> str:
-    "The plan as a markdown table (row, preset, status, time, note) followed by its one-GPU commands, whole, in a shell block (chapter 29_paper)."
+    "The plan as a markdown table (row, preset, status, time, note) followed by its one-GPU commands, whole, in a shell block, folded (chapter 29_paper)."
     cmd = 'command (seed 0)'
     table = table_markdown(df[[c for c in df.columns if not str(c).startswith('command')]], caption=False)
     runs = [(r, c) for r, c, st in zip(df['row'], df[cmd], df['status']) if st == 'ok' and not str(c).startswith('(')]
-    if not runs: return table
+    if not runs or not commands: return table
     block = '\n'.join(f"# {r}\n{c}" for r, c in runs)
     multi = any(str(c).endswith('GPUs)') for c in df.columns)
     how = ("seed 0; for P GPUs put `torchrun --nproc_per_node=P -m margin_notes.cli` in place of `margin-notes`" if multi
            else "seed 0; `seed=k` for the others")
+    if fold:
+        return (f'{table}\n\n::: {{.callout-note collapse="true" title="The commands ({how})"}}\n\n'
+                f'```sh\n{block}\n```\n\n:::')
     return f"{table}\n\nThe commands ({how}):\n\n```sh\n{block}\n```"
 
 def planned_runs(plan: list, # PlannedRun rows

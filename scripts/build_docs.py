@@ -11,9 +11,16 @@
    `--mathjax local` points MathJax at Debian's libjs-mathjax (file:///usr/share/javascript/mathjax) for a
    reader without internet; the default is Quarto's CDN MathJax, as on the published site.
 
+3. the committed notebooks (with their outputs) are copied to _docs/notebooks/, where each page's
+   "Download this notebook" link points (`docs_procs.download_link`).
+
 Unlike `nbdev_docs`, this never regenerates README.md (scripts/make_readme.py does, from nbs/index.ipynb).
 
-Usage: python scripts/build_docs.py [--mathjax cdn|local] [--n-workers N]
+`--sync-sidebar` builds nothing: it rewrites the chapter labels of the _quarto.yml sidebar to
+"NN · <the notebook's # Title>" (one title per chapter everywhere) and prints what changed;
+`--check-sidebar` exits 1 if a label differs from its notebook's title.
+
+Usage: python scripts/build_docs.py [--mathjax cdn|local] [--n-workers N] [--sync-sidebar | --check-sidebar]
 """
 from __future__ import annotations
 import argparse, os, shutil, subprocess, sys, time
@@ -29,11 +36,52 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
+NBS = ROOT / 'nbs'
+QUARTO_YML = ROOT / '_quarto.yml'
+
+
+def notebook_title(nb: Path) -> str:
+    "The `# Title` of a notebook (its first Markdown cell's first line)."
+    import json
+    cells = json.loads(nb.read_text(encoding='utf-8')).get('cells', [])
+    md = next((c for c in cells if c.get('cell_type') == 'markdown'), None)
+    first = (''.join(md['source']) if md else '').lstrip().splitlines()[:1]
+    return first[0][2:].strip() if first and first[0].startswith('# ') else ''
+
+
+def sidebar_label(nb: Path) -> str:
+    "The sidebar text of a numbered chapter: 'NN · <the notebook's # Title>'."
+    return f'{nb.stem.split("_")[0]} · {notebook_title(nb)}'
+
+
+def sync_sidebar(text: str, nbs: Path = NBS) -> tuple[str, list[str]]:
+    """Rewrite the `text:` line after every `- href: NN_name.ipynb` line of _quarto.yml's text to the chapter's
+    label (comments and layout kept). Returns (new text, changes)."""
+    import re, json
+    entry = re.compile(r'^(?P<ind>[ \t]*)- href: (?P<href>\d\d_[\w-]+\.ipynb)[ \t]*\n(?P<tind>[ \t]*)text: (?P<text>.*)$', re.M)
+    changes = []
+    def one(m):
+        nb = nbs / m.group('href')
+        if not nb.exists(): return m.group(0)
+        want = json.dumps(sidebar_label(nb), ensure_ascii=False)
+        if m.group('text').strip() == want: return m.group(0)
+        changes.append(f"{m.group('href')}: {m.group('text').strip()} -> {want}")
+        return f"{m.group('ind')}- href: {m.group('href')}\n{m.group('tind')}text: {want}"
+    return entry.sub(one, text), changes
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--mathjax', choices=['cdn', 'local'], default=os.environ.get('MATHJAX') or 'cdn')
     ap.add_argument('--n-workers', type=int, default=2)
+    ap.add_argument('--sync-sidebar', action='store_true', help="rewrite the sidebar labels from the notebooks' titles")
+    ap.add_argument('--check-sidebar', action='store_true', help="exit 1 if a sidebar label differs from its title")
     a = ap.parse_args(argv)
+    if a.sync_sidebar or a.check_sidebar:
+        new, changes = sync_sidebar(QUARTO_YML.read_text(encoding='utf-8'))
+        print('\n'.join(changes) or 'sidebar: every chapter label is "NN · <# Title>"')
+        if a.sync_sidebar and changes: QUARTO_YML.write_text(new, encoding='utf-8')
+        return 1 if a.check_sidebar and changes else 0
     quarto = shutil.which('quarto')
     if not quarto:
         sys.exit('build_docs: quarto is not on PATH (install Quarto, or run `make docs`, which can install it)')
@@ -63,6 +111,9 @@ def main(argv=None) -> int:
     t2 = time.time()
     shutil.rmtree(docs, ignore_errors=True)
     shutil.move(str(proc / docs.name), str(docs))
+    # "Download this notebook": the committed notebooks, outputs included (not _proc's processed copies)
+    (docs / 'notebooks').mkdir(exist_ok=True)
+    for nb in sorted(NBS.glob('*.ipynb')): shutil.copy2(nb, docs / 'notebooks' / nb.name)
     # Quarto stamps sitemap.xml with render times; use the last commit's date so that equal sources give equal sites
     sm = docs / 'sitemap.xml'
     if sm.exists():
