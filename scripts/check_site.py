@@ -249,6 +249,7 @@ PROBE = r"""
     }
     function near(el){
       var c = el.closest('.cell'); if (c && c.id) return 'cell ' + c.id;
+      if (el.closest('header, #title-block-header')) return 'page description';
       var s = el.closest('section[id]'); return s ? '#' + s.id : '';
     }
     function capOf(el){
@@ -733,11 +734,22 @@ _NOT_OURS_RE = re.compile(r"(?:papers?|authors?|release[sd]?|code|their|original
 _HISTORY_RE = re.compile(r'\bused to\b|\bno longer\b|\bpreviously\b|\b(?:was|were) (?:the )?default|\bformer(?:ly)?\b|\buntil\b'
                          r'|\bat the time\b|\bwhen (?:this|the|these|that) [\w -]{0,30}(?:was|were) (?:run|made|measured|trained|written)\b', re.I)
 NEAR = 100   # characters between a default claim and the value it states
-MR2_VARIANT_RES = {
-    'paper': re.compile(r"variant\s*=\s*['\"]paper['\"]|paper-(?:faithful|literal)|the paper['’]s (?:term|form|variant)"
-                        r"|\bdefaults?\b[^.;]{0,20}\b(?:is|are|:)\s+(?:the\s+)?paper\b", re.I),
-    'released': re.compile(r"variant\s*=\s*['\"]released['\"]|\breleased\b|the authors['’] code", re.I),
+# what names each variant of MR²; a clause that names the true default's variant is never flagged
+MR2_VARIANT_DESC = {
+    'paper': r"variant\s*=\s*['\"]paper['\"]`?|paper-(?:faithful|literal)(?:\s+(?:term|form))?|(?:the\s+)?paper\b(?:['’]s)?(?:\s+(?:term|form|variant))?",
+    'released': r"variant\s*=\s*['\"]released['\"]`?|\breleased\b|(?:the\s+)?authors['’] code",
 }
+_GAP = r"(?:[^;|.]|\.\d){0,60}?"
+
+def _mr2_claim_res(v: str) -> list:
+    "Narrow statements that MR²'s default is variant `v`."
+    val, desc = rf"`?variant\s*=\s*['\"]{re.escape(v)}['\"]`?", MR2_VARIANT_DESC[v]
+    return [re.compile(x, re.I) for x in (
+        rf"{val}\s*\((?:the\s+)?(?:library['’]s\s+)?default\)",                                  # `variant='paper'` (default)
+        rf"{val},?\s+(?:is\s+)?(?:the\s+)?(?:library['’]s\s+|class['’]s?\s+)?default\b",          # variant='paper' is the default
+        rf"\bdefaults?\s+(?:is\s+|are\s+|to\s+|:\s*)(?:the\s+)?(?:{desc})",                      # the default is the paper's form
+        rf"\b(?:library|MR2Loss|MR²|MR2|class)(?:['’]s?)?\s+defaults?\b{_GAP}(?:{desc})",         # the library default (..., paper-faithful term)
+    )]
 DBM_BASE_RES = {
     'ce': re.compile(r"base\s*=\s*['\"]ce['\"]|\bCE base\b|\bDBM-CE\b|cross-entropy base", re.I),
     'bs': re.compile(r"base\s*=\s*['\"]bs['\"]|\bBS base\b|\bDBM-BS\b|Balanced[- ]Softmax base", re.I),
@@ -757,7 +769,9 @@ def library_defaults() -> dict:
 
 def _sentences(md: str):
     t = _blank_out(_blank_out(md, FENCE_RE), HTMLCOMMENT_RE)
-    for block in re.split(r'\n\s*\n|\n(?=\s*(?:[-*+]|\d+[.)])\s)|\n(?=\s*\|)', t):
+    blocks = re.split(r'\n\s*\n|\n(?=\s*(?:[-*+]|\d+[.)])\s)|\n(?=\s*\|)', t)
+    # a table row is one statement per cell
+    for block in (c for b in blocks for c in (re.split(r'(?<!\\)\|', b) if b.lstrip().startswith('|') else [b])):
         yield from (' '.join(s.split()) for s in re.split(r'(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z`*(\[$])', block) if s.strip())
 
 def default_claim_problem(sentence: str, defaults: dict | None = None) -> str | None:
@@ -772,10 +786,10 @@ def default_claim_problem(sentence: str, defaults: dict | None = None) -> str | 
     near = lambda pos: any(abs(pos - c) <= NEAR for c in claims)
     def said(res):
         return [k for k, rx in res.items() if any(near(m.start()) for m in rx.finditer(s))]
-    if re.search(r'\bMR2|MR²|\bvariant\s*=', s, re.I):
-        v = said(MR2_VARIANT_RES)
-        if v and d['mr2_variant'] not in v and not MR2_VARIANT_RES.get(d['mr2_variant'], re.compile('$^')).search(s):
-            return f"says MR²'s default is variant={v[0]!r}; MR2Loss's default is variant={d['mr2_variant']!r}"
+    if re.search(r'\bMR2|MR²|\bvariant\s*=', s, re.I) and not re.search(MR2_VARIANT_DESC.get(d['mr2_variant'], '$^'), s, re.I):
+        for v in MR2_VARIANT_DESC:
+            if v != d['mr2_variant'] and any(rx.search(s) for rx in _mr2_claim_res(v)):
+                return f"says MR²'s default is variant={v!r}; MR2Loss's default is variant={d['mr2_variant']!r}"
     if re.search(r'\bDBM', s):
         b = said(DBM_BASE_RES)
         if b and d['dbm_base'] not in b and not DBM_BASE_RES.get(d['dbm_base'], re.compile('$^')).search(s):

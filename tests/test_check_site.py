@@ -176,6 +176,9 @@ DEFAULT_OK = [
     'Re-run against the defaults table: DBMLoss(counts, base="ce", scale=32) 71.2.',
     "The papers' default for DBM is $s=32$ with the CE base.",
     "The paper-literal term (`variant='paper'`) costs 16 points; see chapter 23.",
+    "| 1 | default `p=5`; `variant='paper'`: `p=2` | the default — measured in (a), (b) |",
+    "| 4 | default `temperature='10d'`; `variant='paper'`: `1, 1` | the default |",
+    "The method registry follows the same split: its `mr2` entry is `MR2Loss` with these defaults, and `mr2-paper` is the paper's form.",
 ]
 
 def _default_findings(sentences, defaults=None):
@@ -248,7 +251,8 @@ GOOD = (_fig('small.png', 'ok') + _table('ok') +
         f'<p><a href="{SRC}#L12" style="float:right">source</a></p>'
         '<section id="f"><h3>f</h3><div class="sourceCode"><pre class="sourceCode"><code>def f(\n    x, # from <a href="load.html">load</a>\n)</code></pre></div></section>'
         r'<p><span class="math display">\[ x = \frac{1}{2} \]</span></p>')
-BAD = (_fig('big.png', 'bigfig', caption=False, alt=None) + _fig('small.png', 'tinyfont', alt='') + _table('rt', caption=False) +
+BAD = ('<header id="title-block-header"><p class="subtitle">The probe of chapter 20, again.</p></header>'
+       + _fig('big.png', 'bigfig', caption=False, alt=None) + _fig('small.png', 'tinyfont', alt='') + _table('rt', caption=False) +
        '<p>The margins of chapter 10 and Chapter 13_dbm, see chapters 21.</p>'
        f'<p><a href="{SRC}#LNone" style="float:right">source</a> <a href="{SRC}">source</a></p>'
        '<section id="g"><h3>g</h3><div class="sourceCode"><pre class="sourceCode"><code>def g(\n'
@@ -267,7 +271,7 @@ def test_page_checks_fire_and_pass(tmp_path):
     finally: srv.shutdown()
     assert not e1 and not e2, (e1, e2)
     cells = [code(s, id=k) for k, s in CELL_SRC.items()]
-    nums = {'07', '10', '13', '21'}
+    nums = {'07', '10', '13', '20', '21'}
     ok = cs.reader_findings(good, tmp_path / 'schedules.html', cells, nums)
     assert ok == [], '\n'.join(map(str, ok))
     got = cs.reader_findings(bad, tmp_path / 'p.html', cells, nums)
@@ -281,7 +285,8 @@ def test_page_checks_fire_and_pass(tmp_path):
     assert sorted(f.where for f in by['img-font']) == ['cell bigfig', 'cell cell-fig-tinyfont'], msg
     assert sorted(f.where for f in by['caption']) == ['cell bigfig', 'cell rt'], msg
     assert len(by['alt']) == 2, msg
-    assert sorted(f.msg.split("'")[1] for f in by['chapter-link']) == ['Chapter 13_dbm', 'chapter 10', 'chapters 21'], msg
+    assert sorted(f.msg.split("'")[1] for f in by['chapter-link']) == ['Chapter 13_dbm', 'chapter 10', 'chapter 20', 'chapters 21'], msg
+    assert [f.where for f in by['chapter-link'] if '20' in f.msg] == ['page description'], msg
     assert len(by['source-line']) == 2, msg
     assert 'load_data' in by['sig-link'][0].msg and by['sig-link'][0].where == '#g', msg
     assert len(by['math-wide']) == 1 and int(by['math-wide'][0].msg.split('math ')[1].split(' px')[0]) > 100, msg
