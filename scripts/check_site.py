@@ -20,12 +20,37 @@
    - no traceback, no error or stderr output, no smoke-run marker in any output;
    - MathJax typeset every formula: the page has typeset math wherever its source has math, and no raw
      \\( \\[ $$ is left in the text, and no MathJax error.
+   - the reader checks (READER_CHECKS below, issue 25: the defects a reader met that the checks above missed),
+     each reported as `[id] page cell-or-element: defect`:
+       md-code          a Markdown cell that is code (first line `#|`, or most lines Python statements)
+       list-para        a list right after a paragraph line (Pandoc needs a blank line): cells and Markdown outputs
+       img-scale        a cell-output image shown below 85 % of its natural width
+       img-font         its smallest text under 8 px: smallest font (margin_notes/style.py's BOOK_RC, or a smaller
+                        explicit size in the cell or in a library function it calls) x PNG dpi / 72 x shown / natural
+       caption, alt     a figure or cell-output table without a numbered Quarto caption ("Figure N" / "Table N" in
+                        the .quarto-float's figcaption); a figure without alt text (#| fig-alt)
+       chapter-link     "chapter NN" / "chapters NN" / "Chapter NN_name" (NN a chapter of the book, not the page's
+                        own) outside <a>, <code>, <pre>, math and headings
+       source-line      an nbdev "source" link without #L<n>;  sig-link: `](http` or [`name`]( in a code block
+                        outside code cells (show_doc signatures);  math-wide: display math > 2 px past <main>
+       output-repr      /tmp/, tmpXXXXXXXX folders, np.float64(...), array(..., dtype=...), floats with 12+
+                        significant digits, in what a cell output shows
+       harness-words    smoke, nbdev_test, hidden checks, slow cell, #| slow, load average, "an earlier version of
+                        this chapter", the papers called "seed(s)" (not random seeds), in Markdown outside code
+                        (nbdev_test and #| slow also inside code spans); not on contributing.html
+       title            sidebar label (without "NN · ") against the page's `# Title` and the index's names for it;
+                        equal up to case, emphasis, a leading article and a trailing "(plan)"/"(recipe)", or the
+                        page title is the label plus a subtitle after ": "; a marker on the page needs one in the sidebar
+       library-default  prose stating MR2Loss's default variant or DBMLoss's default base / scale other than the
+                        library's (read with inspect.signature), by a narrow set of patterns
+     Notebook-side checks (md-code, list-para, output-repr, harness-words, title, library-default) also run
+     without a build or a browser: `--prose-only`.
 5. --shots NAME ... saves screenshots of those pages in screenshots/.
 
 Prints one line per page and finally `check-site: N passed, N failed`; exits 1 on any failure.
 Needs: chromium, libjs-mathjax (Debian), Quarto (for the build).
 
-Usage: python scripts/check_site.py [--no-build] [--only PAGE ...] [--shots PAGE ...] [--budget MS] [--jobs N]
+Usage: python scripts/check_site.py [--no-build | --prose-only] [--only PAGE ...] [--shots PAGE ...] [--budget MS] [--jobs N]
 """
 from __future__ import annotations
 import argparse, configparser, functools, http.server, json, os, re, shutil, subprocess, sys, threading
@@ -833,13 +858,35 @@ _REL_SIZES = {'xx-small': 0.579, 'x-small': 0.694, 'small': 0.833, 'medium': 1.0
 _FONTSIZE_RE = re.compile(r"(?:\b(?:fontsize|labelsize|titlesize)\b|(?<![\w.])size\b|['\"](?:[\w.]*size)['\"])\s*[=:]\s*"
                           r"['\"]?(xx-small|x-small|small|[\d.]+)\b")
 
-def cell_min_font_pt(src: str, base: float) -> float:
-    "The smallest explicit font size in a cell's source (pt), or `base`."
-    sizes = [base]
+def _font_sizes(src: str) -> list[float]:
+    out = []
     for v in _FONTSIZE_RE.findall(src):
-        try: sizes.append(_REL_SIZES[v] * 10.0 if v in _REL_SIZES else float(v))
+        try: out.append(_REL_SIZES[v] * 10.0 if v in _REL_SIZES else float(v))
         except ValueError: pass
-    return min(x for x in sizes if x > 0)
+    return [x for x in out if x > 0]
+
+@functools.lru_cache(maxsize=None)
+def library_font_sizes() -> dict:
+    "Smallest explicit font size (pt) in each function of margin_notes/*.py that sets one (a cell calling it draws it)."
+    import ast
+    out = {}
+    for f in sorted((ROOT / 'margin_notes').glob('*.py')):
+        txt = f.read_text()
+        try: tree = ast.parse(txt)
+        except SyntaxError: continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                seg = ast.get_source_segment(txt, node) or ''
+                if not re.search(r'\b(?:plt|ax|axs|fig)\.', seg): continue      # draws nothing
+                sizes = _font_sizes(seg)
+                if sizes: out[node.name] = min(sizes + [out.get(node.name, 1e9)])
+    return out
+
+def cell_min_font_pt(src: str, base: float, library: dict | None = None) -> float:
+    """The smallest font size a cell's figure uses (pt): `base` (the book style's smallest), an explicit smaller size
+    in the cell's source, or one set inside a library function the cell calls."""
+    library = library_font_sizes() if library is None else library
+    return min([base] + [library[n] for n in re.findall(r'\b(\w+)\s*\(', src) if n in library] + _font_sizes(src))
 
 def image_dpi(src: str, page: Path) -> float:
     "The dpi a PNG records (matplotlib writes it), else the book's figure dpi."
