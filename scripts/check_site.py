@@ -35,6 +35,7 @@
                         outside code cells (show_doc signatures);  math-wide: display math > 2 px past <main>
        output-repr      /tmp/, tmpXXXXXXXX folders, np.float64(...), array(..., dtype=...), floats with 12+
                         significant digits, in what a cell output shows
+       printed-table    a Markdown table printed as text (stdout / text/plain) instead of displayed as a table
        harness-words    smoke, nbdev_test, hidden checks, slow cell, #| slow, load average, "an earlier version of
                         this chapter", the papers called "seed(s)" (not random seeds), in Markdown outside code
                         (nbdev_test and #| slow also inside code spans); not on contributing.html
@@ -43,7 +44,7 @@
                         page title is the label plus a subtitle after ": "; a marker on the page needs one in the sidebar
        library-default  prose stating MR2Loss's default variant or DBMLoss's default base / scale other than the
                         library's (read with inspect.signature), by a narrow set of patterns
-     Notebook-side checks (md-code, list-para, output-repr, harness-words, title, library-default) also run
+     Notebook-side checks (md-code, list-para, output-repr, printed-table, harness-words, title, library-default) also run
      without a build or a browser: `--prose-only`.
 5. --shots NAME ... saves screenshots of those pages in screenshots/.
 
@@ -71,7 +72,9 @@ HIDDEN: set[str] = set()
 
 MATHJAX_DIR = Path('/usr/share/javascript/mathjax')       # Debian libjs-mathjax (2.7.x)
 MATHJAX_LOCAL = '/__mathjax__/MathJax.js?config=TeX-AMS_CHTML-full'
-CDN_MATHJAX_RE = re.compile(r'<script src="https://cdn\.jsdelivr\.net/npm/mathjax@[^"]*"[^>]*></script>')
+# the CDN MathJax of a default build, or the file:// one of `MATHJAX=local make docs` (a page served over HTTP may not
+# load file:// scripts): both are replaced by the served local copy
+CDN_MATHJAX_RE = re.compile(r'<script src="(?:https://cdn\.jsdelivr\.net/npm/mathjax@|file:///usr/share/javascript/mathjax/)[^"]*"[^>]*></script>')
 CHROMIUM_CANDIDATES = ['chromium', 'chromium-browser', 'google-chrome']
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
                   '--disable-component-update', '--no-first-run', '--hide-scrollbars', '--mute-audio',
@@ -481,6 +484,7 @@ READER_CHECKS = {
     'sig-link':       'raw Markdown link syntax inside a code block outside code cells (show_doc signatures)',
     'math-wide':      'display math wider than the text column (by more than 2 px)',
     'output-repr':    'a temporary path or a raw numpy / long float repr in a cell output',
+    'printed-table':  'a Markdown table printed as text (stdout or text/plain) instead of displayed as a table',
     'harness-words':  'test-harness words or history in chapter prose (smoke, nbdev_test, hidden checks, seed paper...)',
     'title':          'a chapter title that differs between sidebar, page and the index',
     'library-default': "prose that states a library default (MR2Loss's variant, DBMLoss's base/scale) the library does not have",
@@ -641,6 +645,29 @@ def output_repr_findings(cells, page: str) -> list[Finding]:
             if m: out.append(Finding('output-repr', page, _cid(c, i), f'numpy repr in the output: {m.group(0)[:60]!r}'))
             f = _long_float(t)
             if f: out.append(Finding('output-repr', page, _cid(c, i), f'unrounded float repr in the output: {f!r}'))
+    return out
+
+
+# -- printed-table (review section 7: a Markdown table in a <pre> output)
+_MD_ROW_RE = re.compile(r'^\s*\|.*\|\s*$')
+_MD_SEP_RE = re.compile(r'^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*$')
+
+def printed_table_findings(cells, page: str) -> list[Finding]:
+    out = []
+    for i, c in enumerate(cells):
+        if c.get('cell_type') != 'code' or _hidden_output(c): continue
+        for o in c.get('outputs', []):
+            d = o.get('data', {})
+            if o.get('output_type') == 'stream': t = _text(o.get('text', ''))
+            elif d and not any(k in d for k in ('text/html', 'text/markdown')) and not any(k.startswith('image/') for k in d):
+                t = _text(d.get('text/plain', ''))
+            else: continue
+            lines = t.splitlines()
+            if any(_MD_SEP_RE.match(l) for l in lines) and sum(bool(_MD_ROW_RE.match(l)) for l in lines) >= 2:
+                row = next(l for l in lines if _MD_ROW_RE.match(l))
+                out.append(Finding('printed-table', page, _cid(c, i), f'a Markdown table printed as text ({row.strip()[:50]!r}): '
+                                   'display it (IPython.display.Markdown or a DataFrame)'))
+                break
     return out
 
 
@@ -839,6 +866,7 @@ def prose_findings(nb_path: Path, defaults: dict | None = None) -> list[Finding]
     "Every notebook-side reader check of one notebook."
     cells, page = _cells(nb_path), f'{page_name(Path(nb_path).stem)}.html'
     return (md_code_findings(cells, page) + list_para_findings(cells, page) + output_repr_findings(cells, page)
+            + printed_table_findings(cells, page)
             + harness_findings(cells, page) + library_default_findings(cells, page, defaults))
 
 

@@ -20,7 +20,7 @@ def checks(findings): return [f.check for f in findings]
 
 
 def test_every_check_is_documented():
-    assert len(cs.READER_CHECKS) == 14
+    assert len(cs.READER_CHECKS) == 15
     f = cs.Finding('md-code', 'x.html', 'cell ab12', 'why')
     assert str(f) == '[md-code] x.html cell ab12: why' and f.check == 'md-code' and f.page == 'x.html'
 
@@ -94,6 +94,23 @@ def test_output_repr_passes_clean_and_hidden_outputs():
              stream('the temporary folder is removed\n')]
     assert cs.output_repr_findings([code('f()', clean)], 'p.html') == []
     assert cs.output_repr_findings([code('#| hide\nf()', [stream('/tmp/x\n')])], 'p.html') == []
+
+
+# ---------------------------------------------------------------- printed-table
+def test_printed_table():
+    tab = '| method | overall |\n|---|---|\n| ce | 63.9 ± 0.2 |\n'
+    for o in (stream('suite:\n' + tab), {'output_type': 'execute_result', 'execution_count': 1, 'metadata': {}, 'data': {'text/plain': tab}}):
+        assert checks(cs.printed_table_findings([code('f()', [o])], 'p.html')) == ['printed-table']
+    clean = [display(**{'text/markdown': tab, 'text/plain': 'x'}), stream('a | b\n---\n'), stream('| just one row |\n'),
+             display(**{'text/html': '<table></table>', 'text/plain': tab})]
+    assert cs.printed_table_findings([code('f()', clean)], 'p.html') == []
+
+
+def test_local_mathjax_build_is_served():
+    "A MATHJAX=local build points at file:///usr/share/...; the check's server swaps it for its own copy like the CDN one."
+    local = '<script src="file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS_CHTML-full" type="text/javascript"></script>'
+    cdn = '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml-full.js" type="text/javascript"></script>'
+    assert cs.CDN_MATHJAX_RE.fullmatch(local) and cs.CDN_MATHJAX_RE.fullmatch(cdn)
 
 
 # ---------------------------------------------------------------- 10. harness-words
