@@ -1,11 +1,11 @@
 """Dose-response of MR²'s logit margins (results/dose_response): do larger class-margin ratios move accuracy?
 
-    python scripts/dose_response.py [--setting fmnist-lt100|fmnist-balanced] [--smoke OUT_DIR]
+    python scripts/dose_response.py [--grid dose|dbm-scale] [--setting fmnist-lt100|fmnist-balanced|probe-lt100|probe-balanced] [--smoke OUT_DIR]
 
 MR²'s logit term divides the logits of a sample of class k by a class margin gamma_k (a per-class temperature); the
 rule of chapter 02 sets gamma_k proportional to A_k^(1/3), where A_k is the class statistic of chapter 03. If margins
 alone matter, making the ratio max(gamma)/min(gamma) larger should move per-class accuracy more. Each run below trains
-chapter 21's CNN with the margins only (lambda = 0, no representation term) and one "dose":
+chapter 21's CNN (or, with --setting probe-*, chapter 20's probe on CIFAR-10 (JPEG) features) with the margins only (lambda = 0, no representation term) and one "dose":
 
 - power p in {1/3, 1, 2}: gamma_k ∝ v_k^p, where v_k is MR²'s statistic A_k ('A') or the class spread s_k ('spread');
 - a fixed ratio r in {2, 4}: gamma spaced geometrically from 1 to r by the rank of v_k;
@@ -15,7 +15,7 @@ each margin floored at 0.1 of the mean margin (MR²'s own floor) and all normali
 classes seen so far, and the margins are recomputed at every step from
 the running statistics (as MR² does). The gamma of every training step is recorded, and the results keep gamma at the
 end of every epoch, so the ratio actually applied is known. CE (gamma = 1 for every class) is the reference; every
-configuration runs on the same seeds, so differences are paired. Validation: the last 200 test images of every class
+configuration runs on the same seeds, so differences are paired. Validation (Fashion-MNIST): the last 200 test images of every class
 (never scored); scored: the first 800. Per-image predictions of every run are kept (predictions.npz).
 
 `--grid dbm-scale` runs the controls for DBM's default scale on the same data and split: Balanced Softmax on a
@@ -97,19 +97,34 @@ GRIDS = {'dose': CONFIGS, 'dbm-scale': DBM_CONFIGS}
 
 def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), grid='dose'):
     configs = GRIDS[grid]; stem = setting if grid == 'dose' else f"{grid}-{setting}"
-    IF = 100 if setting == 'fmnist-lt100' else None
-    d, (xte, yte), (xva, yva) = R.fmnist(IF, smoke)
-    counts = list(d.class_counts)
-    fit = dict(R.FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
-    seeds = seeds if not smoke else (0,)
-    tf = R.image_transform(d.mean, d.std)
     K, res, preds, t_all = 10, {}, {}, time.time()
+    seeds = seeds if not smoke else (0,)
+    if setting.startswith('fmnist'):
+        IF = 100 if setting == 'fmnist-lt100' else None
+        d, (xte, yte), (xva, yva) = R.fmnist(IF, smoke)
+        xtr, ytr, counts = d.train_images, d.train_labels, list(d.class_counts)
+        fit = dict(R.FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
+        fit['transform'] = R.image_transform(d.mean, d.std)
+        make_model = lambda h, s: R.SmallCNN(K, h, s)
+        data = dict(data=f"Fashion-MNIST{'-LT, IF 100' if IF else ' (balanced)'}", model='SmallCNN conv16/2-conv32/2-fc128',
+                    validation='the last 200 test images of every class (never scored); scored: the first 800')
+    else:   # chapter 20's probe: EfficientNet-Lite0 features of CIFAR-10 (JPEG), PCA 128, a one-hidden-layer adapter
+        feats, (xte, yte), (xva, yva) = R.probe_data(smoke)
+        xtr, ytr, counts = P.probe_setting(feats, setting.split('-', 1)[1])
+        pca, hidden = (128, 128) if not smoke else (16, 16)
+        proj = P.fit_pca(xtr, pca); xtr, xte, xva = proj(xtr), proj(xte), proj(xva)
+        fit = dict(R.PROBE_FIT) if not smoke else dict(epochs=2, batch_size=32, lr=0.05)
+        Dm = xtr.shape[1]
+        make_model = lambda h, s: P.ProbeNet(Dm, K, hidden=hidden, head=h, cosine_scale=s).fit_standardization(xtr)
+        counts = [int(c) for c in counts]
+        data = dict(data=f"CIFAR-10 (JPEG) probe features, setting {setting.split('-', 1)[1]}",
+                    model=f'EfficientNet-Lite0 features (frozen), PCA {pca}, adapter {hidden}',
+                    validation='CIFAR-10 (JPEG) test images 300-399 of every class (never scored); scored: images 0-299')
     for label, method, kw, over in configs:
         res[label] = []
         for seed in seeds:
             t0 = time.time()
-            p = P.fit_method(lambda h, s: R.SmallCNN(K, h, s), d.train_images, d.train_labels, method, seed=seed,
-                             class_counts=counts, loss_kwargs=kw, transform=tf, **fit, **over)
+            p = P.fit_method(make_model, xtr, ytr, method, seed=seed, class_counts=counts, loss_kwargs=kw, **fit, **over)
             with torch.no_grad():
                 pte, pva = p.scores(xte).argmax(1), p.scores(xva).argmax(1)
             rec = {'seed': seed, 'seconds': time.time() - t0,
@@ -149,9 +164,8 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
         'configs': {l: dict(method=m, loss_kwargs=kw, overrides=o) for l, m, kw, o in configs}, 'class_counts': counts,
         'difficulty_groups': {k: [int(i) for i in v] for k, v in groups.items()} if isinstance(groups, dict) else groups,
         'seeds': list(seeds), 'smoke': smoke,
-        'meta': dict(data=f"Fashion-MNIST{'-LT, IF 100' if IF else ' (balanced)'}", model='SmallCNN conv16/2-conv32/2-fc128',
-                     **fit, optimizer='SGD momentum 0.9, wd 5e-4, half-cosine lr', mean_margin=1.0, lam=0.0,
-                     validation='the last 200 test images of every class (never scored); scored: the first 800',
+        'meta': dict(**data, **{k: v for k, v in fit.items() if k != 'transform'},
+                     optimizer='SGD momentum 0.9, wd 5e-4, half-cosine lr', mean_margin=1.0, lam=0.0,
                      device=f"CPU, {torch.get_num_threads()} thread(s)", torch=torch.__version__,
                      wall_seconds=time.time() - t_all, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))})
     print(f"wrote {out_dir / f'{stem}.json'}")
@@ -159,7 +173,7 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--setting', default='fmnist-lt100', choices=['fmnist-lt100', 'fmnist-balanced'])
+    ap.add_argument('--setting', default='fmnist-lt100', choices=['fmnist-lt100', 'fmnist-balanced', 'probe-lt100', 'probe-balanced'])
     ap.add_argument('--grid', default='dose', choices=list(GRIDS))
     ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
     a = ap.parse_args()
