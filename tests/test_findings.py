@@ -206,10 +206,22 @@ def test_3_dbm_scale(probe, fmnist):
     assert sc['data'].startswith('Fashion-MNIST-LT') and vm['data'].startswith('Fashion-MNIST-LT') and vm['subsample_seed'] == 0
     assert all(a <= b for a, b in zip(vm['class_counts'], sc['class_counts']))
     has(s, "the Fashion-MNIST-LT experiment above reuses that dataset's images, so it is not an independent check")
-    labels = [k for f in _committed_json() for k in _row_labels(json.loads(f.read_text()))]
-    control = [l for l in labels if re.search(r'(balanced ?softmax|\bbs\b).*(cos|cosine)', l, re.I) and re.search(r'(s|scale) ?= ?8\b', l)]
-    assert control == [], f'a Balanced-Softmax-on-cosine control at s=8 is now committed ({control}): update finding 3'
-    has(s, "no control with Balanced Softmax on the same cosine head at $s=8$ has been run")
+    # the control on chapter 21's CNN: Balanced Softmax on the same cosine head, the scale chosen on validation
+    ctl = load('dose_response', 'dbm-scale-fmnist-lt100.json')
+    assert ctl['chosen_on_validation'] == {'BS cosine': 'BS cosine s=8', 'DBM': 'DBM s=8'} and len(ctl['seeds']) == 3
+    assert sorted(int(k.split('=')[1]) for k in ctl['runs'] if k.startswith('DBM s=')) == [4, 8, 16, 32]
+    ov = lambda k: [r['report']['overall'] for r in ctl['runs'][k]]
+    t = paired_tests(ctl['runs'], [('DBM s=8', 'BS cosine s=8')])[0]
+    assert t['p'] > 0.05 and abs(t['difference (points)']) < 0.5
+    has(s, "(three seeds, the scale chosen on validation from 4 to 32: 8 for both)",
+        f"puts Balanced Softmax on the same cosine head at {pm(ov('BS cosine s=8'))}, level with DBM at $s=8$ "
+        f"({pm(ov('DBM s=8'))}; {sd(t['difference (points)'])} points, paired $t$-test $p={t['p']:.2f}$) and with Balanced "
+        f"Softmax on a linear head ({pm(ov('BS'))})")
+    # ... and none on the probe
+    labels = [k for f in _committed_json() if f.parent.name == 'cpu_features' for k in _row_labels(json.loads(f.read_text()))]
+    assert not [l for l in labels if re.search(r'(balanced ?softmax|\bbs\b).*(cos|cosine)', l, re.I)], \
+        'the probe has a Balanced-Softmax-on-cosine control now: update finding 3'
+    has(s, "The probe has no such control yet.")
 
 
 def _committed_json():
@@ -258,6 +270,20 @@ def test_4_balanced_data_mr2_and_margins(probe):
     f0 = FG[('mr2 λ=0', 'erm', 'overall')]
     assert f0['p (Holm)'] > 0.05
     has(s, f"and {sd(f0['difference (points)'])} points on the Fashion-MNIST-LT CNN (three seeds, {HOLM}={fp(f0['p (Holm)'])}$)")
+    # margins alone on chapter 21's CNN: MR²'s rule, amplified, fixed ratios, and the spread direction
+    dr = load('dose_response', 'fmnist-lt100.json')
+    assert dr['meta']['lam'] == 0 and len(dr['seeds']) == 3 and dr['configs']['A p=1/3']['power'] == pytest.approx(1 / 3)
+    ov = lambda k: [r['report']['overall'] for r in dr['runs'][k]]
+    ratio = lambda k: dr['summary'][k]['gamma_ratio_final']
+    has(s, f"a ratio of {ratio('A p=1/3'):.1f} between the largest and the smallest at the end of training",
+        f"leave accuracy at cross-entropy's ({pm(ov('A p=1/3'))} against {pm(ov('CE'))})",
+        f"amplified to a ratio of {ratio('A p=1'):.0f} ($\\gamma_k\\propto A_k$) they still do ({pm(ov('A p=1'))})")
+    assert 90 < ratio('A p=2') < 110
+    worst = 100 * np.mean([r['report']['worst'] for r in dr['runs']['A p=2']])
+    has(s, f"they cost {100 * (np.mean(ov('CE')) - np.mean(ov('A p=2'))):.1f} points (worst class {worst:.1f} %)")
+    gain = max(100 * (np.mean(ov(k)) - np.mean(ov('CE'))) for k in dr['runs'] if k != 'CE')
+    assert {dr['configs'][k]['stat'] for k in dr['runs'] if k != 'CE'} == {'A', 'spread'}
+    has(s, f"The largest gain over cross-entropy of any direction or ratio tried, from MR²'s statistic or from the spread, is {gain:.1f} points")
     for m in ('focal', 'ldam-drw', 'marc', 'dbm', 'lwr'):                         # "within 0.5 points of ERM, none significantly"
         assert abs(T[(m, 'erm', 'overall')]['difference (points)']) <= 0.5, m
         assert all(T[(m, 'erm', mt)]['p (Holm)'] > 0.05 for mt in ('overall', 'hard')), m
