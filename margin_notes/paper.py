@@ -400,21 +400,22 @@ def plan_table(plan: list, # PlannedRun rows
 
 def plan_markdown(df, # a frame from `plan_table`
                   commands: bool = True, # append the one-GPU commands
+                  table: bool = True, # start with the table (False: the commands alone)
                   fold: bool = True, # the commands in a collapsed callout (a long list of commands would dominate the page)
                  ) -> str:
     "The plan as a markdown table (row, preset, status, time, note) followed by its one-GPU commands, whole, in a shell block, folded (chapter 29_paper)."
     cmd = 'command (seed 0)'
-    table = table_markdown(df[[c for c in df.columns if not str(c).startswith('command')]], caption=False)
+    tab = table_markdown(df[[c for c in df.columns if not str(c).startswith('command')]], caption=False) if table else ''
     runs = [(r, c) for r, c, st in zip(df['row'], df[cmd], df['status']) if st == 'ok' and not str(c).startswith('(')]
-    if not runs or not commands: return table
+    if not runs or not commands: return tab
     block = '\n'.join(f"# {r}\n{c}" for r, c in runs)
     multi = any(str(c).endswith('GPUs)') for c in df.columns)
     how = ("seed 0; for P GPUs put `torchrun --nproc_per_node=P -m margin_notes.cli` in place of `margin-notes`" if multi
            else "seed 0; `seed=k` for the others")
     if fold:
-        return (f'{table}\n\n::: {{.callout-note collapse="true" title="The commands ({how})"}}\n\n'
+        return (f'{tab}\n\n::: {{.callout-note collapse="true" title="The commands ({how})"}}\n\n'
                 f'```sh\n{block}\n```\n\n:::')
-    return f"{table}\n\nThe commands ({how}):\n\n```sh\n{block}\n```"
+    return f"{tab}\n\nThe commands ({how}):\n\n```sh\n{block}\n```"
 
 def planned_runs(plan: list, # PlannedRun rows
                  chapter: str, # results sub-folder of the chapter
