@@ -93,19 +93,49 @@ def _here(nb) -> str | None:
 
 
 class chapter_links(Processor):
-    "Prose mentions of chapters (Markdown cells and Markdown outputs) become links to the chapter pages."
+    """Prose mentions of chapters become links to the chapter pages: in Markdown cells, Markdown outputs, table and
+    figure captions (`#| tbl-cap:` / `#| fig-cap:`) and the page's description (the frontmatter nbdev wrote)."""
     def begin(self):
         self.chapters, self.here = chapter_table(), _here(self.nb)
 
     def __call__(self, cell):
         if cell.cell_type == 'markdown':
             cell.source, _ = link_chapters(cell.source, self.chapters, self.here)
+        if cell.cell_type == 'code' and '-cap:' in cell.source:
+            cell.source = _CAPTION_RE.sub(lambda m: m.group(1) + link_chapters(m.group(2), self.chapters, self.here,
+                                                                               titles=False)[0], cell.source)
         for o in cell.get('outputs', []) or []:
             data = o.get('data') or {}
             if 'text/markdown' in data:
                 v = data['text/markdown']
                 md, k = link_chapters(''.join(v) if isinstance(v, list) else v, self.chapters, self.here)
                 if k: data['text/markdown'] = md.splitlines(keepends=True) if isinstance(v, list) else md
+
+    def end(self):
+        cells = self.nb.cells
+        fm = _frontmatter(cells[0]) if cells else None
+        if fm and isinstance(fm.get('description'), str):
+            d, k = link_chapters(fm['description'], self.chapters, self.here)
+            if k: fm['description'] = d; _set_frontmatter(cells[0], fm)
+
+
+# a Quarto caption option of a code cell: `#| tbl-cap: "..."` (a YAML string: links without a "title")
+_CAPTION_RE = re.compile(r'^(#\|\s*(?:tbl|fig)-cap:\s*)(.*)$', re.M)
+
+
+def _frontmatter(cell) -> dict | None:
+    "The YAML frontmatter nbdev's FrontmatterProc put into the first (raw) cell, as a dict."
+    if cell.cell_type != 'raw' or not cell.source.startswith('---'): return None
+    m = re.match(r'---[ \t]*\n(.*?)\n---[ \t]*(?:\n|$)', cell.source, re.S)
+    if not m: return None
+    import yaml
+    fm = yaml.safe_load(m.group(1))
+    return fm if isinstance(fm, dict) else None
+
+
+def _set_frontmatter(cell, fm: dict):
+    import yaml
+    cell.source = f'---\n{yaml.dump(fm, allow_unicode=True)}\n---\n\n'
 
 
 NOTEBOOKS_DIR = 'notebooks'   # _docs/notebooks/<stem>.ipynb: the committed notebooks (scripts/build_docs.py)
@@ -115,15 +145,11 @@ class download_link(Processor):
     "A 'Download this notebook' link (Quarto `code-links`, under the page's table of contents) on every page."
     def end(self):
         p = getattr(self.nb, 'path_', None)
-        cells = self.nb.cells
-        if not p or not cells or cells[0].cell_type != 'raw' or not cells[0].source.startswith('---'): return
-        import yaml
-        m = re.match(r'---[ \t]*\n(.*?)\n---[ \t]*(?:\n|$)', cells[0].source, re.S)
-        if not m: return
-        fm = yaml.safe_load(m.group(1)) or {}
+        fm = _frontmatter(self.nb.cells[0]) if p and self.nb.cells else None
+        if fm is None: return
         fm['code-links'] = [{'text': 'Download this notebook (.ipynb)', 'icon': 'download',
                              'href': f'{NOTEBOOKS_DIR}/{Path(p).name}'}]
-        cells[0].source = f'---\n{yaml.dump(fm, allow_unicode=True)}\n---\n\n'
+        _set_frontmatter(self.nb.cells[0], fm)
 
 
 # ---------------------------------------------------------------- text helpers (pure functions, tested in tests/test_docs_procs.py)
@@ -196,24 +222,25 @@ def _unprotected(md: str):
     if pos < len(md): yield md[pos:], False
 
 
-def _md_link(text: str, page: str, tip: str) -> str:
+def _md_link(text: str, page: str, tip: str | None) -> str:
+    if not tip: return f'[{text}]({page})'
     tip = tip.replace('\\', '').replace('"', "'")
     return f'[{text}]({page} "{tip}")'
 
 
-def link_chapters(md: str, chapters: dict, here: str | None = None) -> tuple[str, int]:
+def link_chapters(md: str, chapters: dict, here: str | None = None, titles: bool = True) -> tuple[str, int]:
     """Turn prose chapter mentions of Markdown `md` into links to the chapter pages; returns (text, links made).
 
     "chapter 23" / "Chapter 23" / "chapter 10_mr2" become one link each ("[chapter 23](premise.html ...)");
     in a list ("chapters 10–14", "chapters 11 and 13") each number is a link. Only names in `chapters`
     (`chapter_table`) are linked, never text inside code, math, links, HTML or headings, and never the page
     `here` (the page being processed) itself. "chapter 10_foo" (a number whose name is not that chapter's) is
-    left as it is."""
+    left as it is. `titles=False`: links without a tooltip (for text inside a quoted YAML string)."""
     if not md or 'hapter' not in md: return md, 0
     n = 0
     def ok(item):
         hit = chapters.get(item)
-        return hit if hit and hit[0] != here else None
+        return (hit if titles else (hit[0], None)) if hit and hit[0] != here else None
     def one(m):
         nonlocal n
         items = list(_ITEM_RE.finditer(m.group('items')))
