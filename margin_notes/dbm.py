@@ -5,7 +5,7 @@
 # %% ../nbs/13_dbm.ipynb #060e06b8
 from __future__ import annotations
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ from .core import (ClassWeighted, KeepBufferPrecision, autocast_off, check_class
                                document_parameters, loss_targets)
 
 # %% auto #0
-__all__ = ['CosineClassifier', 'dbm_class_margins', 'DBMLoss', 'naive_dbm_loss', 'DBMComposite']
+__all__ = ['CosineClassifier', 'dbm_class_margins', 'dbm_default_scale', 'DBMLoss', 'naive_dbm_loss', 'DBMComposite']
 
 # %% ../nbs/13_dbm.ipynb #fac04816
 class CosineClassifier(nn.Module):
@@ -70,11 +70,20 @@ def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
     "float16/bfloat16 → float32; float32/float64 unchanged (so float64 gradchecks stay float64)."
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
+def dbm_default_scale(num_classes: int, # K
+                      target_prob: float = 0.95, # probability a sample with cosine 1 to its class and 0 to the others should reach
+                      floor: float = 8.0, # the scale measured best with ten classes (chapters 21 and 23)
+                     ) -> float:
+    "DBMLoss's default scale for K classes: max(floor, ln(target_prob / (1 - target_prob) * (K - 1))) (chapter 13_dbm)."
+    if not (isinstance(num_classes, int) and num_classes >= 2): raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}")
+    if not (0 < target_prob < 1): raise ValueError(f"`target_prob` must lie in (0, 1), got {target_prob}")
+    return max(float(floor), math.log(target_prob / (1 - target_prob) * (num_classes - 1)))
+
 class DBMLoss(ClassWeighted, KeepBufferPrecision, nn.Module):
     "Difficulty-aware balancing margin loss on cosines: class + hard-positive instance margin, then CE or BS; needs the cosines of a cosine head (`CosineClassifier`), not logits (chapter 13_dbm)."
     def __init__(self,
                  class_counts, # training images per class, in label order (K,)
-                 scale: float = 8.0, # s: logits are s * cosine; 8 measured best in chapter 23 (the papers: 32 on CIFAR, 30 on ImageNet-LT)
+                 scale: Union[float, str] = 'auto', # s: logits are s * cosine; 'auto' = dbm_default_scale(K): 8 up to 157 classes (measured, chapters 21 and 23), more above (the papers: 32 on CIFAR, 30 on ImageNet-LT)
                  margin: float = 0.1, # K_dbm: class margin of the rarest class, radians; 0 gives plain CE on s*cos
                  tau: float = 1.0, # exponent of the count ratio in the class margin
                  base: str = 'bs', # 'bs' (DBM-BS, the default: add the log prior to every logit after the margins) or 'ce' (DBM-CE)
@@ -88,7 +97,11 @@ class DBMLoss(ClassWeighted, KeepBufferPrecision, nn.Module):
                 ):
         super().__init__()
         counts = check_class_counts(class_counts)
-        if not (math.isfinite(scale) and scale > 0): raise ValueError(f"`scale` must be finite and > 0, got {scale}")
+        if isinstance(scale, str):
+            if scale != 'auto': raise ValueError(f"`scale` must be a positive number or 'auto', got {scale!r}")
+            scale = dbm_default_scale(int(counts.numel()))
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"`scale` must be finite and > 0, got {scale}")
         if base == 'ldam':
             raise ValueError("base='ldam' is not offered: DBM replaces LDAM's additive margin (DBM-CE is LDAM's "
                              "counterpart, DBM-DRW is LDAM-DRW's); use base='ce' with set_class_weight for DRW")
@@ -158,7 +171,7 @@ class DBMLoss(ClassWeighted, KeepBufferPrecision, nn.Module):
 def naive_dbm_loss(cosines, # (B, K) cosines of a cosine head
                    targets, # (B,) labels
                    class_counts, # training images per class (K,)
-                   scale: float = 8.0, # s (the default of DBMLoss)
+                   scale: float = 8.0, # s (DBMLoss's default up to 157 classes)
                    margin: float = 0.1, # K_dbm
                    tau: float = 1.0, # exponent of the count ratio
                    base: str = 'ce', # 'ce' or 'bs'

@@ -73,7 +73,7 @@ def test_dry_run_applies_overrides(capsys):
 
 
 @pytest.mark.parametrize('preset,want', [('digits-lt-mr2', ["MR2Loss(num_classes=10, ", "variant='released'"]),
-                                         ('digits-lt-dbm', ["DBMLoss(class_counts=<10 training counts>, scale=8.0, ", "base='bs'"]),
+                                         ('digits-lt-dbm', ["DBMLoss(class_counts=<10 training counts>, scale='auto', ", "base='bs'"]),
                                          ('cifar10lt100-r32-dbm', ["scale=32.0", "base='ce'"]),
                                          ('cifar100-r32-mr2', ["variant='paper'"])])
 def test_dry_run_prints_the_loss_as_its_constructor_call(capsys, preset, want):

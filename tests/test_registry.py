@@ -69,7 +69,7 @@ def test_loss_call_is_the_constructor_call():
     from margin_notes.mr2 import MR2Loss
     s = loss_call('mr2', num_classes=10)
     assert s.startswith('MR2Loss(num_classes=10, ') and "variant='released'" in s and 'lam=0.1' in s
-    assert "base='bs'" in loss_call('dbm') and 'scale=8.0' in loss_call('dbm')
+    assert "base='bs'" in loss_call('dbm') and "scale='auto'" in loss_call('dbm')
     for name in METHODS:
         if METHODS[name].lwr is None:   # evaluating the string builds the same loss
             got = eval(loss_call(name, COUNTS), {c.__name__: c for c in (B.CELoss, B.FocalLoss, B.LDAMLoss, B.BalancedSoftmaxLoss,
