@@ -815,9 +815,11 @@ def library_defaults() -> dict:
     import inspect
     sys.path.insert(0, str(ROOT))
     from margin_notes.mr2 import MR2Loss
-    from margin_notes.dbm import DBMLoss
+    from margin_notes.dbm import DBMLoss, dbm_default_scale
     p, q = inspect.signature(MR2Loss).parameters, inspect.signature(DBMLoss).parameters
-    return {'mr2_variant': p['variant'].default, 'dbm_base': q['base'].default, 'dbm_scale': float(q['scale'].default)}
+    s = q['scale'].default   # 'auto': the scale the book's ten-class experiments get (chapter 13's rule)
+    return {'mr2_variant': p['variant'].default, 'dbm_base': q['base'].default,
+            'dbm_scale': float(dbm_default_scale(10) if s == 'auto' else s)}
 
 def _sentences(md: str):
     t = _blank_out(_blank_out(md, FENCE_RE), HTMLCOMMENT_RE)
