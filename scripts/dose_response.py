@@ -18,6 +18,10 @@ end of every epoch, so the ratio actually applied is known. CE (gamma = 1 for ev
 configuration runs on the same seeds, so differences are paired. Validation (Fashion-MNIST): the last 200 test images of every class
 (never scored); scored: the first 800. Per-image predictions of every run are kept (predictions.npz).
 
+`--grid methods --subsample-seed k` trains the main methods on another long-tailed subsample of Fashion-MNIST (the
+same profile, other images), to see how much of a difference between methods belongs to the one subsample the book
+uses.
+
 `--grid dbm-scale` runs the controls for DBM's default scale on the same data and split: Balanced Softmax on a
 linear head, Balanced Softmax on a cosine head at s in {4, 8, 16, 32} (is DBM's gain the cosine head's?), and DBM
 (Balanced-Softmax base) at s in {4, 8, 16, 32}; each family's s is chosen on the validation images.
@@ -92,22 +96,37 @@ SCALES = (4.0, 8.0, 16.0, 32.0)
 DBM_CONFIGS = [('BS', 'bs', None, {})] + \
     [(f"BS cosine s={s:g}", 'bs', None, dict(head='cosine', cosine_scale=s)) for s in SCALES] + \
     [(f"DBM s={s:g}", 'dbm', dict(scale=s), {}) for s in SCALES]
-GRIDS = {'dose': CONFIGS, 'dbm-scale': DBM_CONFIGS}
+METHOD_CONFIGS = [(m, m, None, {}) for m in ('erm', 'bs', 'la-posthoc', 'marc', 'dbm', 'bs-lwr', 'mr2')]
+GRIDS = {'dose': CONFIGS, 'dbm-scale': DBM_CONFIGS, 'methods': METHOD_CONFIGS}
 
 
-def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), grid='dose'):
+def _fmnist(imbalance_factor, smoke, subsample_seed=0, n_val=200):
+    "R.fmnist with another long-tailed subsample: same split of the test images (last 200 of a class: validation)."
+    if subsample_seed == 0: return R.fmnist(imbalance_factor, smoke)
+    from margin_notes.data import load_dataset
+    d = load_dataset('fmnist', imbalance_factor=imbalance_factor, subsample_seed=subsample_seed, max_per_class=60 if smoke else None)
+    y = d.test_labels; rank = torch.zeros_like(y)
+    for k in range(10): rank[y == k] = torch.arange(int((y == k).sum()))
+    n_k = int((y == 0).sum()); nv = n_val if not smoke else 20
+    te, va = rank < n_k - nv, rank >= n_k - nv
+    return d, (d.test_images[te], y[te]), (d.test_images[va], y[va])
+
+
+def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), grid='dose', subsample_seed=0):
     configs = GRIDS[grid]; stem = setting if grid == 'dose' else f"{grid}-{setting}"
+    if subsample_seed: stem += f"-ss{subsample_seed}"
     K, res, preds, t_all = 10, {}, {}, time.time()
     seeds = seeds if not smoke else (0,)
     if setting.startswith('fmnist'):
         IF = 100 if setting == 'fmnist-lt100' else None
-        d, (xte, yte), (xva, yva) = R.fmnist(IF, smoke)
+        d, (xte, yte), (xva, yva) = _fmnist(IF, smoke, subsample_seed)
         xtr, ytr, counts = d.train_images, d.train_labels, list(d.class_counts)
         fit = dict(R.FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
         fit['transform'] = R.image_transform(d.mean, d.std)
         make_model = lambda h, s: R.SmallCNN(K, h, s)
         data = dict(data=f"Fashion-MNIST{'-LT, IF 100' if IF else ' (balanced)'}", model='SmallCNN conv16/2-conv32/2-fc128',
                     validation='the last 200 test images of every class (never scored); scored: the first 800')
+    elif subsample_seed: raise ValueError('--subsample-seed is offered for the Fashion-MNIST settings only')
     else:   # chapter 20's probe: EfficientNet-Lite0 features of CIFAR-10 (JPEG), PCA 128, a one-hidden-layer adapter
         feats, (xte, yte), (xva, yva) = R.probe_data(smoke)
         xtr, ytr, counts = P.probe_setting(feats, setting.split('-', 1)[1])
@@ -160,7 +179,7 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
     np.savez_compressed(out_dir / f"{stem}-predictions.npz", labels=yte.numpy().astype(np.int8),
                         runs=np.array(keys), predictions=np.stack([preds[k] for k in keys]))
     atomic_write_json(out_dir / f"{stem}.json", {
-        'grid': grid, 'runs': res, 'summary': summary, 'chosen_on_validation': chosen,
+        'grid': grid, 'subsample_seed': subsample_seed, 'runs': res, 'summary': summary, 'chosen_on_validation': chosen,
         'configs': {l: dict(method=m, loss_kwargs=kw, overrides=o) for l, m, kw, o in configs}, 'class_counts': counts,
         'difficulty_groups': {k: [int(i) for i in v] for k, v in groups.items()} if isinstance(groups, dict) else groups,
         'seeds': list(seeds), 'smoke': smoke,
@@ -175,6 +194,8 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--setting', default='fmnist-lt100', choices=['fmnist-lt100', 'fmnist-balanced', 'probe-lt100', 'probe-balanced'])
     ap.add_argument('--grid', default='dose', choices=list(GRIDS))
+    ap.add_argument('--subsample-seed', type=int, default=0, help='Fashion-MNIST: seed of the long-tailed subsample (0: the book\'s)')
     ap.add_argument('--smoke', default=None, help='run a tiny version and write into this folder (never results/)')
     a = ap.parse_args()
-    run(Path(a.smoke) if a.smoke else ROOT / 'results' / 'dose_response', a.setting, smoke=a.smoke is not None, grid=a.grid)
+    run(Path(a.smoke) if a.smoke else ROOT / 'results' / 'dose_response', a.setting, smoke=a.smoke is not None, grid=a.grid,
+        subsample_seed=a.subsample_seed)
