@@ -815,11 +815,17 @@ def library_defaults() -> dict:
     import inspect
     sys.path.insert(0, str(ROOT))
     from margin_notes.mr2 import MR2Loss
-    from margin_notes.dbm import DBMLoss, dbm_default_scale
-    p, q = inspect.signature(MR2Loss).parameters, inspect.signature(DBMLoss).parameters
-    s = q['scale'].default   # 'auto': the scale the book's ten-class experiments get (chapter 13's rule)
-    return {'mr2_variant': p['variant'].default, 'dbm_base': q['base'].default,
-            'dbm_scale': float(dbm_default_scale(10) if s == 'auto' else s)}
+    from margin_notes import dbm
+    p, q = inspect.signature(MR2Loss).parameters, inspect.signature(dbm.DBMLoss).parameters
+    s = q['scale'].default
+    if s == 'auto':   # dbm_default_scale(K) (chapter 13's rule): any value it gives for 2 <= K <= 100,000 is a true default
+        s = (dbm.dbm_default_scale(2), dbm.dbm_default_scale(100_000))
+    return {'mr2_variant': p['variant'].default, 'dbm_base': q['base'].default, 'dbm_scale': s}
+
+def _scale_ok(v: float, default) -> bool:
+    "Is `v` (as prose states it, rounded) a default scale of DBMLoss: the fixed default, or within the range of 'auto'?"
+    lo, hi = (float(default), float(default)) if not isinstance(default, (tuple, list)) else map(float, default)
+    return lo - 0.05 <= v <= hi + 0.05
 
 def _sentences(md: str):
     t = _blank_out(_blank_out(md, FENCE_RE), HTMLCOMMENT_RE)
@@ -849,10 +855,12 @@ def default_claim_problem(sentence: str, defaults: dict | None = None) -> str | 
         if b and d['dbm_base'] not in b and not DBM_BASE_RES.get(d['dbm_base'], re.compile('$^')).search(s):
             return f"says DBM's default base is {b[0]!r}; DBMLoss's default is base={d['dbm_base']!r}"
         scales = [(float(m.group(1)), m.start()) for m in _SCALE_RE.finditer(s) if not _THEIRS_RE.search(s[max(0, m.start() - 25):m.start()])]
-        if any(v == d['dbm_scale'] for v, _ in scales): return None
+        if any(_scale_ok(v, d['dbm_scale']) for v, _ in scales): return None
         wrong = [v for v, pos in scales if near(pos)]
         if wrong:
-            return f"says DBM's default scale is {wrong[0]:g}; DBMLoss's default is scale={d['dbm_scale']:g}"
+            ds = d['dbm_scale']
+            true = f'{ds:g}' if not isinstance(ds, (tuple, list)) else f"'auto' ({ds[0]:g} to {ds[1]:.3g} by the number of classes)"
+            return f"says DBM's default scale is {wrong[0]:g}; DBMLoss's default is scale={true}"
     return None
 
 def library_default_findings(cells, page: str, defaults: dict | None = None) -> list[Finding]:

@@ -208,7 +208,18 @@ def test_library_defaults_read_from_the_library():
     d = cs.library_defaults()
     assert d['mr2_variant'] == inspect.signature(MR2Loss).parameters['variant'].default
     assert d['dbm_base'] == inspect.signature(DBMLoss).parameters['base'].default
-    assert d['dbm_scale'] == float(inspect.signature(DBMLoss).parameters['scale'].default)
+    s = inspect.signature(DBMLoss).parameters['scale'].default
+    if s == 'auto':     # dbm_default_scale(K): 8 for ten classes, a little more for thousands, never the papers' 32
+        from margin_notes.dbm import dbm_default_scale
+        assert d['dbm_scale'][0] <= dbm_default_scale(10) <= d['dbm_scale'][1] < 30
+    else: assert d['dbm_scale'] == float(s)
+
+def test_library_default_auto_scale():
+    "With scale='auto' every value the rule gives for some K is a true default; the papers' 32 is not."
+    d = {'mr2_variant': 'released', 'dbm_base': 'bs', 'dbm_scale': (8.0, 14.46)}
+    assert _default_findings(['By default DBM uses $s=8$.', 'On ImageNet the default DBMLoss scale is 9.9.'], d) == []
+    assert checks(_default_findings(['By default DBM uses $s=32$.'], d)) == ['library-default']
+    assert checks(_default_findings(['By default DBM uses $s=32$.'], cs.library_defaults())) == ['library-default']
 
 def test_library_default_fires():
     d = {'mr2_variant': 'released', 'dbm_base': 'bs', 'dbm_scale': 8.0}
