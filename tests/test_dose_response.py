@@ -8,9 +8,23 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'scripts'))
-import dose_response as D  # noqa: E402
 from margin_notes.mr2 import MR2Loss  # noqa: E402
+from margin_notes.registry import METHODS, unregister_method  # noqa: E402
+
+
+@pytest.fixture(scope='module', autouse=True)
+def D():
+    "Import the script for this module only: it registers its own methods, which must not leak into other tests' registry."
+    before = set(METHODS)
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    try:
+        import dose_response
+        globals()['D'] = dose_response
+        yield dose_response
+    finally:
+        for name in set(METHODS) - before: unregister_method(name)
+        sys.path.remove(str(ROOT / 'scripts'))
+        for mod in ('dose_response', 'referee_experiments'): sys.modules.pop(mod, None)
 
 
 def _fed(loss, seed=0, K=5, D_=8, steps=4):
