@@ -7,8 +7,9 @@ Every run is seeded (training seeds 0-4; subsample seed 0). Held-out data: the v
 the official test split that is never scored (CIFAR-10 (JPEG): test images 300-399 of every class, the scored test set
 being images 0-299; Fashion-MNIST: the last 200 test images of every class, the scored test set being the first 800).
 Difficulty groups (Easy/Medium/Hard) come from ERM's per-class accuracy on that validation slice; every
-hyper-parameter choice (lambda, tau, weight decay, label smoothing) is made on it. `--smoke OUT_DIR` runs a tiny
-version and writes to OUT_DIR, never to results/.
+hyper-parameter choice (lambda, tau, weight decay, label smoothing) is made on it. The grids (probe, fmnist) also keep
+every run's per-image test predictions beside their results file (<name>-predictions.npz), for McNemar tests and
+test-set bootstraps. `--smoke OUT_DIR` runs a tiny version and writes to OUT_DIR, never to results/.
 """
 from __future__ import annotations
 import argparse, json, math, os, sys, time
@@ -68,6 +69,28 @@ register_method('mr2-stat', 'MR² (margins from another statistic)', StatMR2Loss
 # ----------------------------------------------------------------------------------------------------------------------
 # a grid with validation: per-class accuracy on the scored test set and on the validation slice, per run
 
+# per-image test predictions of every run of a grid ('<label>|seed<k>', post-hoc: '<label>|tau<t>|seed<k>') and the test
+# labels; save_setting writes them beside the results file as <name>-predictions.npz (int16 arrays, no pickle)
+PREDICTIONS: dict = {}
+
+def predictions_path(path): return Path(path).with_name(Path(path).stem + '-predictions.npz')
+
+def write_predictions(path, extra=None):
+    "Write (and clear) the collected predictions for the results file `path`; `extra` adds those of merged parts."
+    preds = {**(extra or {}), **PREDICTIONS}; PREDICTIONS.clear()
+    if 'labels' not in preds: return
+    keys = sorted(k for k in preds if k != 'labels')
+    tmp = predictions_path(path).with_suffix('.tmp.npz')
+    np.savez_compressed(tmp, labels=preds['labels'], runs=np.array(keys), predictions=np.stack([preds[k] for k in keys]))
+    os.replace(tmp, predictions_path(path))
+
+def read_predictions(path) -> dict:
+    "The predictions written by write_predictions, as {'labels': ..., run key: array}; {} when there are none."
+    f = predictions_path(path)
+    if not f.exists(): return {}
+    z = np.load(f, allow_pickle=False)
+    return {'labels': z['labels'], **dict(zip(z['runs'].tolist(), z['predictions']))}
+
 def _features_of(probe, inputs, bs=2048):
     m = probe.model; m.eval(); tf = probe.transform or (lambda x: x.float())
     with torch.no_grad(): return torch.cat([m.backbone(tf(inputs[i:i + bs])) for i in range(0, len(inputs), bs)])
@@ -78,6 +101,7 @@ def run_grid(make_model, xtr, ytr, xte, yte, xva, yva, configs, seeds, counts, s
     Returns runs[label] = [{'seed', 'per_class', 'val_per_class', 'seconds', ...}]; for labels in stats_for also the
     diagnosis (per-class statistics of the training features vs test error)."""
     K = len(counts); runs, erm = {}, {}
+    PREDICTIONS['labels'] = np.asarray(yte).astype(np.int16)
     for label, method, kw, over, taus in configs:
         runs[label] = []
         for seed in seeds:
@@ -92,12 +116,15 @@ def run_grid(make_model, xtr, ytr, xte, yte, xva, yva, configs, seeds, counts, s
                 raw_te, raw_va = _raw_scores(p, xte), _raw_scores(p, xva)
                 rec['tau'] = {}
                 for t in taus:
+                    PREDICTIONS[f"{label}|tau{t}|seed{seed}"] = logit_adjust_posthoc(raw_te, counts, tau=t).argmax(1).numpy().astype(np.int16)
                     rec['tau'][str(t)] = {
                         'per_class': per_class_accuracy(logit_adjust_posthoc(raw_te, counts, tau=t).argmax(1), yte, K).tolist(),
                         'val_per_class': per_class_accuracy(logit_adjust_posthoc(raw_va, counts, tau=t).argmax(1), yva, K).tolist()}
                 rec.update(rec['tau']['1.0'])
             else:
-                rec['per_class'] = per_class_accuracy(p.scores(xte).argmax(1), yte, K).tolist()
+                pte = p.scores(xte).argmax(1)
+                PREDICTIONS[f"{label}|seed{seed}"] = pte.numpy().astype(np.int16)
+                rec['per_class'] = per_class_accuracy(pte, yte, K).tolist()
                 rec['val_per_class'] = per_class_accuracy(p.scores(xva).argmax(1), yva, K).tolist()
             rec['final_train'] = {k: v for k, v in (p.history[-1] if p.history else {}).items() if k != 'epoch'}
             if label in stats_for:
@@ -192,9 +219,10 @@ def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, t
 
 def merge_parts(path, parts):
     "Merge partial grids (same setting, disjoint configs) written with a tag into one file."
-    runs, configs, meta = {}, [], None
+    runs, configs, meta, preds = {}, [], None, {}
     for q in parts:
         g = json.loads(Path(q).read_text())
+        preds = {**read_predictions(q), **preds}
         for m in g['methods']:
             lab = m['label']
             if lab in runs: continue
@@ -203,12 +231,13 @@ def merge_parts(path, parts):
         if meta is None: meta = g['meta']
         else: meta['wall_seconds'] = max(meta['wall_seconds'], g['meta']['wall_seconds'])
     meta['note'] = f"merged from {len(parts)} processes run in parallel (disjoint methods)"
-    save_setting(path, runs, meta['class_counts'], configs, meta)
+    save_setting(path, runs, meta['class_counts'], configs, meta, extra=preds)
 
-def save_setting(path, runs, counts, configs, meta):
+def save_setting(path, runs, counts, configs, meta, extra=None):
     if 'erm' not in runs:   # a partial grid (no ERM to define the groups): raw runs only, for `merge_parts`
         atomic_write_json(path, {'runs': runs, 'class_counts': list(counts), 'partial': True, 'meta': meta,
                                  'methods': [dict(label=c[0], method=c[1], loss_kwargs=c[2], fit=c[3]) for c in configs]})
+        write_predictions(path)
         print(f"wrote partial {path}", flush=True); return
     erm_val = torch.tensor([r['val_per_class'] for r in runs['erm']])
     difficulty = difficulty_groups(erm_val)            # from ERM on the validation slice, never from the scored test set
@@ -229,6 +258,7 @@ def save_setting(path, runs, counts, configs, meta):
                              'seeds': meta['seeds'], 'selected': sel,
                              'methods': [dict(label=c[0], method=c[1], loss_kwargs=c[2], fit=c[3]) for c in configs],
                              'meta': meta})
+    write_predictions(path, extra)
     print(f"wrote {path}", flush=True)
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -49,3 +49,12 @@ def test_referee_subcommand_smoke(tmp_path, args, out, available, results_snapsh
     res = json.loads((tmp_path / 'out' / out).read_text())
     assert res.get('smoke') is True or res.get('meta', {}).get('smoke') is True
     assert results_snapshot() == before, "a smoke run wrote under results/"
+    if args[0] in ('fmnist', 'probe'):   # the grids keep every run's per-image test predictions
+        import numpy as np
+        z = np.load(tmp_path / 'out' / out.replace('.json', '-predictions.npz'), allow_pickle=False)
+        labels = z['labels']; keys = z['runs'].tolist()
+        assert z['predictions'].shape == (len(keys), len(labels)) and any(k.startswith('erm|seed') for k in keys)
+        erm0 = z['predictions'][keys.index('erm|seed0')]
+        acc = np.array([(erm0[labels == k] == k).mean() for k in range(10)])
+        np.testing.assert_allclose(acc, res['runs']['erm'][0]['per_class'], atol=1e-6)   # the predictions are the scored ones
+        assert any('|tau1.0|' in k for k in keys)
