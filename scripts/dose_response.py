@@ -100,26 +100,14 @@ METHOD_CONFIGS = [(m, m, None, {}) for m in ('erm', 'bs', 'la-posthoc', 'marc', 
 GRIDS = {'dose': CONFIGS, 'dbm-scale': DBM_CONFIGS, 'methods': METHOD_CONFIGS}
 
 
-def _fmnist(imbalance_factor, smoke, subsample_seed=0, n_val=200):
-    "R.fmnist with another long-tailed subsample: same split of the test images (last 200 of a class: validation)."
-    if subsample_seed == 0: return R.fmnist(imbalance_factor, smoke)
-    from margin_notes.data import load_dataset
-    d = load_dataset('fmnist', imbalance_factor=imbalance_factor, subsample_seed=subsample_seed, max_per_class=60 if smoke else None)
-    y = d.test_labels; rank = torch.zeros_like(y)
-    for k in range(10): rank[y == k] = torch.arange(int((y == k).sum()))
-    n_k = int((y == 0).sum()); nv = n_val if not smoke else 20
-    te, va = rank < n_k - nv, rank >= n_k - nv
-    return d, (d.test_images[te], y[te]), (d.test_images[va], y[va])
-
-
 def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), grid='dose', subsample_seed=0):
     configs = GRIDS[grid]; stem = setting if grid == 'dose' else f"{grid}-{setting}"
     if subsample_seed: stem += f"-ss{subsample_seed}"
-    K, res, preds, t_all = 10, {}, {}, time.time()
+    K, res, t_all = 10, {}, time.time()
     seeds = seeds if not smoke else (0,)
     if setting.startswith('fmnist'):
         IF = 100 if setting == 'fmnist-lt100' else None
-        d, (xte, yte), (xva, yva) = _fmnist(IF, smoke, subsample_seed)
+        d, (xte, yte), (xva, yva) = R.fmnist(IF, smoke, subsample_seed=subsample_seed)
         xtr, ytr, counts = d.train_images, d.train_labels, list(d.class_counts)
         fit = dict(R.FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
         fit['transform'] = R.image_transform(d.mean, d.std)
@@ -139,6 +127,7 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
         data = dict(data=f"CIFAR-10 (JPEG) probe features, setting {setting.split('-', 1)[1]}",
                     model=f'EfficientNet-Lite0 features (frozen), PCA {pca}, adapter {hidden}',
                     validation='CIFAR-10 (JPEG) test images 300-399 of every class (never scored); scored: images 0-299')
+    R.PREDICTIONS.clear(); R.PREDICTIONS['labels'] = yte.numpy().astype(np.int8)
     for label, method, kw, over in configs:
         res[label] = []
         for seed in seeds:
@@ -157,7 +146,7 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
                 rec['gamma_ratio_per_epoch'] = (per_epoch.max(1).values / per_epoch.min(1).values).tolist()
                 rec['gamma_ratio_final'] = float(rec['gamma_ratio_per_epoch'][-1])
             res[label].append(rec)
-            preds[f"{label}|seed{seed}"] = pte.numpy().astype(np.int8)
+            R.PREDICTIONS[f"{label}|seed{seed}"] = pte.numpy().astype(np.int8)
             print(f"{label:18s} seed {seed}: test {100 * np.mean(rec['per_class']):5.1f}  worst {100 * min(rec['per_class']):5.1f}"
                   f"  ratio {rec.get('gamma_ratio_final', 1.0):6.2f}  ({rec['seconds']:.1f} s)", flush=True)
     # difficulty groups from CE's validation accuracy (seed-mean), as in chapter 21
@@ -171,20 +160,19 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
         if 'gamma_ratio_final' in rs[0]:
             summary[label]['gamma_ratio_final'] = float(np.mean([r['gamma_ratio_final'] for r in rs]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = sorted(preds)
     chosen = {}   # each family's scale chosen on the validation images (dbm-scale)
     for fam in ('BS cosine', 'DBM'):
         cands = [l for l, *_ in configs if l.startswith(fam + ' s=')]
-        if cands: chosen[fam] = max(cands, key=lambda l: np.mean([np.mean(r['val_per_class']) for r in res[l]]))
-    np.savez_compressed(out_dir / f"{stem}-predictions.npz", labels=yte.numpy().astype(np.int8),
-                        runs=np.array(keys), predictions=np.stack([preds[k] for k in keys]))
+        if cands: chosen[fam] = R.select_on_val(res, cands)
+    R.write_predictions(out_dir / f"{stem}.json")
     atomic_write_json(out_dir / f"{stem}.json", {
         'grid': grid, 'subsample_seed': subsample_seed, 'runs': res, 'summary': summary, 'chosen_on_validation': chosen,
         'configs': {l: dict(method=m, loss_kwargs=kw, overrides=o) for l, m, kw, o in configs}, 'class_counts': counts,
         'difficulty_groups': {k: [int(i) for i in v] for k, v in groups.items()} if isinstance(groups, dict) else groups,
         'seeds': list(seeds), 'smoke': smoke,
         'meta': dict(**data, **{k: v for k, v in fit.items() if k != 'transform'},
-                     optimizer='SGD momentum 0.9, wd 5e-4, half-cosine lr', mean_margin=1.0, lam=0.0,
+                     optimizer='SGD momentum 0.9, wd 5e-4, half-cosine lr',
+                     **(dict(mean_margin=1.0, lam=0.0) if grid == 'dose' else {}),   # the dosed MR² rows' fixed options
                      device=f"CPU, {torch.get_num_threads()} thread(s)", torch=torch.__version__,
                      wall_seconds=time.time() - t_all, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))})
     print(f"wrote {out_dir / f'{stem}.json'}")

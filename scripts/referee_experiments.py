@@ -279,9 +279,10 @@ def image_transform(mean, std):
     m, s = float(mean[0]), float(std[0])
     return lambda x: (x.float() / 255.0 - m) / s
 
-def fmnist(imbalance_factor=None, smoke=False, n_val=200):
+def fmnist(imbalance_factor=None, smoke=False, n_val=200, subsample_seed=0):
+    "Fashion-MNIST(-LT) (subsample seed 0 unless told) and the test split: the last n_val test images of a class validate."
     from margin_notes.data import load_dataset
-    d = load_dataset('fmnist', imbalance_factor=imbalance_factor, subsample_seed=0, max_per_class=60 if smoke else None)
+    d = load_dataset('fmnist', imbalance_factor=imbalance_factor, subsample_seed=subsample_seed, max_per_class=60 if smoke else None)
     y = d.test_labels; rank = torch.zeros_like(y)
     for k in range(10): rank[y == k] = torch.arange(int((y == k).sum()))
     n_k = int((y == 0).sum()); nv = n_val if not smoke else 20

@@ -12,14 +12,13 @@ from margin_notes.mr2 import MR2Loss  # noqa: E402
 from margin_notes.registry import METHODS, unregister_method  # noqa: E402
 
 
-@pytest.fixture(scope='module', autouse=True)
+@pytest.fixture(scope='module')
 def D():
     "Import the script for this module only: it registers its own methods, which must not leak into other tests' registry."
     before = set(METHODS)
     sys.path.insert(0, str(ROOT / 'scripts'))
     try:
         import dose_response
-        globals()['D'] = dose_response
         yield dose_response
     finally:
         for name in set(METHODS) - before: unregister_method(name)
@@ -38,13 +37,13 @@ def _fed(loss, seed=0, K=5, D_=8, steps=4):
     return loss
 
 
-def test_cube_root_dose_is_mr2s_rule():
+def test_cube_root_dose_is_mr2s_rule(D):
     # p = 1/3 on A is MR²'s own margins (with lambda = 0) when no floor binds
     a, b = _fed(D.DoseMR2Loss(5, stat='A', power=1 / 3)), _fed(MR2Loss(5, lam=0.0))
     torch.testing.assert_close(a.gammas().double(), b.gammas().double(), rtol=1e-5, atol=1e-6)
 
 
-def test_power_dose_against_float64():
+def test_power_dose_against_float64(D):
     m = _fed(D.DoseMR2Loss(5, stat='A', power=2.0, margin_floor=0.0))
     v = m.stats.variability.double().numpy()
     want = v ** 2 / np.mean(v ** 2)                                  # mean margin 1
@@ -52,7 +51,7 @@ def test_power_dose_against_float64():
     assert len(m.trace) == 4 and m.trace[-1].shape == (5,)
 
 
-def test_fixed_ratio_and_reversal():
+def test_fixed_ratio_and_reversal(D):
     m = _fed(D.DoseMR2Loss(5, stat='spread', ratio=4.0))
     g = m.gammas().double()
     assert abs(float(g.max() / g.min()) - 4.0) < 1e-5 and abs(float(g.mean()) - 1.0) < 1e-6
@@ -62,12 +61,12 @@ def test_fixed_ratio_and_reversal():
     assert torch.equal(r.argsort(), s.argsort().flip(0))
 
 
-def test_bad_options_refused():
+def test_bad_options_refused(D):
     with pytest.raises(ValueError, match='stat'): D.DoseMR2Loss(3, stat='mean')
     with pytest.raises(ValueError, match='direction'): D.DoseMR2Loss(3, direction=0)
 
 
-def test_smoke_run(tmp_path):
+def test_smoke_run(D, tmp_path):
     from margin_notes.data import load_dataset
     try: load_dataset('fmnist', max_per_class=1)
     except (FileNotFoundError, OSError, ValueError): pytest.skip('Fashion-MNIST is not installed')
@@ -82,7 +81,7 @@ def test_smoke_run(tmp_path):
     assert z['predictions'].shape == (len(D.CONFIGS), len(z['labels']))
 
 
-def test_dbm_scale_grid_smoke(tmp_path):
+def test_dbm_scale_grid_smoke(D, tmp_path):
     from margin_notes.data import load_dataset
     try: load_dataset('fmnist', max_per_class=1)
     except (FileNotFoundError, OSError, ValueError): pytest.skip('Fashion-MNIST is not installed')
