@@ -28,6 +28,8 @@ from fastcore.basics import AttrDict
 
 from nbdev.processors import Processor, add_links, _is_showdoc, _default_exp
 
+from check_site import page_name   # one page-naming rule for the build and the site check (both in scripts/)
+
 LIB = 'margin_notes'
 
 
@@ -205,11 +207,6 @@ def chapter_table(nbs=None) -> dict:
         tip = f'{num} · {title.replace("`", "")}' if title else num
         d[num] = d[stem] = (page, tip)
     return d
-
-
-def page_name(stem: str) -> str:
-    "nbdev names pages without the number prefix: 10_mr2 -> mr2 (as scripts/check_site.py)."
-    return re.sub(r'^\d+[a-zA-Z0-9]*_', '', stem.lower())
 
 
 def _unprotected(md: str):
