@@ -1,13 +1,13 @@
 # margin_notes: everything a fresh clone needs goes through these targets.
 #   make test   set up .venv, check notebooks and modules are in sync, run every chapter (smoke), the `#| gpu`
-#               cells of chapters 04, 09 and 30- in smoke mode on stand-in data (make test-gpu-cells), and pytest
+#               cells of chapters 05, 21 and 32- in smoke mode on stand-in data (make test-gpu-cells), and pytest
 #   make run    set up .venv, run the book's main job on bundled real data (no download)
 #   make docs      build the Quarto site into _docs/ (quarto from PATH, else QUARTO_INSTALLER); executes no chapter.
 #                  MATHJAX=local points the pages at Debian's libjs-mathjax (offline reading); default: the CDN
 #   make outputs   execute every chapter in the full configuration (slow/gpu cells skipped) and write the
-#                  outputs into the notebooks, which are committed with them (CHAPTERS="10_mr2 12_marc" for some)
+#                  outputs into the notebooks, which are committed with them (CHAPTERS="13_mr2 15_marc" for some)
 #   make check-site  make docs, then check every rendered page in headless Chromium
-#   make gpu-check   on a CUDA machine: measure losses, engine, a CIFAR-10 (JPEG)-LT run and CLIP into results/gpu/ (chapter 34)
+#   make gpu-check   on a CUDA machine: measure losses, engine, a CIFAR-10 (JPEG)-LT run and CLIP into results/gpu/ (chapter 36)
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 # pip on these machines warns about configured local indexes that do not exist; hide only those lines
@@ -56,9 +56,9 @@ test-nbs: install
 	$(NB_THREADS) MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing
 
 # the `#| gpu` cells (skipped by test-nbs) in smoke mode on the CPU: same code path, stand-in data, scratch folders
-GPU_CELL_CHAPTERS ?= ^(04_data|09_engine|3[0-9]_.*)\.ipynb$$
-# the long CPU runs of chapter 27 (`#| slow`), likewise in smoke mode on stand-ins
-SLOW_CELL_CHAPTERS ?= ^27_cifar10lt_cpu\.ipynb$$
+GPU_CELL_CHAPTERS ?= ^(05_data|21_engine|3[2-6]_.*)\.ipynb$$
+# the long CPU runs of chapter 30 (`#| slow`), likewise in smoke mode on stand-ins
+SLOW_CELL_CHAPTERS ?= ^30_cifar10lt_cpu\.ipynb$$
 test-gpu-cells: install
 	$(NB_THREADS) MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing --flags gpu --file_re '$(GPU_CELL_CHAPTERS)'
 	$(NB_THREADS) MARGIN_NOTES_SMOKE=1 MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing --flags slow --file_re '$(SLOW_CELL_CHAPTERS)'

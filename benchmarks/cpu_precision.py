@@ -78,7 +78,7 @@ def interleaved(variants: dict, steps: int, rounds: int, batch: int) -> dict:
 def epoch_times(quick: bool) -> dict:
     "One CIFAR-10 (JPEG)-LT IF 100 epoch through the engine (train + test) against the bare fp32 loop over as many images."
     from margin_notes import engine as E
-    from margin_notes.config import get_config
+    from margin_notes.presets import get_config
     cfg = get_config('cifar10jpeglt100-r32-erm').replace(epochs=1, warmup_epochs=0, milestones=None, milestone_fracs=[1.0],
                                                            schedule='constant', progress=False)
     if quick: cfg = cfg.replace(smoke=True)

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from margin_notes.core import atomic_write_json  # noqa: E402
 from margin_notes.data import cifar_lt_counts  # noqa: E402
-from margin_notes.dbm import CosineClassifier  # noqa: E402
+from margin_notes.models import CosineClassifier  # noqa: E402
 from margin_notes.marc import MARCLoss  # noqa: E402
 from margin_notes.models import resnet32  # noqa: E402
 from margin_notes.mr2 import MR2Loss, naive_mr2_loss  # noqa: E402
@@ -54,12 +54,12 @@ REF = 'erm'   # the reference every ratio is taken against: the registry's cross
 
 
 # ----------------------------------------------------------------------------------------------------------
-# models and losses: the library's own, every training method of the registry (chapter 15); an import or build
+# models and losses: the library's own, every training method of the registry (chapter 18); an import or build
 # error is an error: no method is silently dropped
 # ----------------------------------------------------------------------------------------------------------
 
 def make_backbone():
-    """The library's ResNet-32 backbone (chapter 05)."""
+    """The library's ResNet-32 backbone (chapter 06)."""
     m = resnet32(num_classes=10)
     return m.backbone, 'margin_notes.models.resnet32'
 
@@ -69,7 +69,7 @@ def cosine_head(d, k):
 
 
 def lt_counts(K, imbalance=100, nmax=500):
-    """The book's long-tail profile (chapter 04_data), with a floor of 1 image for small K."""
+    """The book's long-tail profile (chapter 05_data), with a floor of 1 image for small K."""
     return cifar_lt_counts(K, imbalance, n_max=nmax, min_count=1)
 
 
@@ -100,7 +100,7 @@ def call_loss(loss, out, y, feats):
 # ----------------------------------------------------------------------------------------------------------
 
 class LoopMR2(nn.Module):
-    """Same math as MR2Loss (paper variant, chapters 03 and 10) in the structure of the released code: per-class Python loops
+    """Same math as MR2Loss (paper variant, chapters 03 and 13) in the structure of the released code: per-class Python loops
     with boolean masks. A timing contender, not the reference: both are checked against `naive_mr2_loss`."""
     def __init__(self, K, mean_margin=1.0, lam=0.1, momentum=0.9):
         super().__init__()
@@ -298,7 +298,7 @@ def bench_mr2_vs_loop(cfg, device, threads):
         gdiff = max((outs['vec'][1] - outs['loop'][1]).abs().max().item(),
                     (outs['vec'][2] - outs['loop'][2]).abs().max().item())
         state_same = bool(torch.allclose(vec.stats.variability, loop.mu + loop.sp, rtol=1e-4, atol=1e-6))
-        # both against the one float64 reference (chapter 10), on the first rows (the reference is a slow loop)
+        # both against the one float64 reference (chapter 13), on the first rows (the reference is a slow loop)
         n = min(B, 48)
         sub = (z0[:n].double().cpu(), y[:n].cpu(), f0[:n].double().cpu())
         ref = naive_mr2_loss([sub], K, 1.0, 0.1, 0.9)[0]

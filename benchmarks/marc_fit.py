@@ -1,7 +1,7 @@
 """MARC stage 2 (issue 5): the paper's loop through a frozen ResNet-32 against the cached fit (L-BFGS / SGD).
 
 CIFAR-100-LT IF 100 shapes (N = 10,847, K = 100, batch 512), random images: timing only. The loop is timed for a
-few iterations and extrapolated to the release's effective 1,820 stage-2 iterations (chapter 12_marc); the cached fit
+few iterations and extrapolated to the release's effective 1,820 stage-2 iterations (chapter 15_marc); the cached fit
 is timed in full. Prints the ratio and writes results/bench/marc-fit-<device>.json.
 
 Usage: python benchmarks/marc_fit.py [--device cpu|cuda] [--loop-iters N]

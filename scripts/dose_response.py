@@ -5,7 +5,7 @@
 MR²'s logit term divides the logits of a sample of class k by a class margin gamma_k (a per-class temperature); the
 rule of chapter 02 sets gamma_k proportional to A_k^(1/3), where A_k is the class statistic of chapter 03. If margins
 alone matter, making the ratio max(gamma)/min(gamma) larger should move per-class accuracy more. Each run below trains
-chapter 21's CNN (or, with --setting probe-*, chapter 20's probe on CIFAR-10 (JPEG) features) with the margins only (lambda = 0, no representation term) and one "dose":
+chapter 27's CNN (or, with --setting probe-*, chapter 26's probe on CIFAR-10 (JPEG) features) with the margins only (lambda = 0, no representation term) and one "dose":
 
 - power p in {1/3, 1, 2}: gamma_k ∝ v_k^p, where v_k is MR²'s statistic A_k ('A') or the class spread s_k ('spread');
 - a fixed ratio r in {2, 4}: gamma spaced geometrically from 1 to r by the rank of v_k;
@@ -111,11 +111,11 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
         xtr, ytr, counts = d.train_images, d.train_labels, list(d.class_counts)
         fit = dict(R.FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32, lr=0.05)
         fit['transform'] = R.image_transform(d.mean, d.std)
-        make_model = lambda h, s: R.SmallCNN(K, h, s)
+        make_model = lambda h, s: R.FmnistCNN(K, h, s)
         data = dict(data=f"Fashion-MNIST{'-LT, IF 100' if IF else ' (balanced)'}", model='SmallCNN conv16/2-conv32/2-fc128',
                     validation='the last 200 test images of every class (never scored); scored: the first 800')
     elif subsample_seed: raise ValueError('--subsample-seed is offered for the Fashion-MNIST settings only')
-    else:   # chapter 20's probe: EfficientNet-Lite0 features of CIFAR-10 (JPEG), PCA 128, a one-hidden-layer adapter
+    else:   # chapter 26's probe: EfficientNet-Lite0 features of CIFAR-10 (JPEG), PCA 128, a one-hidden-layer adapter
         feats, (xte, yte), (xva, yva) = R.probe_data(smoke)
         xtr, ytr, counts = P.probe_setting(feats, setting.split('-', 1)[1])
         pca, hidden = (128, 128) if not smoke else (16, 16)
@@ -149,7 +149,7 @@ def run(out_dir: Path, setting='fmnist-lt100', smoke=False, seeds=(0, 1, 2), gri
             R.PREDICTIONS[f"{label}|seed{seed}"] = pte.numpy().astype(np.int8)
             print(f"{label:18s} seed {seed}: test {100 * np.mean(rec['per_class']):5.1f}  worst {100 * min(rec['per_class']):5.1f}"
                   f"  ratio {rec.get('gamma_ratio_final', 1.0):6.2f}  ({rec['seconds']:.1f} s)", flush=True)
-    # difficulty groups from CE's validation accuracy (seed-mean), as in chapter 21
+    # difficulty groups from CE's validation accuracy (seed-mean), as in chapter 27
     ref = configs[0][0]
     ce_val = np.mean([r['val_per_class'] for r in res[ref]], axis=0)
     groups = difficulty_groups(torch.tensor(ce_val))

@@ -1,4 +1,4 @@
-"""Fill the EfficientNet-Lite0 feature cache for chapters 20 and 23 (balanced, CIFAR-10-LT IF 100 and IF 10, 64 px).
+"""Fill the EfficientNet-Lite0 feature cache for chapters 26 and 29 (balanced, CIFAR-10-LT IF 100 and IF 10, 64 px).
 
 The test split's first 400 images per class are encoded: images 0-299 of each class are the scored test set,
 images 300-399 the validation set (never scored). Run: `nice .venv/bin/python scripts/encode_cifar_probe.py`.

@@ -180,7 +180,7 @@ def chapters(names) -> list[Path]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('names', nargs='*', help='chapters (e.g. 10_mr2); default: every nbs/*.ipynb')
+    ap.add_argument('names', nargs='*', help='chapters (e.g. 13_mr2); default: every nbs/*.ipynb')
     ap.add_argument('--check', action='store_true', help='execute nothing: check the committed outputs')
     ap.add_argument('--timeout', type=int, default=1800, help='per-cell timeout in seconds')
     ap.add_argument('--long', type=float, default=60, help='report non-slow cells that take longer (s)')

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`make gpu-check`: what the training code costs on one GPU, measured in one run (chapter 34_gpu_check).
+"""`make gpu-check`: what the training code costs on one GPU, measured in one run (chapter 36_gpu_check).
 
 Four parts, each written to its own JSON file with provenance (device, torch / CUDA versions, git commit, date,
 the exact settings); a part that fails records its error and the others still run:
@@ -54,7 +54,7 @@ STATUSES = ('ok', 'failed', 'skipped', 'not run')
 MODES = ('gpu', 'cpu', 'smoke', 'not run')
 TOP_KEYS = ('schema', 'part', 'status', 'mode', 'smoke', 'label', 'command', 'provenance', 'settings', 'results',
             'error', 'notes', 'wall_s', 'budget_s')
-# the book's goals (chapter 34): a 200-epoch CIFAR-100 ResNet-32 run in under 2 minutes on one H100, i.e.
+# the book's goals (chapter 36): a 200-epoch CIFAR-100 ResNet-32 run in under 2 minutes on one H100, i.e.
 # 200 x 50,000 images / 120 s = 83,333 images/s of training, and the engine within 1.5x of a bare torch loop
 GOAL_MINUTES = 2.0
 GOAL_IMAGES_PER_S = 200 * 50_000 / (60 * GOAL_MINUTES)
@@ -308,7 +308,7 @@ def random_bundle(n_train: int, n_test: int, K: int, size: int, seed: int = 0):
 
 def batch_pool(K: int, B: int, size: int, n: int, dev, channels_last: bool, seed: int = 0) -> list:
     "n fixed (x, y) training batches made by the engine's loader from random uint8 images, on `dev`."
-    from margin_notes import engine as E
+    from margin_notes import engine as E, presets as P
     data = random_bundle(n * B, 1, K, size, seed)
     cfg = E.Config(batch_size=B, channels_last=channels_last, augment='crop-flip', pipeline='gpu')
     return list(E.make_batches(data, cfg, dev, True, torch.Generator(device=dev).manual_seed(seed)))
@@ -329,7 +329,7 @@ def _free(dev):
 # ----------------------------------------------------------------------------------------------------------
 
 def part_losses(S: dict, dev, budget: Budget, log) -> tuple:
-    from margin_notes import engine as E
+    from margin_notes import engine as E, presets as P
     from margin_notes.baselines import drw_weights
     from margin_notes.config import resolve, validate_config
     from margin_notes.data import cifar_lt_counts
@@ -337,7 +337,7 @@ def part_losses(S: dict, dev, budget: Budget, log) -> tuple:
     K, B, notes = S['num_classes'], S['batch_size'], []
     counts = cifar_lt_counts(K, 100)
     data = SimpleNamespace(num_classes=K, class_counts=counts, image_shape=(3, S['image_size'], S['image_size']))
-    base = E.get_config(S['preset'], {'device': dev.type, 'progress': False, 'batch_size': B})
+    base = P.get_config(S['preset'], {'device': dev.type, 'progress': False, 'batch_size': B})
     specs = [(n, m.label, {'loss': n}) for n, m in METHODS.items()]
     specs += [(n, lab, {'loss': b, 'lwr': dict(LWR_OPTIONS)}) for n, (lab, b) in LWR_COMPOSITES.items()]
     pool = batch_pool(K, B, S['image_size'], S['distinct_batches'], dev, base.channels_last)
@@ -348,20 +348,20 @@ def part_losses(S: dict, dev, budget: Budget, log) -> tuple:
         r = resolve(cfg)
         torch.manual_seed(0)
         model, loss_fn, opt, fwd = E.build_training(cfg, data, dev)
-        if r['drw_start'] is not None:   # time the re-weighted phase (the costlier one)
+        if r.drw_start is not None:   # time the re-weighted phase (the costlier one)
             loss_fn.set_class_weight(torch.as_tensor(drw_weights(counts, beta=cfg.drw_beta), dtype=torch.float32, device=dev))
 
         def run(batches, model=model, loss_fn=loss_fn, opt=opt, fwd=fwd):
             return E.train_epochs(model, loss_fn, batches, opt, lambda step: S['lr'], 1, fwd=fwd, amp_dtype=amp)
         run(cycle(pool, S['warmup_steps']))
         sc = check_no_host_sync(run, cycle(pool, S['sync_check_steps']), dev)
-        m = r['method']
-        rows[name] = {'name': name, 'label': label, 'loss': type(loss_fn).__name__, 'head': r['head'],
-                      'drw_phase': r['drw_start'] is not None, 'lwr': r['lwr'], 'posthoc': r['posthoc'],
+        m = r.method
+        rows[name] = {'name': name, 'label': label, 'loss': type(loss_fn).__name__, 'head': r.head,
+                      'drw_phase': r.drw_start is not None, 'lwr': r.lwr, 'posthoc': r.posthoc,
                       'note': 'trains with the ERM loss; its post-hoc step runs after training' if m.posthoc else None,
                       'sync_check': sc}
         runs[name] = run
-        log(f"  {name:<14} built ({type(loss_fn).__name__}, {r['head']} head); host-sync check "
+        log(f"  {name:<14} built ({type(loss_fn).__name__}, {r.head} head); host-sync check "
             f"{'passed' if sc['passed'] else 'FAILED: ' + sc['error']}")
     names = list(runs)
     assert names[0] == REFERENCE
@@ -451,10 +451,10 @@ class BareLoop:
 
 
 def part_engine(S: dict, dev, budget: Budget, log) -> tuple:
-    from margin_notes import engine as E
+    from margin_notes import engine as E, presets as P
     K, B, notes = S['num_classes'], S['batch_size'], []
     t, data = timed(lambda: random_bundle(S['images'], S['test_images'], K, S['image_size']), dev)
-    cfg = E.get_config(S['preset'], {'device': dev.type, 'progress': False, 'batch_size': B})
+    cfg = P.get_config(S['preset'], {'device': dev.type, 'progress': False, 'batch_size': B})
     amp = E._amp_dtype(cfg, dev)
     res = {'data': data.label, 'images': S['images'], 'batch_size': B, 'amp': str(amp) if amp is not None else None,
            'channels_last': cfg.channels_last, 'pipeline': 'engine.make_batches -> data.GPULoader (device-resident uint8, '
@@ -559,7 +559,7 @@ def part_engine(S: dict, dev, budget: Budget, log) -> tuple:
 # ----------------------------------------------------------------------------------------------------------
 
 def part_cifar10jpeg(S: dict, dev, budget: Budget, log) -> tuple:
-    from margin_notes import engine as E
+    from margin_notes import engine as E, presets as P
     from margin_notes.core import find_data
     notes = []
     if find_data('cifar10-jpeg.tar.gz', 'cifar10-jpeg/cifar10-jpeg.tar.gz') is None:
@@ -567,7 +567,7 @@ def part_cifar10jpeg(S: dict, dev, budget: Budget, log) -> tuple:
     ov = {'epochs': S['epochs'], 'schedule': S['schedule'], 'warmup_epochs': S['warmup_epochs'], 'batch_size': S['batch_size'],
           'progress': False, 'device': dev.type, 'name': 'gpu-check-cifar10jpeglt100-r32-erm'}
     if S['max_per_class'] is not None: ov['data_kwargs'] = {'max_per_class': S['max_per_class']}
-    cfg = E.get_config(S['preset'], ov)
+    cfg = P.get_config(S['preset'], ov)
     t_data, data = timed(lambda: E.load_data(cfg), dev)
     rows = []
 
@@ -600,18 +600,18 @@ def part_cifar10jpeg(S: dict, dev, budget: Budget, log) -> tuple:
 # ----------------------------------------------------------------------------------------------------------
 
 def part_clip(S: dict, dev, budget: Budget, log, smoke: bool) -> tuple:
-    from margin_notes import engine as E
+    from margin_notes import engine as E, presets as P
     from margin_notes.mr2 import MR2Loss
     notes = []
     arch = S['arch']
     if smoke:
-        from margin_notes.models import register_tiny_clip
+        from margin_notes.clip import register_tiny_clip
         arch = 'clip:' + register_tiny_clip()
     K, B, size = S['num_classes'], S['batch_size'], S['image_size']
     data = SimpleNamespace(num_classes=K, class_counts=[100] * K, image_shape=(3, size, size))
     # the recipe's optimiser, schedule, clipping, bf16 and channels_last; random weights and a linear head (no zero-shot
     # head: it needs the OpenAI weights and ImageNet class names)
-    base = E.get_config(S['preset'], {'arch': arch, 'batch_size': B, 'device': dev.type, 'progress': False, 'model_kwargs': {}})
+    base = P.get_config(S['preset'], {'arch': arch, 'batch_size': B, 'device': dev.type, 'progress': False, 'model_kwargs': {}})
     specs = {'ce': base.replace(loss='erm', loss_kwargs={}),
              'mr2': base.replace(loss=S['mr2']['loss'], loss_kwargs=dict(S['mr2']['loss_kwargs']))}
     amp = E._amp_dtype(base, dev)
@@ -668,7 +668,7 @@ def part_clip(S: dict, dev, budget: Budget, log, smoke: bool) -> tuple:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                 epilog='Run by `make gpu-check`; chapter 34 renders results/gpu/*.json.')
+                                 epilog='Run by `make gpu-check`; chapter 36 renders results/gpu/*.json.')
     ap.add_argument('--smoke', action='store_true', help='tiny sizes on any device, into a temporary folder (also MARGIN_NOTES_SMOKE=1)')
     ap.add_argument('--allow-cpu', action='store_true', help='run the full sizes without CUDA (labelled CPU, never into results/gpu)')
     ap.add_argument('--out', default=None, help='output folder (default: results/gpu for a full CUDA run, else a new temporary folder)')

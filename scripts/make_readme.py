@@ -1,6 +1,6 @@
 """Write README.md from nbs/index.ipynb without Quarto (nbdev_readme needs Quarto).
 
-The preface's links to chapters (`[chapter 23](23_premise.ipynb)`) point at the notebooks in nbs/, and its
+The preface's links to chapters (`[chapter 29](29_premise.ipynb)`) point at the notebooks in nbs/, and its
 citations (`[@zhu2026mr2]`) become author-year text with a reference list at the end, read from
 nbs/references.bib (on the site Quarto's citeproc does the same).
 

@@ -1,9 +1,9 @@
-"""Does training in bf16 change what a run learns? A short paired check on CIFAR-10 (JPEG)-LT (chapter 27).
+"""Does training in bf16 change what a run learns? A short paired check on CIFAR-10 (JPEG)-LT (chapter 30).
 
     python scripts/precision_check.py            # results/precision/cifar10jpeg-lt100.json (about 20 minutes on 2 cores)
     python scripts/precision_check.py --quick    # stand-in data, seconds, to a temporary file (run by the tests)
 
-ResNet-32 with the CE preset of chapter 27 (`cifar10jpeglt100-r32-erm`), shortened to a few epochs with a cosine
+ResNet-32 with the CE preset of chapter 30 (`cifar10jpeglt100-r32-erm`), shortened to a few epochs with a cosine
 schedule, trained for seeds 0, 1, 2 once in fp32 (amp='fp32', channels_last=False) and once with the engine's
 choice on this machine (amp='auto': bf16 autocast + channels_last on CPUs with native bf16). Same seed, same batches,
 same augmentation; only the arithmetic differs. The file holds every run's test accuracy and per-class accuracy, the
@@ -27,7 +27,7 @@ def main(argv=None):
     p.add_argument('--out', default=None)
     a = p.parse_args(argv)
     from scipy.stats import ttest_rel
-    from margin_notes.config import get_config
+    from margin_notes.presets import get_config
     from margin_notes.core import atomic_write_json
     from margin_notes.engine import fit, load_data, precision, _smoke_cfg
     base = get_config('cifar10jpeglt100-r32-erm').replace(epochs=a.epochs, warmup_epochs=1, schedule='cosine', eval_every=a.epochs,

@@ -1,4 +1,4 @@
-"""The experiments behind chapters 20, 21 and 23 and the defaults measurement (results/cpu_features, results/fmnist_lt,
+"""The experiments behind chapters 26, 27 and 29 and the defaults measurement (results/cpu_features, results/fmnist_lt,
 results/premise, results/defaults).
 
     python scripts/referee_experiments.py premise|probe|fmnist|defaults|mr2stat [--smoke OUT_DIR]
@@ -31,6 +31,7 @@ from margin_notes.metrics import accuracy_report, aggregate_reports, difficulty_
 from margin_notes.mr2 import MR2Loss
 from margin_notes.registry import register_method
 from margin_notes.margins import optimal_margins
+from margin_notes.models import Classifier
 
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -43,7 +44,7 @@ class LabelSmoothingCE(nn.Module):
     def forward(self, logits, targets, features=None): return F.cross_entropy(logits, targets, label_smoothing=self.eps)
 
 class StatMR2Loss(MR2Loss):
-    """MR² whose margins follow another per-class statistic of the same EMA (book's own option, chapter 23):
+    """MR² whose margins follow another per-class statistic of the same EMA (book's own option, chapter 29):
     'spread' (gamma ∝ spread^(1/3), translation-invariant) or 'A_c' (centred second moment, needs stats_mode='moment')."""
     def __init__(self, num_classes, stat='spread', **kw):
         if stat == 'A_c': kw.setdefault('stats_mode', 'moment')
@@ -61,7 +62,7 @@ class StatMR2Loss(MR2Loss):
         floor = 1e-3 * (v * w).sum() / n_seen
         return optimal_margins(torch.maximum(v, floor), self.mean_margin, mask=s.initialized, eps=self.eps)
 
-# the two losses become registry methods (chapter 15's extension point), so `probe.fit_method` trains them by name
+# the two losses become registry methods (chapter 18's extension point), so `probe.fit_method` trains them by name
 register_method('erm-ls', 'CE + label smoothing', LabelSmoothingCE, color='#b0b0b0')
 register_method('mr2-stat', 'MR² (margins from another statistic)', StatMR2Loss, first_arg='num_classes', needs_features=True,
                 color='#f4a6a6')
@@ -99,45 +100,19 @@ def run_grid(make_model, xtr, ytr, xte, yte, xva, yva, configs, seeds, counts, s
              log=lambda *a: print(*a, flush=True), **fit_kw):
     """configs: list of (label, method, loss_kwargs, fit_overrides, posthoc_taus or None).
     Returns runs[label] = [{'seed', 'per_class', 'val_per_class', 'seconds', ...}]; for labels in stats_for also the
-    diagnosis (per-class statistics of the training features vs test error)."""
-    K = len(counts); runs, erm = {}, {}
-    PREDICTIONS['labels'] = np.asarray(yte).astype(np.int16)
-    for label, method, kw, over, taus in configs:
-        runs[label] = []
-        for seed in seeds:
-            t0 = time.time()
-            base = erm.get(seed) if method in ('la-posthoc', 'marc') else None
-            p = P.fit_method(make_model, xtr, ytr, method, seed=seed, class_counts=counts, loss_kwargs=kw, erm_probe=base,
-                             **{**fit_kw, **over})
-            if label == 'erm': erm[seed] = p
-            rec = {'seed': seed, 'seconds': p.seconds}
-            if taus:   # post-hoc logit adjustment: every tau, chosen later on validation
-                from margin_notes.baselines import logit_adjust_posthoc
-                raw_te, raw_va = _raw_scores(p, xte), _raw_scores(p, xva)
-                rec['tau'] = {}
-                for t in taus:
-                    PREDICTIONS[f"{label}|tau{t}|seed{seed}"] = logit_adjust_posthoc(raw_te, counts, tau=t).argmax(1).numpy().astype(np.int16)
-                    rec['tau'][str(t)] = {
-                        'per_class': per_class_accuracy(logit_adjust_posthoc(raw_te, counts, tau=t).argmax(1), yte, K).tolist(),
-                        'val_per_class': per_class_accuracy(logit_adjust_posthoc(raw_va, counts, tau=t).argmax(1), yva, K).tolist()}
-                rec.update(rec['tau']['1.0'])
-            else:
-                pte = p.scores(xte).argmax(1)
-                PREDICTIONS[f"{label}|seed{seed}"] = pte.numpy().astype(np.int16)
-                rec['per_class'] = per_class_accuracy(pte, yte, K).tolist()
-                rec['val_per_class'] = per_class_accuracy(p.scores(xva).argmax(1), yva, K).tolist()
-            rec['final_train'] = {k: v for k, v in (p.history[-1] if p.history else {}).items() if k != 'epoch'}
-            if label in stats_for:
-                d = diagnose(_features_of(p, xtr), ytr, yte, p.scores(xte), class_counts=counts, num_classes=K, bootstrap=0)
-                rec['diagnosis'] = d
-            runs[label].append(rec)
-            log(f"{label:24s} seed {seed}: test {100 * np.mean(rec['per_class']):5.1f}  val {100 * np.mean(rec['val_per_class']):5.1f}"
-                f"  ({time.time() - t0:.1f} s)")
-    return runs
-
-def _raw_scores(p, x, bs=2048):
-    m = p.model; m.eval(); tf = p.transform or (lambda z: z.float())
-    with torch.no_grad(): return torch.cat([m(tf(x[i:i + bs])) for i in range(0, len(x), bs)])
+    diagnosis (per-class statistics of the training features vs test error). The grid itself is the library's
+    `probe.run_method_grid` (validation split, post-hoc tau grid, per-row fit overrides, predictions into PREDICTIONS)."""
+    K = len(counts)
+    def on_run(label, p, rec):
+        if label in stats_for:
+            rec['diagnosis'] = diagnose(_features_of(p, xtr), ytr, yte, p.scores(xte), class_counts=counts, num_classes=K, bootstrap=0)
+        log(f"{label:24s} seed {rec['seed']}: test {100 * np.mean(rec['per_class']):5.1f}  val {100 * np.mean(rec['val_per_class']):5.1f}"
+            f"  ({rec['seconds']:.1f} s)")
+    g = P.run_method_grid(xtr, ytr, xte, yte, [c[:4] for c in configs], seeds, class_counts=counts, verbose=False,
+                          make_model=make_model, val_feats=xva, val_labels=yva, add_erm=False, on_run=on_run, predictions=PREDICTIONS,
+                          posthoc_taus={c[0]: c[4] for c in configs if c[4]}, **fit_kw)
+    order = ('seed', 'seconds', 'tau', 'per_class', 'val_per_class', 'final_train', 'diagnosis')   # the records' key order
+    return {label: [{k: r[k] for k in order if k in r} for r in rs] for label, rs in g['runs'].items()}
 
 def select_on_val(runs, candidates, key='overall'):
     "The candidate label with the best mean validation overall accuracy."
@@ -154,10 +129,10 @@ def summarise(runs, counts, difficulty):
     return out
 
 # ----------------------------------------------------------------------------------------------------------------------
-# CIFAR-10 (JPEG) probe features (chapter 20): scored test = test images 0-299 per class, validation = 300-399
+# CIFAR-10 (JPEG) probe features (chapter 26): scored test = test images 0-299 per class, validation = 300-399
 
 def probe_data(smoke=False):
-    settings = P.cifar10_probe_settings(500, (100, 10))   # the chunk of each setting is cached on its own (chapter 19)
+    settings = P.cifar10_probe_settings(500, (100, 10))   # the chunk of each setting is cached on its own (chapter 24)
     if smoke:
         settings = {'balanced': [8] * 10, 'lt100': [16, 13, 11, 9, 8, 6, 5, 5, 4, 4], 'lt10': [16, 15, 14, 13, 12, 11, 10, 9, 9, 8]}
         f = P.cifar10_probe_features(settings, size=64, test_per_class=8, pool_per_class=16, cache=False, verbose=False)
@@ -171,7 +146,7 @@ def probe_data(smoke=False):
     return f, (f['test_features'][te], y[te]), (f['test_features'][va], y[va])
 
 PROBE_FIT = dict(epochs=30, batch_size=256, lr=0.05)
-# DBM (on Balanced Softmax) with s = 8 instead of the paper's 32: the registry's `dbm`, the class default since chapter 23's scale sweep
+# DBM (on Balanced Softmax) with s = 8 instead of the paper's 32: the registry's `dbm`, the class default since chapter 29's scale sweep
 DBM_S8 = ('dbm s=8', 'dbm', {}, {}, None)
 _GRID = {label: name for label, name, _ in P.PROBE_GRID}   # a grid row's label -> the registry method it trains ('dbm' -> 'dbm-bs-s32')
 def _rows(*labels): return [(m, _GRID.get(m, m), {}, {}, None) for m in labels]
@@ -182,7 +157,7 @@ MR2_ROWS = [('mr2 λ=0', 'mr2-paper', dict(lam=0.0), {}, None), ('mr2 λ=1e-2', 
             ('mr2 λ=0.1 released', 'mr2', {}, {}, None)]
 
 def run_probe(out_dir, smoke=False, settings=('balanced', 'lt100'), only=None, tag=''):
-    "Chapter 20's grids; `only` restricts to some config labels and `tag` names a partial file (merged by `merge`)."
+    "Chapter 26's grids; `only` restricts to some config labels and `tag` names a partial file (merged by `merge`)."
     feats, (xte, yte), (xva, yva) = probe_data(smoke)
     fit = dict(PROBE_FIT) if not smoke else dict(epochs=2, batch_size=32, lr=0.05)
     seeds = SEEDS if not smoke else (0, 1)
@@ -262,18 +237,18 @@ def save_setting(path, runs, counts, configs, meta, extra=None):
     print(f"wrote {path}", flush=True)
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Fashion-MNIST (chapter 21): the small CNN; scored test = first 800 test images per class, validation = last 200
+# Fashion-MNIST (chapter 27): the small CNN; scored test = first 800 test images per class, validation = last 200
 
-class SmallCNN(nn.Module):
-    "conv(16, stride 2)-conv(32, stride 2)-fc(128)-ReLU feature extractor and a linear or cosine head (chapter 21)."
+class FmnistCNN(Classifier):
+    """conv(16, stride 2)-conv(32, stride 2)-fc(128)-ReLU features and a linear or cosine head: the one Fashion-MNIST network
+    (chapter 27 imports it, scripts/dose_response.py and `UserCNN` reuse it). Wrapper and head are the library's; the
+    layers are not: `models.SmallCNN` is another network (conv-BN without bias, global pooling, 64-d features). Backbone
+    built before the head, so a seed gives the weights the committed results were trained from."""
     def __init__(self, num_classes=10, head='linear', cosine_scale=1.0, feature_dim=128):
-        super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Flatten(), nn.Linear(32 * 7 * 7, feature_dim), nn.ReLU())
-        self.head = P.make_scaled_head(feature_dim, num_classes, head, cosine_scale)
-        self.feature_dim = feature_dim
-    def forward(self, x): return self.head(self.backbone(x))
+        bb = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
+                           nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                           nn.Flatten(), nn.Linear(32 * 7 * 7, feature_dim), nn.ReLU())
+        super().__init__(bb, P.make_scaled_head(feature_dim, num_classes, head, cosine_scale), feature_dim, arch='fmnist-cnn')
 
 def image_transform(mean, std):
     m, s = float(mean[0]), float(std[0])
@@ -300,7 +275,7 @@ def run_fmnist(out_dir, smoke=False, only=None, tag=''):
     if only is not None: configs = [c for c in configs if c[0] in only]
     t0 = time.time()
     counts = list(d.class_counts)
-    runs = run_grid(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, xte, yte, xva, yva, configs, seeds,
+    runs = run_grid(lambda h, s: FmnistCNN(10, h, s), d.train_images, d.train_labels, xte, yte, xva, yva, configs, seeds,
                     counts, transform=image_transform(d.mean, d.std), **fit)
     save_setting(out_dir / f'validated{tag}.json', runs, counts, configs, dict(
         data=d.label, dataset=d.name, class_counts=counts, n_train=len(d.train_labels), n_test=len(yte), n_val=len(yva),
@@ -311,7 +286,7 @@ def run_fmnist(out_dir, smoke=False, only=None, tag=''):
         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
 
 # ----------------------------------------------------------------------------------------------------------------------
-# the premise (chapter 23): per-class statistics of ERM models vs their per-class error
+# the premise (chapter 29): per-class statistics of ERM models vs their per-class error
 
 def _diag_summary(ds):
     "Across-seed mean and t-interval of each statistic's Spearman rho, plus the per-seed values."
@@ -369,7 +344,7 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
             "is a bootstrap over images"))
         e['bootstrap_ci'] = {c['statistic']: [c['ci_low'], c['ci_high']] for c in d['correlations']}
         entries.append(e); log(f"resnet32: {time.time() - t0:.0f} s, acc {100 * d['overall_accuracy']:.1f}")
-    # (b) EfficientNet-Lite0 probe (chapter 20): the ERM probe's adapter features, and the frozen backbone features
+    # (b) EfficientNet-Lite0 probe (chapter 26): the ERM probe's adapter features, and the frozen backbone features
     if find_data('cifar10-jpeg.tar.gz') is not None and 'effnet' in parts:
         feats, (xte, yte), (xva, yva) = probe_data(smoke)
         for name in ('balanced', 'lt100'):
@@ -387,9 +362,9 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
                 raw.append(diagnose(xtr, ytr, yte, sc, class_counts=counts, num_classes=10, bootstrap=0))
             lab = 'balanced' if name == 'balanced' else 'LT, IF 100'
             entries.append(premise_entry(f'effnet-probe-{name}', ds, CIFAR10_CLASSES,
-                                         f"EfficientNet-Lite0 probe (chapter 20), {lab}: the ERM probe's 128-d adapter features"))
+                                         f"EfficientNet-Lite0 probe (chapter 26), {lab}: the ERM probe's 128-d adapter features"))
             entries.append(premise_entry(f'effnet-backbone-{name}', raw, CIFAR10_CLASSES,
-                                         f"EfficientNet-Lite0 probe (chapter 20), {lab}: the frozen 1,280-d backbone features, "
+                                         f"EfficientNet-Lite0 probe (chapter 26), {lab}: the frozen 1,280-d backbone features, "
                                          "error of the same ERM probes"))
             log(f"effnet {name} done")
     # (c) Fashion-MNIST, the chapter-21 CNN, balanced and LT IF 100
@@ -397,13 +372,13 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
         d, (xte, yte), _ = fmnist(IF, smoke)
         ds = []
         for seed in seeds:
-            fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32)   # ten epochs, as in chapter 21
-            p = P.fit_method(lambda h, s: SmallCNN(10, h, s), d.train_images, d.train_labels, 'erm', seed=seed,
+            fit = dict(FMNIST_FIT) if not smoke else dict(epochs=1, batch_size=32)   # ten epochs, as in chapter 27
+            p = P.fit_method(lambda h, s: FmnistCNN(10, h, s), d.train_images, d.train_labels, 'erm', seed=seed,
                              class_counts=d.class_counts, transform=image_transform(d.mean, d.std), **fit)
             ds.append(diagnose(_features_of(p, d.train_images), d.train_labels, yte, p.scores(xte),
                                class_counts=d.class_counts, num_classes=10, bootstrap=0))
         nm = 'fmnist-balanced' if IF is None else 'fmnist-lt100'
-        entries.append(premise_entry(nm, ds, FMNIST_CLASSES, f"chapter 21's CNN, ERM, {fit['epochs']} epochs, Fashion-MNIST "
+        entries.append(premise_entry(nm, ds, FMNIST_CLASSES, f"chapter 27's CNN, ERM, {fit['epochs']} epochs, Fashion-MNIST "
                                      + ('balanced (6,000/class)' if IF is None else 'LT, IF 100') + "; error on the scored 8,000 test images"))
         log(f"{nm} done")
     # (d) scikit-learn digits: an MLP (64-128-64, ReLU), ERM
@@ -432,24 +407,17 @@ def run_premise(out_dir, smoke=False, log=lambda *a: print(*a, flush=True), part
 # ----------------------------------------------------------------------------------------------------------------------
 # defaults, tried as a new user would: own small CNN, Fashion-MNIST-LT IF 50, 3 epochs, 3 seeds
 
-class UserCNN(nn.Module):
-    "A plain CNN a user might write: conv16/2-conv32/2 (3x3, stride 2, padding 1, ReLU)-fc128-ReLU, then a linear or cosine (DBM) head."
-    def __init__(self, cosine=False):
-        super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU())
-        if cosine:
-            from margin_notes.dbm import CosineClassifier
-            self.head = CosineClassifier(128, 10)
-        else: self.head = nn.Linear(128, 10)
+class UserCNN(FmnistCNN):
+    """The network of a new user's own loop: `FmnistCNN` (conv16/2-conv32/2-fc128-ReLU) with a linear head (an nn.Linear)
+    or the cosine (DBM) head, returning (features, scores); same layers, same seeded weights as before."""
+    def __init__(self, cosine=False): super().__init__(10, 'cosine' if cosine else 'linear')
     def forward(self, x):
         f = self.backbone(x); return f, self.head(f)
 
 def train_user_cnn(d, tf, cosine, mk, seed, epochs):
     """One run of a new user's own training loop (deliberately not the library's `fit`: this is the code a user
     writes around a loss): `UserCNN`, SGD lr 0.05 (constant), momentum 0.9, wd 5e-4, batch 128, seeded order;
-    returns the per-class test accuracy of the last epoch (chapter 23's defaults table and scale sweep)."""
+    returns the per-class test accuracy of the last epoch (chapter 29's defaults table and scale sweep)."""
     seed_everything(seed); g = torch.Generator().manual_seed(seed)
     net, loss = UserCNN(cosine), mk()
     rep = repr(loss)
@@ -480,7 +448,7 @@ def run_defaults(out_dir, smoke=False, extra=False, only=None):
             ('MR2Loss(K, lam=0.1, rep_normalize=True)', False, lambda: MR2Loss(K, lam=0.1, variant='paper', rep_normalize=True)),
             ('DBMLoss(counts, base="ce", scale=32)', True, lambda: DBMLoss(counts, base='ce', scale=32.0)),
             ('DBMLoss(counts, base="bs", scale=32)', True, lambda: DBMLoss(counts, base='bs', scale=32.0)),
-            ('DBMLoss(counts)', True, lambda: DBMLoss(counts))]   # the library default since chapter 23's scale check: base 'bs', s = 8
+            ('DBMLoss(counts)', True, lambda: DBMLoss(counts))]   # the library default since chapter 29's scale check: base 'bs', s = 8
     if extra:   # references for DBM: the same head with plain CE / BS on s * cos, and BS on the linear head
         from margin_notes.baselines import BalancedSoftmaxLoss
         class ScaledCos(nn.Module):
@@ -509,11 +477,11 @@ def run_defaults(out_dir, smoke=False, extra=False, only=None):
     print(f"wrote {out_dir}")
 
 # ----------------------------------------------------------------------------------------------------------------------
-# DBM's scale on digits (chapter 23): the engine's digits-lt recipe, DBM-BS at s = 8, 16 and 32 against ERM and BS
+# DBM's scale on digits (chapter 29): the engine's digits-lt recipe, DBM-BS at s = 8, 16 and 32 against ERM and BS
 
 def run_dbm_digits(out_dir, smoke=False):
     import tempfile
-    from margin_notes.config import get_config
+    from margin_notes.presets import get_config
     from margin_notes.engine import fit
     rows = {'ERM (linear head)': ('digits-lt-erm', {}), 'BS (linear head)': ('digits-lt-bs', {})}
     for s in (8, 16, 32): rows[f'DBMLoss(counts, scale={s})'] = ('digits-lt-dbm', {'loss': 'dbm', 'loss_kwargs': {'scale': float(s)}})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The exact commands that produced results/cpu_features/ (chapter 20), results/fmnist_lt/ (chapter 21),
-# results/premise/ (chapter 23) and results/defaults/ (chapter 23).
+# The exact commands that produced results/cpu_features/ (chapter 26), results/fmnist_lt/ (chapter 27),
+# results/premise/ (chapter 29) and results/defaults/ (chapter 29).
 #   scripts/run_cpu_experiments.sh [features|heads|premise|defaults|fmnist|dbm-digits|all]
 # Runs on CPU: encoding with 2 threads, the small trainings with 1 thread each (on a shared, oversubscribed 2-core
 # machine one thread per process was 5-20x faster in wall time for these small matrices than two). Needs
@@ -20,24 +20,24 @@ if [[ "$step" == features || "$step" == all ]]; then
   OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 nice "$BIN/python" scripts/encode_cifar_probe.py
 fi
 if [[ "$step" == heads || "$step" == all ]]; then
-  # 2. chapter 20: every method x 5 seeds on the cached features, validation protocol (the committed IF-100 file was
+  # 2. chapter 26: every method x 5 seeds on the cached features, validation protocol (the committed IF-100 file was
   #    run as three processes, --settings lt100 --only ... --tag=-A/-B/-C, then --merge; one process gives the same runs;
   #    the rows 'dbm s=8' (both settings) and 'focal' (IF 100) were added the same way with --only ... --tag=-D/-F)
   one scripts/referee_experiments.py probe
   one scripts/referee_experiments.py probe --settings lt10
 fi
 if [[ "$step" == premise || "$step" == all ]]; then
-  # 3. chapter 23: per-class statistics of ERM models vs their per-class error (two processes)
+  # 3. chapter 29: per-class statistics of ERM models vs their per-class error (two processes)
   one scripts/referee_experiments.py premise --parts resnet,digits &
   one scripts/referee_experiments.py premise --parts effnet,fmnist
   wait
 fi
 if [[ "$step" == defaults || "$step" == all ]]; then
-  # 4. chapter 23: a new user's CNN on Fashion-MNIST-LT IF 50, 3 epochs, 3 seeds, every candidate default
+  # 4. chapter 29: a new user's CNN on Fashion-MNIST-LT IF 50, 3 epochs, 3 seeds, every candidate default
   one scripts/referee_experiments.py defaults
 fi
 if [[ "$step" == fmnist ]]; then
-  # 5. chapter 21's reduced rerun under the validation protocol (5 seeds) -> results/fmnist_lt/validated.json,
+  # 5. chapter 27's reduced rerun under the validation protocol (5 seeds) -> results/fmnist_lt/validated.json,
   #    run as three processes and merged; not part of 'all'. grid.json is the earlier 3-seed run of the chapter's #| slow cell
   one scripts/referee_experiments.py fmnist --only 'erm|la-posthoc|marc|bs' --tag=-A &
   one scripts/referee_experiments.py fmnist --only 'mr2 λ=0.1 (paper)|mr2 λ=0.1 released' --tag=-B &
@@ -51,6 +51,6 @@ if [[ "$step" == fmnist ]]; then
   one scripts/referee_experiments.py fmnist --merge 'results/fmnist_lt/validated.json|results/fmnist_lt/validated-D.json|results/fmnist_lt/validated-E.json'
 fi
 if [[ "$step" == dbm-digits || "$step" == all ]]; then
-  # 6. chapter 23: DBM-BS at s = 8, 16, 32 against ERM and BS on the engine's digits-lt recipe (5 seeds)
+  # 6. chapter 29: DBM-BS at s = 8, 16, 32 against ERM and BS on the engine's digits-lt recipe (5 seeds)
   one scripts/referee_experiments.py dbm-digits
 fi

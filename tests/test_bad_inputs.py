@@ -20,7 +20,8 @@ import torch.nn as nn
 from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAMLoss, LogitAdjustedLoss,
                                     drw_class_weights_at, drw_weights)
 from margin_notes.core import value_checks
-from margin_notes.dbm import CosineClassifier, DBMComposite, DBMLoss
+from margin_notes.dbm import DBMComposite, DBMLoss
+from margin_notes.models import CosineClassifier
 from margin_notes.lwr import LWRegularizer, LWRLoss
 from margin_notes.stats import ClassStats
 from margin_notes.marc import MARCLoss, fit_marc

@@ -1,4 +1,4 @@
-"""Tests for margin_notes.baselines (chapter 11_baselines)."""
+"""Tests for margin_notes.baselines (chapter 14_baselines)."""
 import math
 
 import pytest
@@ -11,7 +11,7 @@ from margin_notes.baselines import (BalancedSoftmaxLoss, CELoss, FocalLoss, LDAM
                                     warmup_cosine_lr, warmup_step_lr)
 
 
-# the float64 loop reference of chapter 11 (exported, shared with the chapter's check)
+# the float64 loop reference of chapter 14 (exported, shared with the chapter's check)
 naive = naive_baseline_loss
 
 

@@ -1,4 +1,4 @@
-"The CPU precision benchmark (benchmarks/cpu_precision.py) runs end to end in its quick mode and writes what chapter 34 reads."
+"The CPU precision benchmark (benchmarks/cpu_precision.py) runs end to end in its quick mode and writes what chapter 36 reads."
 import importlib.util, json
 from pathlib import Path
 
@@ -12,7 +12,7 @@ def _bench():
 
 
 def test_quick_run_writes_every_field(tmp_path):
-    from margin_notes.engine import cpu_has_native_bf16
+    from margin_notes.loop import cpu_has_native_bf16
     res = _bench().main(['--quick', '--out', str(tmp_path / 'b.json')])
     saved = json.loads((tmp_path / 'b.json').read_text())
     assert set(saved['img_per_s']) == {'bare-fp32', 'bare-bf16-cl', 'engine'} and all(v > 0 for v in saved['img_per_s'].values())

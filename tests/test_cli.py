@@ -6,7 +6,7 @@ import pytest
 
 from margin_notes.cli import main
 from margin_notes.report import collect_results
-from margin_notes.config import PRESETS
+from margin_notes.presets import PRESETS
 
 os.environ.setdefault('MARGIN_NOTES_NO_PROGRESS', '1')
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import open_clip
 from margin_notes.clip import (clip_templates, fill_template, clip_class_names, clip_weights_file, load_clip, clip_tokenizer,
                                save_tiny_clip_checkpoint, zero_shot_weights, ZeroShotHead, clip_classifier, wise_ft,
                                interpolated_model)
-from margin_notes.models import register_tiny_clip, make_model, input_spec, head_weight_norms, CLIP_MEAN, CLIP_STD
+from margin_notes.models import make_model, input_spec, head_weight_norms
+from margin_notes.clip import register_tiny_clip, CLIP_MEAN, CLIP_STD
 
 TINY = register_tiny_clip()
 NAMES = ['tench', 'goldfish', 'sea_lion']

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from margin_notes.dbm import CosineClassifier, DBMLoss, DBMComposite
+from margin_notes.dbm import DBMLoss, DBMComposite
+from margin_notes.models import CosineClassifier
 import functools as _ft
 DBMLoss = _ft.partial(DBMLoss, base='ce')   # these tests pin the form they check; the default is tested in test_defaults
 from margin_notes.lwr import with_lwr, LWRLoss

@@ -144,7 +144,7 @@ def test_real_imagenet_lt_lists(tmp_path):
     p = find_data('imagenet_lt/ImageNet_LT_test.txt')
     if p is None: pytest.skip('ImageNet-LT list files not under the data root')
     import hashlib
-    assert hashlib.md5(p.read_bytes()).hexdigest() == '5f5f97c738923e877c5c78accce6744f'  # the published ImageNet_LT_train.txt (chapter 04_data)
+    assert hashlib.md5(p.read_bytes()).hexdigest() == '5f5f97c738923e877c5c78accce6744f'  # the published ImageNet_LT_train.txt (chapter 05_data)
     assert hashlib.md5(find_data('imagenet_lt/ImageNet_LT_val.txt').read_bytes()).hexdigest() == 'ef44f8e43fbc904809a77216042e7498'
     paths, labels = read_list_file(p)
     assert len(paths) == 50000 and np.bincount(labels).tolist() == [50] * 1000

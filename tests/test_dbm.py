@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from margin_notes.dbm import CosineClassifier, DBMLoss, dbm_class_margins, naive_dbm_loss as naive_dbm
+from margin_notes.dbm import DBMLoss, dbm_class_margins, naive_dbm_loss as naive_dbm
+from margin_notes.models import CosineClassifier
 import functools as _ft
 DBMLoss = _ft.partial(DBMLoss, base='ce')   # these tests pin the form they check; the default is tested in test_defaults
 

@@ -1,4 +1,4 @@
-"""The library's public defaults are the forms measured not to hurt (chapter 21's defaults table, results/defaults/):
+"""The library's public defaults are the forms measured not to hurt (chapter 27's defaults table, results/defaults/):
 MR2Loss defaults to the released code's scale, DBMLoss to the Balanced-Softmax base; the paper-literal forms stay
 available by name."""
 import json
@@ -52,7 +52,7 @@ def test_the_chosen_defaults_are_backed_by_the_measurement():
 
 
 def test_dbm_scale_sweep_backs_chapter_23s_recommendation():
-    """results/defaults/dbm-scale.json (same CNN, data and seeds; s = 8, 16, 32) backs chapter 23's stated conclusion:
+    """results/defaults/dbm-scale.json (same CNN, data and seeds; s = 8, 16, 32) backs chapter 29's stated conclusion:
     DBM-BS is best at s=8 and within 2 points of linear-head CE (above it, on every seed) there and at s=16, the paper's
     s=32 is not; plain CE on s*cos at s=8 is within 2 points of linear CE too, so the gap is the scale's."""
     d = json.loads((ROOT / 'results' / 'defaults' / 'dbm-scale.json').read_text())
@@ -73,11 +73,11 @@ def test_dbm_scale_sweep_backs_chapter_23s_recommendation():
     assert all(x > 0 for s in (8, 16) for x in diffs('DBM-BS', s))    # above linear CE on every seed
     assert mean(diffs('CE on s·cos', 8)) >= -0.02 > mean(diffs('CE on s·cos', 32))
     assert all(mean(diffs('DBM-BS', s)) > mean(diffs('DBM-CE', s)) for s in d['scales'])
-    assert DBMLoss([50, 20, 8, 3]).scale == 8.0, "chapter 23 makes s=8 DBMLoss's default scale; update its prose if it moves"
+    assert DBMLoss([50, 20, 8, 3]).scale == 8.0, "chapter 29 makes s=8 DBMLoss's default scale; update its prose if it moves"
 
 
 def test_dbm_s8_does_not_hurt_on_the_books_other_experiments():
-    """The default s=8 against the paper's s=32 and ERM on chapter 20's probe (balanced, IF 100), chapter 21's CNN and
+    """The default s=8 against the paper's s=32 and ERM on chapter 26's probe (balanced, IF 100), chapter 27's CNN and
     digits (results files of the full configuration): never below s=32 on average, never more than noise below ERM."""
     import numpy as np
     R = ROOT / 'results'

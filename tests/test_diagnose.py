@@ -130,7 +130,7 @@ def test_diagnose_bad_input():
 
 def test_main_on_a_real_engine_run(tmp_path, capsys):
     "Train one epoch of the digits preset with the engine, then `python -m margin_notes.diagnose` on the suite-like folder."
-    from margin_notes.config import get_config
+    from margin_notes.presets import get_config
     from margin_notes.engine import fit
     torch.set_num_threads(1)
     fit(get_config('digits-lt-erm').replace(epochs=1), tmp_path / 'runs' / 'erm', verbose=False)

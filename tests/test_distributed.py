@@ -1,6 +1,6 @@
 """Data-parallel training on the CPU with gloo: 2 processes must reproduce the 1-process step on the same global batch.
 
-Checks (the data-parallel requirement of chapter 09_engine): MR²'s EMA statistics (all-reduced batch sums), its margins, the CE and
+Checks (the data-parallel requirement of chapter 21_engine): MR²'s EMA statistics (all-reduced batch sums), its margins, the CE and
 MR² margin-CE terms, and the weights after an SGD step through DistributedDataParallel; then the engine's `fit` under
 2 processes against `fit` in 1 process."""
 import os, socket, tempfile
@@ -28,7 +28,8 @@ def _setup(rank, port):
 
 def _step(lam, x, y, rank=0, world=1):
     "One SGD step of an MLP with MR² on this process's shard of the global batch; returns what to compare."
-    from margin_notes.engine import MLPClassifier, _FeatOut
+    from margin_notes.engine import MLPClassifier
+    from margin_notes.loop import FeatOut as _FeatOut
     from margin_notes.mr2 import MR2Loss
     torch.manual_seed(0)
     model = MLPClassifier(x.shape[1], 5, hidden=16, feature_dim=8)
@@ -58,7 +59,7 @@ def _step(lam, x, y, rank=0, world=1):
 LAMS = (0.0, 0.1)
 
 def _fit_cfg():
-    from margin_notes.engine import get_config
+    from margin_notes.presets import get_config
     # MLP on tiny synthetic images (8x8, long-tailed): the same engine path as CIFAR, without scikit-learn or a ResNet
     return get_config('digits-lt-mr2', ['dataset=synthetic-cifar10', 'imbalance_factor=10', 'data_kwargs={n_max: 40, test_per_class: 4, size: 8}',
                                         'augment=crop-flip', 'epochs=1', 'batch_size=16', 'loss_kwargs.lam=0.0',
@@ -97,7 +98,7 @@ def test_two_processes_match_one_on_the_same_global_batch(two_proc):
     for lam in LAMS:
         ref, got = _step(lam, x, y), res[lam]
         # step 0: EMA statistics, margins, CE and MR²'s margin-CE term equal for any lam. With lam > 0 the
-        # representation term uses in-batch positives per process (chapter 10_mr2): total loss and weights then differ,
+        # representation term uses in-batch positives per process (chapter 13_mr2): total loss and weights then differ,
         # so later steps are compared only for lam = 0.
         steps = (0, 1) if lam == 0 else (0,)
         for it in steps:

@@ -158,16 +158,16 @@ def test_captions_and_description_get_links():
     from execnb.nbio import dict2nb
     import yaml
     nb = dict2nb({'cells': [
-        {'cell_type': 'raw', 'metadata': {}, 'source': '---\ndescription: The probe of chapter 20 and the CNN of chapter 21.\ntitle: T\n---\n\n'},
+        {'cell_type': 'raw', 'metadata': {}, 'source': '---\ndescription: The probe of chapter 26 and the CNN of chapter 27.\ntitle: T\n---\n\n'},
         {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
-         'source': '#| label: tbl-x\n#| tbl-cap: "Rerun under chapter 20\'s protocol"\nx = 1  # chapter 20'}], 'metadata': {}})
-    nb.path_ = str(ROOT / 'nbs' / '23_premise.ipynb')
+         'source': '#| label: tbl-x\n#| tbl-cap: "Rerun under chapter 26\'s protocol"\nx = 1  # chapter 26'}], 'metadata': {}})
+    nb.path_ = str(ROOT / 'nbs' / '29_premise.ipynb')
     p = D.chapter_links(nb); p.begin()
     for c in nb.cells: p(c)
     p.end()
     src = nb.cells[1].source
-    assert '#| tbl-cap: "Rerun under [chapter 20](cpu_features.html)\'s protocol"' in src, src
-    assert src.endswith('x = 1  # chapter 20')                     # code itself untouched
+    assert '#| tbl-cap: "Rerun under [chapter 26](cpu_features.html)\'s protocol"' in src, src
+    assert src.endswith('x = 1  # chapter 26')                     # code itself untouched
     yaml.safe_load(src.splitlines()[1][3:])                        # the option line is still valid YAML
     fm = yaml.safe_load(nb.cells[0].source.split('---')[1])
-    assert fm['description'].startswith('The probe of [chapter 20](cpu_features.html "20 · ') and 'fmnist_lt.html' in fm['description']
+    assert fm['description'].startswith('The probe of [chapter 26](cpu_features.html "26 · ') and 'fmnist_lt.html' in fm['description']

@@ -1,4 +1,4 @@
-"Tests of margin_notes.engine: config round trips, presets, schedules, batches, fit/resume, DRW, post-hoc, suites."
+"Tests of margin_notes.engine: config round trips, presets, batches, fit/resume, DRW, post-hoc, suites."
 import csv, json, math, os
 from pathlib import Path
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from margin_notes import engine as E
-from margin_notes.engine import Config, PRESETS, get_config, apply_overrides, fit, lr_at, build_loss
+from margin_notes.config import Config, apply_overrides
+from margin_notes.presets import PRESETS, get_config
+from margin_notes.engine import fit, build_loss   # lr schedules: tests/test_schedules.py
 from margin_notes.config import ConfigError, resolve, validate_config
 
 os.environ.setdefault('MARGIN_NOTES_NO_PROGRESS', '1')
@@ -52,8 +54,8 @@ def test_required_presets_exist_and_document_a_source():
     clip = PRESETS['imagenet-clip-rn50-mr2']
     assert (clip.optimizer, clip.lr, clip.weight_decay, clip.epochs, clip.batch_size) == ('adamw', 3e-5, 0.1, 10, 512)
     ldam = PRESETS['cifar10lt100-r32-ldam-drw']
-    assert (resolve(ldam)['head'], ldam.loss, resolve(ldam)['drw_start'], resolve(ldam)['milestones'], ldam.lr, ldam.weight_decay) == ('cosine', 'ldam-drw', 160, [160, 180], 0.1, 2e-4)
-    assert resolve(PRESETS['cifar100lt100-r32-dbm'])['method'].loss_kwargs.get('base', 'ce') == 'ce'   # DBM presets: DBM-CE
+    assert (resolve(ldam).head, ldam.loss, resolve(ldam).drw_start, resolve(ldam).milestones, ldam.lr, ldam.weight_decay) == ('cosine', 'ldam-drw', 160, (160, 180), 0.1, 2e-4)
+    assert resolve(PRESETS['cifar100lt100-r32-dbm']).method.loss_kwargs.get('base', 'ce') == 'ce'   # DBM presets: DBM-CE
     assert '§' not in json.dumps({n: p.to_dict() for n, p in PRESETS.items()})
 
 
@@ -77,10 +79,10 @@ def test_every_preset_builds_its_loss(name):
     loss = build_loss(cfg, counts, model)
     if hasattr(loss, 'set_progress'): loss.set_progress(0.0)     # what the trainer does before the first step (LWR)
     r = resolve(cfg)
-    out = torch.randn(8, K).clamp(-1, 1) if r['head'] == 'cosine' else torch.randn(8, K)
+    out = torch.randn(8, K).clamp(-1, 1) if r.head == 'cosine' else torch.randn(8, K)
     val = loss(out, torch.randint(0, K, (8,)), features=torch.randn(8, 16))
     assert val.dim() == 0 and torch.isfinite(val)
-    if r['drw_start'] is not None: loss.set_class_weight(torch.ones(K))
+    if r.drw_start is not None: loss.set_class_weight(torch.ones(K))
 
 
 def test_cosine_losses_need_cosine_head():
@@ -89,55 +91,26 @@ def test_cosine_losses_need_cosine_head():
 
 
 def test_drw_methods_default_to_80_percent_of_the_run():
-    assert resolve(Config(loss='ldam-drw', epochs=50))['drw_start'] == 40
-    assert resolve(Config(loss='ldam', epochs=50))['drw_start'] is None
-    assert resolve(Config(loss='bs', drw_start=3))['drw_start'] == 3
+    assert resolve(Config(loss='ldam-drw', epochs=50)).drw_start == 40
+    assert resolve(Config(loss='ldam', epochs=50)).drw_start is None
+    assert resolve(Config(loss='bs', drw_start=3)).drw_start == 3
 
 
 def test_drw_start_follows_the_length_of_the_run():
     "Every 200-epoch DRW preset starts DRW at epoch 160 as in the paper (ImageNet-LT's 90 epochs: 72); shortened with --set epochs=10 it still switches on (epoch 8)."
-    drw_presets = [n for n, p in PRESETS.items() if not p.suite and resolve(p)['method'].drw and p.dataset != 'digits']
+    drw_presets = [n for n, p in PRESETS.items() if not p.suite and resolve(p).method.drw and p.dataset != 'digits']
     assert drw_presets
     for n in drw_presets:
         p = PRESETS[n]
-        assert p.drw_start is None and resolve(p)['drw_start'] == {200: 160, 90: 72}[p.epochs], n   # 80 % of the run
+        assert p.drw_start is None and resolve(p).drw_start == {200: 160, 90: 72}[p.epochs], n   # 80 % of the run
         short = get_config(n, ['epochs=10'])
         validate_config(short)
-        assert resolve(short)['drw_start'] == 8, n
-    assert resolve(get_config('digits-lt-ldam-drw'))['drw_start'] == 32          # 0.8 of 40 epochs
+        assert resolve(short).drw_start == 8, n
+    assert resolve(get_config('digits-lt-ldam-drw')).drw_start == 32          # 0.8 of 40 epochs
     with pytest.raises(ValueError, match='drw_start=160 is not before the end of the run'):
         validate_config(get_config('cifar10lt100-r32-ldam-drw', ['epochs=10', 'drw_start=160']))
     with pytest.raises(ValueError, match='drw_start=1 is not before the end of the run'):
         validate_config(tiny('digits-lt-erm', 'drw_start=1', 'epochs=1'))
-
-
-# ---------------------------------------------------------------- schedules
-def _naive_ldam_lr(epoch, base=0.1):
-    "The LDAM-DRW release schedule, per epoch (epoch 0-based)."
-    e = epoch + 1
-    if e <= 5: return base * e / 5
-    if e > 180: return base * 1e-4
-    if e > 160: return base * 1e-2
-    return base
-
-
-def test_step_schedule_matches_ldam_release_at_epoch_ends():
-    c = PRESETS['cifar10lt100-r32-ldam-drw']
-    spe = 10
-    for ep in range(200):
-        assert math.isclose(lr_at(c, ep * spe + spe - 1, spe), _naive_ldam_lr(ep), rel_tol=1e-9), ep
-
-
-def test_cosine_with_warmup():
-    c = Config(lr=0.2, schedule='cosine', warmup_epochs=0, warmup_steps=4, warmup_from=0.5, epochs=3, min_lr=0.0)
-    spe = 10
-    lrs = [lr_at(c, s, spe) for s in range(30)]
-    assert lrs[:4] == pytest.approx([0.2 * (0.5 + 0.5 * (s + 1) / 4) for s in range(4)])
-    tw = 0.4
-    for s in range(4, 30):
-        p = (s / spe - tw) / (3 - tw)
-        assert lrs[s] == pytest.approx(0.1 * (1 + math.cos(math.pi * p)))
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
 
 
 # ---------------------------------------------------------------- batches
@@ -385,7 +358,8 @@ def test_group_thresholds_are_config_fields(tmp_path):
 def test_precision_follows_the_hardware_and_the_config():
     "amp/channels_last 'auto': bf16 + channels_last exactly where the device computes bf16 natively (not for the MLP); explicit values win."
     from margin_notes.config import Config
-    native = E.cpu_has_native_bf16()
+    from margin_notes.loop import cpu_has_native_bf16
+    native = cpu_has_native_bf16()
     auto = E.precision(Config(arch='resnet32'), 'cpu')
     assert auto == ({'amp': 'bf16', 'channels_last': True} if native else {'amp': 'fp32', 'channels_last': False})
     assert E.precision(Config(arch='mlp'), 'cpu') == {'amp': 'fp32', 'channels_last': False}

@@ -66,7 +66,7 @@ def by_key(rows): return {(t['method'], t['vs'], t['metric']): t for t in rows}
 
 @pytest.fixture(scope='module')
 def probe():
-    "Chapter 20's grids and their paired tests, with chapter 20's comparison families."
+    "Chapter 26's grids and their paired tests, with chapter 26's comparison families."
     out = {}
     for nm in ('balanced', 'lt100', 'lt10'):
         g = load('cpu_features', f'{nm}.json')
@@ -80,14 +80,14 @@ def probe():
                       'mr2 λ=0.1 (paper)']
             pairs = [(o, 'bs') for o in others]
         rows = paired_tests(g['runs'], pairs, metrics=('overall', 'hard'))
-        assert len(rows) == (22 if nm == 'balanced' else 18)           # chapter 20's families
+        assert len(rows) == (22 if nm == 'balanced' else 18)           # chapter 26's families
         out[nm] = (g, by_key(rows), lab)
     return out
 
 
 @pytest.fixture(scope='module')
 def fmnist():
-    "Chapter 21's five-seed rerun (validated.json) with its 34 comparisons."
+    "Chapter 27's five-seed rerun (validated.json) with its 34 comparisons."
     v = load('fmnist_lt', 'validated.json')
     pairs = [(k, 'erm') for k in ('focal', 'bs', 'la-posthoc (τ val)', 'marc', 'lwr', 'ldam-drw', 'dbm', 'dbm s=8', 'mr2 λ=1e-2',
                                   'mr2 λ=0.1 (paper)', 'mr2 λ=0.1 released', 'mr2 λ=0.1 normalised')] + \
@@ -129,7 +129,7 @@ def test_1_prior_corrections_carry_the_gain(probe, fmnist):
     fo, fh = F[('bs', 'erm', 'overall')], F[('bs', 'erm', 'hard')]
     assert fo['p (Holm)'] < 0.001 and fh['p (Holm)'] < 0.001
     has(s, f"it is {sd(fo['difference (points)'])} points overall and {sd(fh['difference (points)'])} on Hard ({HOLM}<0.001$)")
-    # ... and on two more long-tailed subsamples (chapter 21): smaller gains than on the book's subsample
+    # ... and on two more long-tailed subsamples (chapter 27): smaller gains than on the book's subsample
     ss = {k: load('dose_response', f'methods-fmnist-lt100-ss{k}.json') for k in (1, 2)}
     gain = lambda r: 100 * np.mean([a['report']['overall'] - b['report']['overall'] for a, b in zip(r['runs']['bs'], r['runs']['erm'])])
     assert all(len(r['seeds']) == 3 and r['subsample_seed'] == k for k, r in ss.items())
@@ -158,7 +158,7 @@ def test_2_marc_and_lwr_on_top_of_balanced_softmax(probe, fmnist):
 
 
 def _dbm_scale_check():
-    "Chapter 23's 'Does s=8 hold on the book's other experiments?': {experiment: {row: {seed: overall %}}}."
+    "Chapter 29's 'Does s=8 hold on the book's other experiments?': {experiment: {row: {seed: overall %}}}."
     def overall(rs): return {r['seed']: 100 * (r['overall'] if 'overall' in r else float(np.mean(r['per_class']))) for r in rs}
     src = {'balanced': (('cpu_features', 'balanced.json'), 'runs', 'erm', 'bs', 'dbm', 'dbm s=8'),
            'lt100': (('cpu_features', 'lt100.json'), 'runs', 'erm', 'bs', 'dbm', 'dbm s=8'),
@@ -179,7 +179,7 @@ def test_3_dbm_scale(probe, fmnist):
     d = T[('dbm', 'bs', 'overall')]
     assert d['p (Holm)'] < 0.05 and d['difference (points)'] < 0
     has(s, f"({pm_summary(g, 'dbm')}, {sd(d['difference (points)'])} points, {HOLM}={fp(d['p (Holm)'])}$)")
-    # s=8 against s=32 in every experiment where both ran: chapter 23's table, one Holm family with s=8 vs ERM
+    # s=8 against s=32 in every experiment where both ran: chapter 29's table, one Holm family with s=8 vs ERM
     chk = _dbm_scale_check()
     assert len(chk) == 5
     runs, pairs = {}, []
@@ -213,7 +213,7 @@ def test_3_dbm_scale(probe, fmnist):
     assert sc['data'].startswith('Fashion-MNIST-LT') and vm['data'].startswith('Fashion-MNIST-LT') and vm['subsample_seed'] == 0
     assert all(a <= b for a, b in zip(vm['class_counts'], sc['class_counts']))
     has(s, "the Fashion-MNIST-LT experiment above reuses that dataset's images, so it is not an independent check")
-    # the control on chapter 21's CNN: Balanced Softmax on the same cosine head, the scale chosen on validation
+    # the control on chapter 27's CNN: Balanced Softmax on the same cosine head, the scale chosen on validation
     ctl = load('dose_response', 'dbm-scale-fmnist-lt100.json')
     assert ctl['chosen_on_validation'] == {'BS cosine': 'BS cosine s=8', 'DBM': 'DBM s=8'} and len(ctl['seeds']) == 3
     assert sorted(int(k.split('=')[1]) for k in ctl['runs'] if k.startswith('DBM s=')) == [4, 8, 16, 32]
@@ -224,12 +224,12 @@ def test_3_dbm_scale(probe, fmnist):
         f"puts Balanced Softmax on the same cosine head at {pm(ov('BS cosine s=8'))}, level with DBM at $s=8$ "
         f"({pm(ov('DBM s=8'))}; {sd(t['difference (points)'])} points, paired $t$-test $p={t['p']:.2f}$) and with Balanced "
         f"Softmax on a linear head ({pm(ov('BS'))})")
-    # ... and the same control on the probe (chapter 21 shows it)
+    # ... and the same control on the probe (chapter 27 shows it)
     pc = load('dose_response', 'dbm-scale-probe-lt100.json')
     assert pc['chosen_on_validation'] == {'BS cosine': 'BS cosine s=8', 'DBM': 'DBM s=8'} and len(pc['seeds']) == 3
     po = lambda k: [r['report']['overall'] for r in pc['runs'][k]]
     tp = paired_tests(pc['runs'], [('DBM s=8', 'BS cosine s=8'), ('DBM s=8', 'BS')], metrics=('overall', 'hard', 'worst'))[0]
-    assert (tp['metric'], tp['significant']) == ('overall', 'no') and round(tp['difference (points)'], 1) == -0.3   # chapter 21's Holm family
+    assert (tp['metric'], tp['significant']) == ('overall', 'no') and round(tp['difference (points)'], 1) == -0.3   # chapter 27's Holm family
     assert all(1.5 < 100 * (np.mean(po(k)) - np.mean(po('BS'))) < 2.5 for k in ('DBM s=8', 'BS cosine s=8'))
     has(s, "On the imbalance-100 probe the same control (three seeds, 8 chosen on validation for both) puts Balanced "
         f"Softmax on the cosine head at {pm(po('BS cosine s=8'))} and DBM at {pm(po('DBM s=8'))} (0.3 points below it, not "
@@ -274,7 +274,7 @@ def test_4_balanced_data_mr2_and_margins(probe):
     z = T[('mr2 λ=0', 'erm', 'overall')]
     assert z['p (Holm)'] > 0.05
     has(s, f"(λ = 0) is ERM: {pm_summary(g, 'mr2 λ=0')} ({sd(z['difference (points)'])} points, {HOLM}={fp(z['p (Holm)'])}$)")
-    # chapter 21's three-seed grid, its 30 comparisons
+    # chapter 27's three-seed grid, its 30 comparisons
     fg = load('fmnist_lt', 'grid.json')
     pairs = [(m, 'erm') for m in ('focal', 'ldam-drw', 'bs', 'la-posthoc', 'marc', 'dbm', 'lwr', 'mr2', 'mr2 λ=0', 'mr2 λ=1e-3',
                                   'mr2 λ=0.1 released', 'mr2 λ=0.1 normalised')] + [('lwr', 'bs'), ('dbm', 'bs'), ('marc', 'bs')]
@@ -283,7 +283,7 @@ def test_4_balanced_data_mr2_and_margins(probe):
     f0 = FG[('mr2 λ=0', 'erm', 'overall')]
     assert f0['p (Holm)'] > 0.05
     has(s, f"and {sd(f0['difference (points)'])} points on the Fashion-MNIST-LT CNN (three seeds, {HOLM}={fp(f0['p (Holm)'])}$)")
-    # margins alone on chapter 21's CNN: MR²'s rule, amplified, fixed ratios, and the spread direction
+    # margins alone on chapter 27's CNN: MR²'s rule, amplified, fixed ratios, and the spread direction
     dr = load('dose_response', 'fmnist-lt100.json')
     assert dr['meta']['lam'] == 0 and len(dr['seeds']) == 3 and dr['configs']['A p=1/3']['power'] == pytest.approx(1 / 3)
     ov = lambda k: [r['report']['overall'] for r in dr['runs'][k]]
@@ -314,7 +314,7 @@ def test_5_premise_class_level(probe):
         t = class_permutation_test(X, E, n_perm=100_000, seed=0)
         res[n] = (t['rho'], t['p'], class_verdict(t['rho'], t['p']))
     assert 'tracks difficulty' not in {v for _, _, v in res.values()}
-    has(s, "on none of the eight models of [chapter 23](23_premise.ipynb)")
+    has(s, "on none of the eight models of [chapter 29](29_premise.ipynb)")
     rb, pb, vb = res['fmnist-balanced']; rl, pl, vl = res['fmnist-lt100']
     assert vb == vl == 'reversed' and pb < 0.001
     has(s, f"(Spearman's ρ = {sd(rb, 2)} on the balanced set, $p<0.001$; {sd(rl, 2)} on the long-tailed set, $p={pl:.3f}$)")
@@ -350,48 +350,64 @@ def test_6_paper_literal_mr2_term(probe, fmnist):
     assert MR2Loss(10).variant == 'released'                                     # "the default of MR2Loss(K)"
 
 
+def _correct(base, folder, seed=0):
+    p = np.load(base / folder / f'seed{seed}' / 'predictions.npz')
+    return (p['pred_posthoc'] if 'pred_posthoc' in p else p['pred']) == p['labels']
+
+
+def _ci(t):
+    return f"{100 * t['diff']:+.2f} [{100 * t['ci95'][0]:+.2f}, {100 * t['ci95'][1]:+.2f}]".replace('-', '−')
+
+
+ROWS_27 = {'bs': 'Balanced Softmax', 'la-posthoc': 'post-hoc logit adjustment of the CE model', 'bs-lwr': 'BS + LWR',
+           'ldam-drw': 'LDAM-DRW', 'marc': 'MARC fitted on the CE model'}
+
+
 def test_7_cifar10lt_papers_protocol():
     s = statement(7)
     base = R / 'cifar10lt_cpu'
     erm = sorted((base / 'erm').glob('seed*/results.json'))
-    assert len(erm) == 1, 'CE now has more than one run: update finding 7 ("one run")'
+    assert len(erm) == 1, 'CE now has more than one run: update finding 7 ("one run per method")'
     ce = json.loads(erm[0].read_text())
     assert (ce['epochs'], ce['config']['arch'], ce['config']['imbalance_factor']) == (200, 'resnet32', 100)
-    has(s, f"reaches {100 * ce['report']['overall']:.1f} %, worst class {100 * ce['report']['worst']:.1f} % (one run;")
+    has(s, f"Cross-entropy reaches {100 * ce['report']['overall']:.1f} %, worst class {100 * ce['report']['worst']:.1f} %")
     from margin_notes.paper import MARC_TABLE2
-    has(s, f"MARC's paper reports {MARC_TABLE2['cifar10-lt100'].rows['Softmax']['overall']:.1f} %")
-    def correct(folder):
-        p = np.load(base / folder / 'seed0' / 'predictions.npz')
-        return (p['pred_posthoc'] if 'pred_posthoc' in p else p['pred']) == p['labels']
-    c0 = correct('erm')
-    ts = {}
-    for folder, name in (('la-posthoc', 'post-hoc logit adjustment reaches'), ('marc', 'MARC')):
+    t2 = MARC_TABLE2['cifar10-lt100']
+    has(s, f"MARC's paper reports {t2.rows['Softmax']['overall']:.1f} %",
+        f"puts ahead of Balanced Softmax ({t2.value('MARC'):.1f} % against {t2.value('Balanced Softmax'):.1f} %)")
+    assert t2.value('MARC') > t2.value('Balanced Softmax')
+    c0 = _correct(base, 'erm'); ts = {}
+    for folder, name in ROWS_27.items():
         r = json.loads((base / folder / 'seed0' / 'results.json').read_text())
-        t = ts[folder] = mcnemar_test(c0, correct(folder))
+        t = ts[folder] = mcnemar_test(c0, _correct(base, folder))
         assert t['n'] == 10_000 and t['p'] < 0.05
         assert round(100 * t['diff'], 2) == round(100 * (r['report']['overall'] - ce['report']['overall']), 2)
-        lo, hi = (f"{100 * x:+.2f}" for x in t['ci95'])
-        has(s, f"{name} {100 * r['report']['overall']:.1f} % ({100 * t['diff']:+.2f}" + (" points, 95 % interval" if folder == 'la-posthoc' else '')
-               + f" [{lo}, {hi}]")
+        has(s, f"{name} {100 * r['report']['overall']:.1f} % ({_ci(t)}")
+    order = sorted(ROWS_27, key=lambda f: -ts[f]['diff'])
+    assert [s.index(ROWS_27[f] + ' ') for f in order] == sorted(s.index(ROWS_27[f] + ' ') for f in order)   # listed best first
+    lwr = mcnemar_test(_correct(base, 'bs'), _correct(base, 'bs-lwr'))
+    assert lwr['ci95'][1] < 0
+    has(s, f"costs Balanced Softmax {-100 * lwr['diff']:.2f} points ([{100 * lwr['ci95'][0]:+.2f}, {100 * lwr['ci95'][1]:+.2f}])".replace('-', '−'))
     assert ts['la-posthoc']['ci95'][0] > ts['marc']['ci95'][1]                    # "the one-line adjustment gains more than MARC"
-    has(s, "here the one-line adjustment gains more than MARC")
+    has(s, "the one-line adjustment gains more than MARC")
 
 
-NOT_RUN_27 = {'ce-drw': 'CE-DRW', 'ldam-drw': 'LDAM-DRW', 'bs': 'Balanced Softmax', 'dbm-ce-s32': 'both DBM rows',
-              'dbm-bs-s8': 'both DBM rows', 'bs-lwr': 'BS + LWR', 'mr2-released': 'both MR² rows', 'mr2-paper': 'both MR² rows'}
+NOT_RUN_27 = {'ce-drw': 'CE-DRW', 'dbm-ce-s32': 'both DBM rows', 'dbm-bs-s8': 'both DBM rows', 'mr2-released': 'both MR² rows',
+              'mr2-paper': 'both MR² rows'}
+NUMBER_WORDS = {1: 'one', 2: 'two', 3: 'three', 4: 'four', 5: 'five', 6: 'six', 7: 'seven', 8: 'eight'}
 
 
 def test_8_not_run_yet():
     s = statement(8)
-    for f in sorted((R / 'gpu').glob('*.json')):                               # chapter 34
+    for f in sorted((R / 'gpu').glob('*.json')):                               # chapter 36
         assert json.loads(f.read_text())['status'] == 'not run', f'{f.name} has a result now: update finding 8'
     done = [p for p in R.glob('3[0-3]_*/**/results.json')]
     assert done == [], f'results of the full-scale chapters are committed now ({done[:3]}): update finding 8'
-    for n in (30, 31, 32, 33, 34): assert f'[chapter {n}]({n}_' in s
+    for n in (32, 33, 34, 35, 36): assert f'[chapter {n}]({n}_' in s
     finished = {p.parent.parent.name for p in (R / 'cifar10lt_cpu').glob('*/seed*/results.json')}
-    assert finished == {'erm', 'la-posthoc', 'marc'}, f'chapter 27 rows with runs: {sorted(finished)}: update findings 7 and 8'
+    assert finished == {'erm', 'la-posthoc', 'marc'} | set(ROWS_27), f'chapter 30 rows with runs: {sorted(finished)}: update findings 7 and 8'
     assert not finished & set(NOT_RUN_27)
-    has(s, "eight have no run yet", "(" + ', '.join(dict.fromkeys(NOT_RUN_27.values())) + ")")
+    has(s, f"{NUMBER_WORDS[len(NOT_RUN_27)]} have no run yet", "(" + ', '.join(dict.fromkeys(NOT_RUN_27.values())) + ")")
 
 
 # ---------------------------------------------------------------- the rest of the preface

@@ -11,7 +11,7 @@ from margin_notes.lwr import LWRegularizer, LWRLoss, lwr_lambda, naive_lwr, with
 
 
 def closed_form_grad(W, threshold):
-    "The gradient of chapter 14: grad_i = 1/|w_i| sum_{j!=i} C_ij (wb_j - (wb_i.wb_j) wb_i), C_ij = 1_ij (p_ij + p_ji); loops."
+    "The gradient of chapter 17: grad_i = 1/|w_i| sum_{j!=i} C_ij (wb_j - (wb_i.wb_j) wb_i), C_ij = 1_ij (p_ij + p_ji); loops."
     W = W.detach().double(); K = W.shape[0]
     nrm = W.norm(dim=1); wb = W / nrm[:, None]
     S = [[(wb[i] @ wb[j]).item() for j in range(K)] for i in range(K)]

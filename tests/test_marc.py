@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from margin_notes.marc import (MARC, MARCLoss, MARCFit, fit_marc, marc_class_weights, marc_logits, marc_stage2,
                                naive_marc_objective)
-from margin_notes.dbm import CosineClassifier
+from margin_notes.models import CosineClassifier
 
 
 def naive_weights(counts, gamma):
@@ -19,7 +19,7 @@ def naive_weights(counts, gamma):
 
 
 def naive_objective(eta, wn, y, counts, omega, beta, gamma=1.2, wd=5e-4, reduction='weighted_mean'):
-    "The float64 loop reference of chapter 12 (exported, shared with the chapter's check)."
+    "The float64 loop reference of chapter 15 (exported, shared with the chapter's check)."
     return naive_marc_objective(eta, wn, y, counts, omega, beta, gamma, wd, reduction)
 
 

@@ -93,7 +93,7 @@ def test_report_matches_naive(counts, data):
 
 
 def test_spec_group_counts():
-    # Many/Medium/Few (chapter 06) for CIFAR-LT profiles (counts written out independently here)
+    # Many/Medium/Few (chapter 04) for CIFAR-LT profiles (counts written out independently here)
     c100 = [math.floor(500 * (1 / 100) ** (i / 99)) for i in range(100)]
     g = shot_groups(c100)
     assert (len(g['many_shot']), len(g['medium_shot']), len(g['few_shot'])) == (35, 35, 30)

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from margin_notes.core import find_data
 from margin_notes.models import (resnet32, make_model, build_head, Classifier, LinearHead, WideResNet, CifarResNet,
-                                 clip_backbone, register_tiny_clip, efficientnet_lite0, efficientnet_lite0_weights_path,
+                                 efficientnet_lite0, efficientnet_lite0_weights_path,
                                  cache_features, feature_cache_path, FeatureExtractor, predict, _imagenet_sets)
+from margin_notes.clip import clip_backbone, register_tiny_clip
 
 
 def test_resnet32_structure():

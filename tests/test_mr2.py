@@ -1,4 +1,4 @@
-"""Tests for margin_notes.mr2.MR2Loss (chapter 10_mr2)."""
+"""Tests for margin_notes.mr2.MR2Loss (chapter 13_mr2)."""
 import math
 import os
 import subprocess

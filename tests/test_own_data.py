@@ -65,7 +65,7 @@ def test_report_shows_every_seed(world, capsys):
     rc, out, err = _cli(capsys, 'report', *world['runs'], '--out', world['root'] / 'report')
     assert rc == 0, err
     rows = [l for l in out.splitlines() if l.startswith('| trees ') or l.startswith('| seed')]
-    # one row of mean ± std over the 3 runs (chapter 24's seed aggregation), or one row per run; never fewer runs than trained
+    # one row of mean ± std over the 3 runs (chapter 09's seed aggregation), or one row per run; never fewer runs than trained
     assert (len(rows) == 1 and ' 3 |' in rows[0] and '±' in rows[0]) or len(rows) == 3, out
     assert (world['root'] / 'report' / 'report.md').is_file()
 

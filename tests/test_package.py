@@ -25,28 +25,24 @@ def test_importing_a_loss_module_loads_no_plotting_trainer_or_backend(mod):
 
 
 def test_schedules_do_not_even_import_torch():
-    # the registry holds the loss classes themselves (chapter 15), so it imports torch; the schedules do not
+    # the registry holds the loss classes themselves (chapter 18), so it imports torch; the schedules do not
     assert 'torch' not in _modules_after('import margin_notes.schedules')
 
 
-def test_top_level_names_are_lazy_and_complete():
+def test_top_level_names_are_lazy_and_explicit():
     loaded = _modules_after('from margin_notes import MR2Loss; import margin_notes; dir(margin_notes)')
     assert 'margin_notes.mr2' in loaded and not loaded & set(HEAVY)
     import importlib, margin_notes
-    names = set(dir(margin_notes))
-    # a function named like its own module (diagnose.diagnose) is shadowed by the submodule once that is imported
-    modules = {p.stem for p in (ROOT / 'margin_notes').glob('*.py')}
-    for p in sorted((ROOT / 'margin_notes').glob('*.py')):
-        if p.stem.startswith('_') or p.stem == 'cli': continue
-        m = importlib.import_module(f'margin_notes.{p.stem}')
-        exported = set(getattr(m, '__all__', [])) - {'main'}
-        assert exported <= names, (p.stem, sorted(exported - names))
-        for n in exported - modules:   # each name resolves to the object of its canonical module
-            owner = margin_notes._name_map()[n]
-            assert getattr(margin_notes, n) is getattr(importlib.import_module(f'margin_notes.{owner}'), n), n
-    from margin_notes import MR2Loss, fit, summary_table, cifar_lt_counts   # noqa: F401 (the old star-import names still work)
-    assert margin_notes._name_map()['warmup_cosine_lr'] == 'schedules'   # the canonical module wins a shared name
+    assert len(margin_notes.__all__) <= 60, 'the public face is meant to stay short'
+    assert margin_notes.__all__ == sorted(margin_notes._NAMES) and set(dir(margin_notes)) >= set(margin_notes.__all__)
+    for mod, names in margin_notes._PUBLIC.items():
+        m = importlib.import_module(f'margin_notes.{mod}')
+        for n in names:   # each public name is the object its module exports
+            assert n in m.__all__, (mod, n)
+            assert getattr(margin_notes, n) is getattr(m, n), n
+    from margin_notes import MR2Loss, fit, summary_table, cifar_lt_counts, train_epochs, get_config   # noqa: F401
     with pytest.raises(AttributeError, match='no_such_name'): margin_notes.no_such_name
+    with pytest.raises(AttributeError, match='naive_mr2_loss'): margin_notes.naive_mr2_loss   # a module's own reference stays in it
 
 
 def test_star_import_gives_every_public_name():

@@ -211,3 +211,39 @@ def test_cifar_features_match_reference_subsets():
         sel = f['train_index'][f['train_rank'] < torch.tensor(counts)[f['train_labels']]]
         assert sorted(sel.tolist()) == sorted(lt_indices(ytr, counts, seed=0).tolist())
     assert len(f['test_labels']) == 20 and torch.bincount(f['test_labels']).tolist() == [2] * 10
+
+
+def test_grid_validation_and_tau_grid_against_naive(toy):
+    "val_per_class and every tau of the post-hoc LA grid equal a by-hand per-class accuracy of the same (retrained) probe."
+    tx, ty, vx, vy, counts = toy
+    xte, yte, xva, yva = vx[::2], vy[::2], vx[1::2], vy[1::2]
+    preds = {}
+    res = run_method_grid(tx, ty, xte, yte, ['la-posthoc', ('bs wd', 'bs', {}, dict(weight_decay=1e-2))], seeds=(0, 1),
+                          epochs=2, batch_size=32, verbose=False, val_feats=xva, val_labels=yva,
+                          posthoc_taus={'la-posthoc': (0.5, 1.0, 2.0)}, predictions=preds)
+    assert list(res['runs']) == ['erm', 'la-posthoc', 'bs wd']
+    r = res['runs']['la-posthoc'][1]
+    assert list(r['tau']) == ['0.5', '1.0', '2.0'] and r['per_class'] == r['tau']['1.0']['per_class']
+    erm = train_probe(tx, ty, 'erm', epochs=2, batch_size=32, seed=1)      # the same model (seed 1), scored by hand
+    log_prior = torch.log(counts.double() / counts.sum())
+    with torch.no_grad():
+        z_te, z_va = erm.model(xte).double(), erm.model(xva).double()
+    for t in (0.5, 1.0, 2.0):
+        p_te, p_va = (z_te - t * log_prior).argmax(1), (z_va - t * log_prior).argmax(1)
+        assert np.allclose(r['tau'][str(t)]['per_class'], _naive_per_class(p_te, yte, 6).numpy(), atol=1e-12)
+        assert np.allclose(r['tau'][str(t)]['val_per_class'], _naive_per_class(p_va, yva, 6).numpy(), atol=1e-12)
+        assert np.array_equal(preds[f'la-posthoc|tau{t}|seed1'], p_te.numpy())
+    # a trained row with its own fit options: val_per_class by hand, and the override really used
+    bs = train_probe(tx, ty, 'bs', epochs=2, batch_size=32, seed=0, weight_decay=1e-2)
+    rb = res['runs']['bs wd'][0]
+    assert np.allclose(rb['val_per_class'], _naive_per_class(bs.scores(xva).argmax(1), yva, 6).numpy(), atol=1e-12)
+    assert np.array_equal(preds['bs wd|seed0'], bs.scores(xte).argmax(1).numpy()) and preds['bs wd|seed0'].dtype == np.int16
+    assert np.array_equal(preds['labels'], yte.numpy()) and res['methods'][2]['fit'] == {'weight_decay': 1e-2}
+    # difficulty groups from erm on the validation split
+    from margin_notes.metrics import difficulty_groups
+    assert res['difficulty_groups'] == difficulty_groups(torch.tensor([x['val_per_class'] for x in res['runs']['erm']]))
+    # without the new arguments: the old keys only
+    plain = run_method_grid(tx, ty, xte, yte, ['erm'], seeds=(0,), epochs=1, batch_size=32, verbose=False)
+    assert set(plain['runs']['erm'][0]) == {'seed', 'per_class', 'seconds', 'final_train', 'report'}
+    with pytest.raises(ValueError, match='tau'):
+        run_method_grid(tx, ty, xte, yte, ['la-posthoc'], seeds=(0,), epochs=1, verbose=False, posthoc_taus=(0.5,))

@@ -53,10 +53,10 @@ def test_chapter21_holm_survivors_and_lambda_sweep():
     w = {k: np.mean([r['per_class'] for r in runs[k]], 0) for k in ('erm', 'mr2 λ=0')}
     assert w['erm'].argmin() == w['mr2 λ=0'].argmin() == 6
     assert (round(100 * w['mr2 λ=0'][6], 1), round(100 * w['erm'][6], 1)) == (27.2, 25.8)
-    has('21_fmnist_lt', "is the **Hard-group gains of Balanced Softmax, LA post-hoc, MARC and LWR over ERM** and the **Hard-group drop of "
+    has('27_fmnist_lt', "is the **Hard-group gains of Balanced Softmax, LA post-hoc, MARC and LWR over ERM** and the **Hard-group drop of "
                         "MR² at λ = 0.1** (paper-faithful term, −33.3 points)")
-    has('21_fmnist_lt', "λ = 0 (27.2 % against ERM's 25.8 %, mean over seeds)")
-    has('21_fmnist_lt', "(λ = 10⁻³: −0.4 points, not significant; λ = 10⁻²: −2.0, not tested; λ = 0.1: −14.0 overall and −33.3 on the Hard group")
+    has('27_fmnist_lt', "λ = 0 (27.2 % against ERM's 25.8 %, mean over seeds)")
+    has('27_fmnist_lt', "(λ = 10⁻³: −0.4 points, not significant; λ = 10⁻²: −2.0, not tested; λ = 0.1: −14.0 overall and −33.3 on the Hard group")
 
 
 def test_chapter21_and_10_collapse_numbers():
@@ -65,15 +65,15 @@ def test_chapter21_and_10_collapse_numbers():
     assert round(100 * (np.mean([r['overall'] for r in paper]) - np.mean([r['overall'] for r in ce])), 1) == -16.4
     assert all(r['per_class'][6] == 0 == min(r['per_class']) for r in paper)   # Shirt (class 6) at 0 % on every seed ...
     assert load('defaults', 'defaults.json')['class_counts'][6] == 442 and all(r['per_class'][9] > 0.05 for r in paper)  # ... not the rarest
-    has('21_fmnist_lt', "λ = 0.1 with this term cost 16.4 points against cross-entropy and left one class, Shirt (class 6, 442 training images), at 0 % on every seed")
-    has('23_premise', "the one setting that hurts badly — one class (Shirt, 442 training images) at 0 % on every seed")
+    has('27_fmnist_lt', "λ = 0.1 with this term cost 16.4 points against cross-entropy and left one class, Shirt (class 6, 442 training images), at 0 % on every seed")
+    has('29_premise', "the one setting that hurts badly — one class (Shirt, 442 training images) at 0 % on every seed")
     g = load('fmnist_lt', 'grid.json')['runs']
     assert (round(acc(g, 'mr2').mean(), 1), round(acc(g, 'erm').mean(), 1)) == (67.7, 81.7)
     assert round(100 * np.mean([min(r['per_class']) for r in g['mr2']]), 1) == 0.5
     assert all(r['per_class'].index(min(r['per_class'])) == 6 and min(r['per_class']) < 0.01 for r in g['mr2'])
-    has('21_fmnist_lt', "λ = 0.1 drives the hardest class, Shirt, to below 1 % on every seed")
-    has('10_mr2', "chapter 21 measures 67.7 % against ERM's 81.7 % on Fashion-MNIST-LT, worst class 0.5 %")
-    has('10_mr2', "* `variant='released'` (default):"); assert "`variant='paper'` (default)" not in prose('10_mr2')
+    has('27_fmnist_lt', "λ = 0.1 drives the hardest class, Shirt, to below 1 % on every seed")
+    has('13_mr2', "chapter 27 measures 67.7 % against ERM's 81.7 % on Fashion-MNIST-LT, worst class 0.5 %")
+    has('13_mr2', "* `variant='released'` (default):"); assert "`variant='paper'` (default)" not in prose('13_mr2')
 
 
 def test_chapter20_costs_and_control_grid_edge():
@@ -82,13 +82,13 @@ def test_chapter20_costs_and_control_grid_edge():
     assert s['erm'] == s['la-posthoc'] == 57.1
     mr2 = [v for k, v in s.items() if k.startswith('mr2 λ=0.1')]
     assert (min(mr2), max(mr2)) == (14.9, 30.8)
-    has('20_cpu_features', "In `lt100.json` ERM and LA post-hoc take 57.1 s a run and MR² at λ = 0.1 14.9–30.8 s")
+    has('26_cpu_features', "In `lt100.json` ERM and LA post-hoc take 57.1 s a run and MR² at λ = 0.1 14.9–30.8 s")
     b = load('cpu_features', 'balanced.json')
     assert b['selected']['erm+reg'] == 'erm wd=0.005'
     wds = sorted(float(k.split('=')[1]) for k in b['runs'] if k.startswith('erm wd='))
     assert max(wds) == 0.005                                             # the chosen value is the grid's edge
-    has('20_cpu_features', "the control's grid stopped at its chosen value (weight decay 5e-3, the largest tried)")
-    assert 'slowest probe' not in prose('20_cpu_features') and 'is the library default (λ = 0.1, paper-faithful term)' not in prose('20_cpu_features')
+    has('26_cpu_features', "the control's grid stopped at its chosen value (weight decay 5e-3, the largest tried)")
+    assert 'slowest probe' not in prose('26_cpu_features') and 'is the library default (λ = 0.1, paper-faithful term)' not in prose('26_cpu_features')
 
 
 def test_readme_and_index_premise_sentence():
@@ -104,7 +104,7 @@ def test_readme_and_index_premise_sentence():
     assert 'tracks difficulty' not in v.values()
     assert v['fmnist-balanced'] == v['fmnist-lt100'] == 'reversed'
     sentence = ("on none of the book's eight ten-class models does its statistic rank the classes like their error "
-                "(a permutation test over the classes), and on the Fashion-MNIST CNN it ranks them significantly the other way (chapter 23)")
+                "(a permutation test over the classes), and on the Fashion-MNIST CNN it ranks them significantly the other way (chapter 29)")
     has('index', sentence)
     assert ' '.join(sentence.split()) in ' '.join((ROOT / 'README.md').read_text().split())
     assert 'wrong way round' not in (ROOT / 'README.md').read_text()

@@ -1,11 +1,13 @@
-"Tests of margin_notes.registry (each method defined once), schedules, config validation and the report module."
+"Tests of margin_notes.registry: each method defined once, its loss, its options, its colour, and the extension point."
 import math
 
 import pytest
 import torch
 
-from margin_notes.registry import METHODS, get_method, build_method_loss, check_method_kwargs, method_names, import_extra
-from margin_notes.config import PRESETS, Config, ConfigError, resolve, validate_config, suite_members
+from margin_notes.registry import METHODS, get_method, build_method_loss, check_method_kwargs, method_names
+from margin_notes.core import import_extra
+from margin_notes.config import Config, ConfigError, resolve, validate_config, suite_members
+from margin_notes.presets import PRESETS
 from margin_notes import baselines as B
 
 COUNTS = [60, 25, 9, 3]
@@ -104,35 +106,13 @@ def test_names_aliases_and_errors():
     with pytest.raises(ImportError, match=r"margin_notes\[book\]"): import_extra('surely_not_installed_xyz')
 
 
-def test_every_preset_method_and_suite_member_is_a_registry_method():
-    for n, p in PRESETS.items():
-        members = [m for *_, m in suite_members(p)] if p.suite else [p]
-        for c in members:
-            get_method(c.loss)
-            r = resolve(c)
-            assert r['head'] == get_method(c.loss).head, n   # presets never put a loss on the wrong head
 
-
-def test_style_colours_come_from_the_registry():
+def test_colours_come_from_the_entries():
     pytest.importorskip('matplotlib')
-    from margin_notes.style import method_color
+    from margin_notes.registry import method_color
     for m in METHODS.values():
         assert method_color(m.name) == method_color(m.label) == m.color
 
-
-@pytest.mark.parametrize('bad,msg', [
-    (dict(epochs=0), 'epochs must be positive'), (dict(epochs='five'), 'epochs must be int'), (dict(epochs=True), 'epochs must be int'),
-    (dict(batch_size=-1), 'batch_size must be positive'), (dict(lr=0.0), 'lr must be positive'),
-    (dict(momentum=1.0), 'momentum must be < 1'), (dict(imbalance_factor=0.5), 'imbalance_factor must be >= 1'),
-    (dict(dataset='cifar1000'), 'dataset must be one of'), (dict(device='gpu'), "device must be"),
-    (dict(loss='mr2', loss_kwargs={'lamm': 0.2}), "did you mean 'lam'"), (dict(loss='mr2', loss_kwargs={'lam': 'x'}), 'expects float'),
-    (dict(loss='marc', posthoc_kwargs={'gama': 1}), "did you mean 'gamma'"), (dict(loss='dbm', head='linear'), "head='cosine'"),
-    (dict(loss='marc', head='cosine'), 'unscaled cosines'), (dict(milestones=['a']), 'milestones'),
-    (dict(data_kwargs={'test_per_clas': 3}, dataset='synthetic-cifar10'), "did you mean 'test_per_class'"),
-    (dict(report={'many': 10, 'few': 20}), 'few <= many'), (dict(report={'mid': 3}), 'unknown key'),
-])
-def test_validation_refuses_bad_configs(bad, msg):
-    with pytest.raises(ConfigError, match=msg): validate_config(Config(**bad))
 
 
 def test_schedules_against_naive_loops():

@@ -10,12 +10,12 @@ sys.path.insert(0, str(ROOT / 'scripts'))
 import check_site  # noqa: E402
 
 PARTS = {
-    'Part I · Theory': ['01_bound', '02_optimal_margins', '03_class_stats'],
-    'Part II · Toolkit': ['00_core', '04_data', '05_models', '06_metrics', '07_schedules', '08_style', '09_engine'],
-    'Part III · Methods': ['10_mr2', '11_baselines', '12_marc', '13_dbm', '14_lwr', '15_registry'],
-    'Part IV · Running experiments': ['16_config', '17_cli', '18_diagnose', '19_probe'],
-    'Part V · Experiments': ['20_cpu_features', '21_fmnist_lt', '22_paper_vs_code', '30_mr2_cifar100',
-                             '31_marc_cifar_lt', '33_mr2_imagenet_clip'],
+    'Part I · Theory': ['00_core', '01_bound', '02_optimal_margins', '03_class_stats'],
+    'Part II · Toolkit': ['04_metrics', '05_data', '06_models', '07_style', '08_schedules', '09_report', '10_loop', '11_standins', '12_clip'],
+    'Part III · Methods': ['13_mr2', '14_baselines', '15_marc', '16_dbm', '17_lwr', '18_registry'],
+    'Part IV · Running experiments': ['19_config', '20_presets', '21_engine', '22_diagnose', '23_cli', '24_probe', '25_paper'],
+    'Part V · Experiments': ['26_cpu_features', '27_fmnist_lt', '28_paper_vs_code', '29_premise', '30_cifar10lt_cpu', '31_own_data',
+                             '32_mr2_cifar100', '33_marc_cifar_lt', '34_lwr_lt', '35_mr2_imagenet_clip', '36_gpu_check'],
 }
 
 
@@ -88,7 +88,7 @@ def test_chapter_list_check_can_fail(cfg, tmp_path):
     assert any('99_unlisted' in p for p in probs)
     missing = [n for n in check_site.listed_chapters(cfg) if n != '00_core' and n not in check_site.PLANNED]
     assert all(any(n in p for p in probs) for n in missing)
-    bad = {'website': {'sidebar': {'contents': [{'section': 'x', 'contents': ['14_lwr.ipynb', '32_lwr.ipynb']}]}}}
+    bad = {'website': {'sidebar': {'contents': [{'section': 'x', 'contents': ['17_lwr.ipynb', '32_lwr.ipynb']}]}}}
     assert any('lwr.html' in p for p in check_site.chapter_list_problems(bad, nbs=tmp_path))
 
 
@@ -140,7 +140,7 @@ def test_style_module_used_by_figure_chapters():
     for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
         src = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code')
         draws = re.search(r'plt\.(subplots|figure|plot)\(|\.plot\(', src)
-        if draws and nb.stem != '08_style' and 'use_book_style' not in src and 'plot_sorted_per_class' not in src:
+        if draws and nb.stem != '07_style' and 'use_book_style' not in src and 'plot_sorted_per_class' not in src:
             offenders.append(nb.name)
     assert offenders == [], f'chapters drawing figures without use_book_style(): {offenders}'
 

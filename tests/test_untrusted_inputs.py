@@ -9,7 +9,8 @@ import torch
 
 from margin_notes import engine as E
 from margin_notes.cli import main
-from margin_notes.config import ConfigError, get_config, validate_config, Config
+from margin_notes.config import ConfigError, validate_config, Config
+from margin_notes.presets import get_config
 
 TINY = ['epochs=1', 'model_kwargs={hidden: 16, feature_dim: 8}', 'progress=false']
 
