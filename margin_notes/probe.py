@@ -315,7 +315,7 @@ def _tau_grid(p, taus, tau, counts, K, test, val, predictions, key):
     out = {}
     for t in map(float, taus):
         preds = {k: logit_adjust_posthoc(z, counts, tau=t).argmax(1) for k, (z, _) in raw.items()}
-        if predictions is not None: predictions[key(f"|tau{t}")] = preds['per_class'].numpy().astype(np.int16)
+        if predictions is not None: predictions[key(f"|tau{t}")] = preds['per_class'].cpu().numpy().astype(np.int16)
         out[str(t)] = {k: per_class_accuracy(preds[k], y.long(), K).tolist() for k, (_, y) in raw.items()}
     return out
 
@@ -364,7 +364,7 @@ def run_method_grid(train_feats: torch.Tensor, # (N, D) cached training features
                 rec = {'seed': seed, **grid[str(own)], 'seconds': p.seconds, 'tau': grid}
             else:
                 pred = p.scores(test_feats).argmax(1)
-                if predictions is not None: predictions[key()] = pred.numpy().astype(np.int16)
+                if predictions is not None: predictions[key()] = pred.cpu().numpy().astype(np.int16)
                 rec = {'seed': seed, 'per_class': per_class_accuracy(pred, test_labels.long(), K).tolist(), 'seconds': p.seconds}
                 if val is not None: rec['val_per_class'] = evaluate_probe(p, *val, K).tolist()
             rec['final_train'] = {k: v for k, v in (p.history[-1] if p.history else {}).items() if k != 'epoch'}
