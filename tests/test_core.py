@@ -91,8 +91,8 @@ def test_readme_in_sync_with_index():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_package_imports_top_level_names():
-    import margin_notes
+def test_core_utilities_live_in_core_not_in_the_public_face():
+    import margin_notes, margin_notes.core as core
     assert margin_notes.__version__
     for name in ['data_root', 'is_smoke', 'check_logits_targets', 'atomic_write_json']:
-        assert hasattr(margin_notes, name), name
+        assert name in core.__all__ and name not in margin_notes.__all__, name   # `margin_notes.core.<name>`

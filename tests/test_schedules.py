@@ -209,3 +209,16 @@ def test_bad_schedule_name_is_a_clear_error(bad):
 def test_schedules_constant_lists_what_lr_at_step_takes():
     assert SCHEDULES == ('cosine', 'step', 'constant')
     for s in SCHEDULES: assert lr_at_step(3, 2, 0.1, 5, s) > 0
+
+
+def test_schedules_against_naive_loops():
+    from margin_notes.schedules import lr_at_step, warmup_cosine_lr, cosine_lr
+    # naive per-step cosine after a linear warm-up from 0.5x, written from the formula
+    lr, spe, E, ws = 0.2, 7, 5, 10
+    for s in range(spe * E):
+        if s < ws: want = lr * (0.5 + 0.5 * (s + 1) / ws)
+        else:
+            p = (s / spe - ws / spe) / (E - ws / spe)
+            want = 0.5 * lr * (1 + math.cos(math.pi * p))
+        assert lr_at_step(s, spe, lr, E, 'cosine', ws, 0.5) == pytest.approx(want, rel=1e-12)
+    assert warmup_cosine_lr(7.5, 10, 1.0, 5) == pytest.approx(cosine_lr(1.0, 2.5, 5))
