@@ -128,12 +128,14 @@ class Probe:
 
     @torch.no_grad()
     def scores(self, inputs: torch.Tensor, # features (N, D) or images
-               batch_size: int = 2048) -> torch.Tensor:
-        "Prediction scores (N, K) with the post-hoc step applied."
+               batch_size: int = 2048,
+               posthoc: bool = True, # apply the method's post-hoc step (False: the model's raw scores)
+              ) -> torch.Tensor:
+        "Prediction scores (N, K), with the post-hoc step applied unless `posthoc=False`."
         self.model.eval()
         tf = self.transform or (lambda x: x.float())
         out = torch.cat([self.model(tf(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)])
-        return self.posthoc(out) if self.posthoc is not None else out
+        return self.posthoc(out) if posthoc and self.posthoc is not None else out
 
 # %% ../nbs/24_probe.ipynb #c51ad85e
 def _fit_inputs(inputs, labels, class_counts, num_classes):
@@ -302,16 +304,11 @@ def _grid_summary(runs, counts, difficulty):
     return summary
 
 # %% ../nbs/24_probe.ipynb #c7a638e5
-def _raw_scores(p: Probe, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    "The model's scores (N, K) before the probe's post-hoc step."
-    m = p.model; m.eval(); tf = p.transform or (lambda z: z.float())
-    with torch.no_grad(): return torch.cat([m(tf(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
-
 def _tau_grid(p, taus, tau, counts, K, test, val, predictions, key):
     "Post-hoc LA at every tau of `taus` on the raw scores: {str(tau): {'per_class'[, 'val_per_class']}}; the row's own `tau` must be among them."
     if float(tau) not in [float(t) for t in taus]: raise ValueError(f"the tau grid {list(taus)} must contain the row's tau {tau}")
-    raw = {'per_class': (_raw_scores(p, test[0]), test[1])}
-    if val is not None: raw['val_per_class'] = (_raw_scores(p, val[0]), val[1])
+    raw = {'per_class': (p.scores(test[0], posthoc=False), test[1])}
+    if val is not None: raw['val_per_class'] = (p.scores(val[0], posthoc=False), val[1])
     out = {}
     for t in map(float, taus):
         preds = {k: logit_adjust_posthoc(z, counts, tau=t).argmax(1) for k, (z, _) in raw.items()}

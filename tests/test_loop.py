@@ -29,7 +29,7 @@ def _data(n=48, d=6, k=3, bs=12):
 
 
 def _naive(model, batches, epochs, lr_fn, drw_step=None, drw_w=None):
-    "The same training written out by hand in float64-free plain PyTorch: SGD, per-step lr, class weights from drw_step."
+    "The same training written out by hand in plain PyTorch: SGD, per-step lr, class weights from drw_step."
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     spe = len(batches)
     for e in range(epochs):
