@@ -104,7 +104,8 @@ def accuracy_report(per_class_acc, # per-class accuracies (K,), fractions in [0,
                     few: int = 20, # Few: training count < few (20: the same convention)
                    ) -> dict:
     "Overall, worst, best, std across classes, Easy/Medium/Hard and Many/Medium/Few (NaN for an empty group) (chapter 04_metrics)."
-    acc = torch.as_tensor(per_class_acc).detach().cpu().double().numpy()
+    # a list of Python floats stays float64 (torch.as_tensor would round it through float32)
+    acc = per_class_acc.detach().cpu().double().numpy() if torch.is_tensor(per_class_acc) else np.asarray(per_class_acc, dtype=np.float64)
     if acc.ndim != 1 or acc.size == 0: raise ValueError(f"`per_class_acc` must have shape (K,), got {acc.shape}")
     K = acc.size
     if test_counts is None: overall = float(np.mean(acc))

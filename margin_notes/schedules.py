@@ -70,5 +70,5 @@ def lr_at_step(step: int, # global iteration index (0-based)
     if ws > 0 and step < ws: return lr * (warmup_from + (1 - warmup_from) * (step + 1) / ws)
     t = step / steps_per_epoch
     if schedule == 'cosine': return cosine_lr(lr, t - ws / steps_per_epoch, epochs - ws / steps_per_epoch, min_lr)
-    if schedule == 'step': return lr * step_gamma ** sum(int(t) >= m for m in milestones)
+    if schedule == 'step': return lr * step_gamma ** sum(t >= m for m in milestones)  # a fractional milestone drops mid-epoch, as in `warmup_step_lr`
     return lr

@@ -208,6 +208,9 @@ def _kinds(kinds) -> list:
     return [k for k in STANDIN_KINDS if k in ks]
 
 # %% ../nbs/11_standins.ipynb #fbef61b2
+def _not_ours(p: Path) -> str:
+    return f"{p} exists but holds no stand-in marker (STANDIN), so it was not written here; move or delete it yourself"
+
 def standin_root(*kinds: str, # some of STANDIN_KINDS (default: all)
                  seed: int = 0, # seed of every generator
                 ) -> Path:
@@ -215,15 +218,15 @@ def standin_root(*kinds: str, # some of STANDIN_KINDS (default: all)
     ks, base = _kinds(kinds), cache_dir('standins')
     final = base / f"v{STANDIN_VERSION}-seed{seed}-{'+'.join(ks)}"
     if is_standin_root(final): return final
+    if final.exists(): raise FileExistsError(_not_ours(final))
     tmp = Path(tempfile.mkdtemp(prefix='.building-', dir=base))
     try:
         t = time.time()
         for k in ks: _BUILDERS[k](tmp, seed)
         _mark(tmp, f"data root with {', '.join(ks)} (seed {seed}, format v{STANDIN_VERSION}, built in {time.time() - t:.1f} s)")
-        if final.exists() and not is_standin_root(final): shutil.rmtree(final)  # an unmarked leftover is never reused
         try: os.rename(tmp, final)
         except OSError:
-            if not is_standin_root(final): raise
+            if not is_standin_root(final): raise FileExistsError(_not_ours(final)) from None
             shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same root first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise

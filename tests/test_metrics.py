@@ -180,3 +180,12 @@ def test_paired_tests_against_definition():
     assert paired_tests(runs, pairs[:1], scale=1)[0]['difference (points)'] == pytest.approx(rows[0]['difference (points)'] / 100)
     with pytest.raises(ValueError, match='same seeds'):
         paired_tests({'a': [0.1, 0.2], 'ref': [0.1, 0.2, 0.3]}, [('a', 'ref')])
+
+
+def test_accuracy_report_keeps_python_floats_in_float64():
+    "A list of Python floats is summarised in float64: overall and groups equal the float64 means exactly (once rounded through float32)."
+    acc = [0.1234567891234, 0.9876543219876, 0.5555555555555, 0.3333333333333]
+    rep = accuracy_report(acc, class_counts=[500, 120, 50, 5])
+    assert rep['overall'] == float(np.mean(np.array(acc, dtype=np.float64)))
+    assert rep['worst'] == acc[0] and rep['best'] == acc[1] and rep['few_shot'] == acc[3]
+    assert rep['many_shot'] == float(np.mean(np.array(acc[:2], dtype=np.float64)))

@@ -3,7 +3,7 @@ and the engine's `lr_at` that feeds a config into `lr_at_step`.
 
 Each schedule is checked against a naive reference written here from the chapter's formulas, in float64 and in a
 different form from the library's (step counts instead of epoch fractions, milestone boundaries instead of
-`int(epoch) >= m`), at every step of a small run."""
+`epoch >= m`), at every step of a small run."""
 import math
 
 import numpy as np
@@ -32,7 +32,7 @@ def _ref_cosine_steps(s, spe, lr, epochs, ws=0, wf=0.0, min_lr=0.0):
 
 
 def _ref_step_steps(s, spe, lr, milestones, gamma, ws=0, wf=0.0):
-    "Step drops at integer milestone epochs, written as iteration boundaries: the drop at m starts at iteration m*spe."
+    "Step drops at milestone epochs (integer or not), written as iteration boundaries: the drop at m starts at iteration m*spe."
     if s < ws: return _ref_warmup(s, lr, ws, wf)
     drops = sum(1 for m in milestones if s >= m * spe)
     return np.float64(lr) * np.float64(gamma) ** drops
@@ -59,7 +59,8 @@ def test_cosine_matches_naive_reference_at_every_step(spe, epochs, ws, wf, min_l
 
 @pytest.mark.parametrize('spe,epochs,ws,wf,milestones,gamma', [(3, 10, 0, 0.0, (6, 8), 0.1), (4, 10, 5, 0.2, (2, 7), 0.01),
                                                                (1, 200, 5, 0.0, (160, 180), 0.01), (5, 6, 0, 0.0, (), 0.1),
-                                                               (2, 9, 0, 0.0, (7, 3), 0.5)])   # unsorted milestones
+                                                               (2, 9, 0, 0.0, (7, 3), 0.5),   # unsorted milestones
+                                                               (4, 6, 0, 0.0, (2.5, 4.25), 0.1)])  # fractional: drop mid-epoch
 def test_step_matches_naive_reference_at_every_step(spe, epochs, ws, wf, milestones, gamma):
     lr = 0.1
     for s in range(spe * epochs):
@@ -222,3 +223,13 @@ def test_schedules_against_naive_loops():
             want = 0.5 * lr * (1 + math.cos(math.pi * p))
         assert lr_at_step(s, spe, lr, E, 'cosine', ws, 0.5) == pytest.approx(want, rel=1e-12)
     assert warmup_cosine_lr(7.5, 10, 1.0, 5) == pytest.approx(cosine_lr(1.0, 2.5, 5))
+
+
+def test_fractional_milestone_drops_at_the_same_time_in_both_step_schedules():
+    "`lr_at_step` and `warmup_step_lr` agree on when a drop at a fractional epoch happens (once differed: epoch 3 against 2.5)."
+    spe, ms = 8, (2.5, 3.75)
+    for s in range(6 * spe):
+        a = lr_at_step(s, spe, 1.0, 6, 'step', 0, 0.0, ms, 0.1)
+        b = warmup_step_lr(s / spe, 1.0, 0, ms, (0.1, 0.01))
+        assert a == pytest.approx(b, rel=REL), s
+    assert lr_at_step(20, spe, 1.0, 6, 'step', 0, 0.0, ms, 0.1) == pytest.approx(0.1) and lr_at_step(19, spe, 1.0, 6, 'step', 0, 0.0, ms, 0.1) == 1.0

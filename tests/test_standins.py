@@ -288,3 +288,13 @@ def test_real_data_is_not_labelled_as_standin():
     if _jpeg_archive() is None: pytest.skip('cifar10-jpeg.tar.gz not under the data root')
     b = load_dataset('cifar10-jpeg', max_per_class=2)
     assert 'standin' not in b.info and 'stand-in' not in b.label
+
+
+def test_standin_root_refuses_a_folder_it_did_not_write(cache):
+    "A folder at a stand-in root's place without the marker is someone else's: left as it is, one-line error."
+    from margin_notes.standins import STANDIN_VERSION
+    theirs = cache / 'standins' / f'v{STANDIN_VERSION}-seed0-cifar10'
+    theirs.mkdir(parents=True); (theirs / 'notes.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match='no stand-in marker') as e: standin_root('cifar10')
+    assert _one_line(e) and str(theirs) in str(e.value)
+    assert (theirs / 'notes.txt').read_text() == 'mine' and [p.name for p in (cache / 'standins').iterdir()] == [theirs.name]
