@@ -181,7 +181,7 @@ def test_3_dbm_at_the_papers_protocol():
     for d in (d8, d32): assert (d['epochs'], d['config']['arch'], d['config']['batch_size'], d['config']['schedule']) == (200, 'resnet32', 64, 'cosine')
     t = mcnemar_test(_correct(base, 'dbm-ce-s32'), _correct(base, 'dbm-bs-s8'))
     assert t['p'] < 0.001 and t['ci95'][0] > 0
-    has(s, f"the default reaches {100 * d8['report']['overall']:.1f} %, {100 * t['diff']:.2f} points above the papers' form "
+    has(s, f"the default (Balanced-Softmax base, $s=8$) reaches {100 * d8['report']['overall']:.1f} %, {100 * t['diff']:.2f} points above the papers' form "
            f"(CE base, $s=32$: {100 * d32['report']['overall']:.1f} %; [{100 * t['ci95'][0]:+.2f}, {100 * t['ci95'][1]:+.2f}], exact McNemar $p<0.001$)")
     ce = mcnemar_test(_correct(base, 'erm'), _correct(base, 'dbm-ce-s32'))
     assert ce['p'] >= 0.05; has(s, "which is level with cross-entropy")
