@@ -1,5 +1,8 @@
-"The CPU precision benchmark (benchmarks/cpu_precision.py) runs end to end in its quick mode and writes what chapter 36 reads."
+"The CPU precision benchmark (benchmarks/cpu_precision.py) runs end to end in its quick mode and writes what chapter 30 reads."
 import importlib.util, json
+
+import numpy as np
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +45,18 @@ def test_precision_check_quick(tmp_path):
     saved = json.loads((tmp_path / 'p.json').read_text())
     assert saved['runs']['fp32']['0']['precision'] == {'amp': 'fp32', 'channels_last': False}
     assert saved['diff_mean'] == res['diff_mean'] == saved['runs']['auto']['0']['overall'] - saved['runs']['fp32']['0']['overall']
+
+
+def test_committed_precision_check_is_a_full_run():
+    "The committed precision check (chapter 30 shows it) is a full run: real data, three seeds paired, every summary recomputable."
+    from scipy.stats import ttest_rel
+    p = ROOT / 'results' / 'precision' / 'cifar10jpeg-lt100.json'
+    if not p.exists(): return
+    r = json.loads(p.read_text())
+    assert not r['quick'] and r['epochs'] >= 5 and r['seeds'] == [0, 1, 2]
+    assert r['auto_precision'] == {'amp': 'bf16', 'channels_last': True}
+    fp, au = ([r['runs'][k][str(s)] for s in r['seeds']] for k in ('fp32', 'auto'))
+    assert all(x['precision'] == {'amp': 'fp32', 'channels_last': False} for x in fp)
+    d = np.array([b['overall'] - a['overall'] for a, b in zip(fp, au)], dtype=np.float64)
+    assert r['diff_mean'] == pytest.approx(d.mean(), abs=1e-12) and r['diff_std'] == pytest.approx(d.std(ddof=1), abs=1e-12)
+    assert r['p_paired_t'] == pytest.approx(ttest_rel([b['overall'] for b in au], [a['overall'] for a in fp]).pvalue, rel=1e-9)
