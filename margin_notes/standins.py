@@ -226,7 +226,9 @@ def standin_root(*kinds: str, # some of STANDIN_KINDS (default: all)
         _mark(tmp, f"data root with {', '.join(ks)} (seed {seed}, format v{STANDIN_VERSION}, built in {time.time() - t:.1f} s)")
         try: os.rename(tmp, final)
         except OSError:
-            if not is_standin_root(final): raise FileExistsError(_not_ours(final)) from None
+            if not is_standin_root(final):
+                if final.exists(): raise FileExistsError(_not_ours(final)) from None   # appeared while we built
+                raise                                                                   # any other failure, as it came
             shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same root first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise

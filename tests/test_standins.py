@@ -298,3 +298,12 @@ def test_standin_root_refuses_a_folder_it_did_not_write(cache):
     with pytest.raises(FileExistsError, match='no stand-in marker') as e: standin_root('cifar10')
     assert _one_line(e) and str(theirs) in str(e.value)
     assert (theirs / 'notes.txt').read_text() == 'mine' and [p.name for p in (cache / 'standins').iterdir()] == [theirs.name]
+
+
+def test_standin_root_passes_other_rename_failures_through(cache, monkeypatch):
+    "A rename that fails for another reason (here: permission) is reported as it came, not as someone else's folder, and leaves nothing behind."
+    def denied(src, dst): raise PermissionError(13, 'Permission denied', str(dst))
+    monkeypatch.setattr(S.os, 'rename', denied)
+    with pytest.raises(PermissionError, match='Permission denied'): standin_root('cifar10')
+    monkeypatch.undo()
+    assert list((cache / 'standins').iterdir()) == []
