@@ -1,15 +1,18 @@
 """ResNet-32 training speed on a CPU: fp32 against bf16 autocast + channels_last, and the engine against a bare loop.
 
-    python benchmarks/cpu_precision.py            # results/bench/cpu-precision.json (about 5 minutes on 2 cores)
+    python benchmarks/cpu_precision.py            # results/bench/cpu-precision.json (5 to 15 minutes on 2 cores)
+    python benchmarks/cpu_precision.py --out results/bench/cpu-precision-avx2.json   # a CPU without native bf16
     python benchmarks/cpu_precision.py --quick    # tiny sizes, seconds, to a temporary file (run by the tests)
 
 What one run measures, all on the machine it runs on (batch 128, 32x32 images, K = 10, SGD with momentum and weight
 decay, cross-entropy):
   bare-fp32        a plain PyTorch loop: ResNet-32, fp32, contiguous tensors, random batches already in memory
+  bare-fp32-cl     the same loop in fp32 with the model and batches in channels_last
   bare-bf16-cl     the same loop under torch.autocast(bfloat16) with the model and batches in channels_last
   engine           margin_notes.engine.train_epochs over data.GPULoader batches of uint8 images (crop + flip +
                    normalise on the batch), with the precision the engine picks by itself (`precision(cfg, dev)`)
-Timings are interleaved: each round times a block of steps of every variant, in an order rotated from round to round,
+The engine is compared with the bare loop in the precision it picked (bare-bf16-cl where the CPU has native bf16,
+bare-fp32-cl elsewhere). Timings are interleaved: each round times a block of steps of every variant, in an order rotated from round to round,
 so slow changes of the machine's load hit all alike; the reported ratios are medians over rounds of per-round ratios.
 Then one epoch of CIFAR-10 (JPEG)-LT at IF 100 (12,406 training images, 10,000 test images) through the engine
 (training epoch + test pass) is timed against the bare fp32 loop over the same number of training images.
@@ -17,6 +20,7 @@ Then one epoch of CIFAR-10 (JPEG)-LT at IF 100 (12,406 training images, 10,000 t
 from __future__ import annotations
 import argparse, json, os, platform, statistics, sys, tempfile, time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _bare(bf16: bool, batch: int):
-    "A step function of the bare loop: its own model, optimiser and one random batch."
+def _bare(bf16: bool, batch: int, channels_last: Optional[bool] = None):
+    "A step function of the bare loop: its own model, optimiser and one random batch (channels_last: default with bf16)."
     from margin_notes.models import make_model
     torch.manual_seed(0)
     m = make_model('resnet32', 10)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    if bf16: m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    if bf16 if channels_last is None else channels_last: m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(m.parameters(), lr=1e-5, momentum=0.9, weight_decay=2e-4)
 
     def run(steps):
@@ -101,24 +105,30 @@ def main(argv=None):
     p.add_argument('--out', default=None, help='output JSON (default results/bench/cpu-precision.json)')
     a = p.parse_args(argv)
     batch, steps, rounds = (16, 2, 2) if a.quick else (128, 6, 7)
+    from margin_notes.loop import cpu_has_native_bf16
+    native = cpu_has_native_bf16()
     engine_run, prec = _engine(batch, steps)
-    ips = interleaved({'bare-fp32': _bare(False, batch), 'bare-bf16-cl': _bare(True, batch), 'engine': engine_run},
-                      steps, rounds, batch)
+    ips = interleaved({'bare-fp32': _bare(False, batch), 'bare-fp32-cl': _bare(False, batch, channels_last=True),
+                       'bare-bf16-cl': _bare(True, batch), 'engine': engine_run}, steps, rounds, batch)
     ratio = lambda a_, b_: statistics.median(x / y for x, y in zip(ips[a_], ips[b_]))
+    same = 'bare-bf16-cl' if prec['amp'] == 'bf16' else 'bare-fp32-cl' if prec['channels_last'] else 'bare-fp32'
     res = {'machine': {'platform': platform.platform(), 'processor': platform.processor(), 'threads': torch.get_num_threads(),
                        'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'torch': torch.__version__},
            'quick': a.quick, 'batch': batch, 'steps_per_block': steps, 'rounds': rounds, 'engine_precision': prec,
            'img_per_s': {k: statistics.median(v) for k, v in ips.items()}, 'img_per_s_rounds': ips,
-           'bf16_over_fp32': ratio('bare-bf16-cl', 'bare-fp32'),
+           'native_bf16': native, 'bf16_over_fp32': ratio('bare-bf16-cl', 'bare-fp32'),
+           'fp32_cl_over_fp32': ratio('bare-fp32-cl', 'bare-fp32'),
            'bare_bf16_over_engine': ratio('bare-bf16-cl', 'engine'),
+           'bare_same': same, 'bare_same_over_engine': ratio(same, 'engine'),
            'epoch': epoch_times(a.quick)}
     out = Path(a.out) if a.out else (Path(tempfile.gettempdir()) / 'cpu-precision-quick.json' if a.quick
                                      else ROOT / 'results' / 'bench' / 'cpu-precision.json')
     from margin_notes.core import atomic_write_json
     atomic_write_json(out, res)
     for k, v in res['img_per_s'].items(): print(f"{k:<14} {v:8.0f} img/s")
-    print(f"bf16+channels_last over fp32: {res['bf16_over_fp32']:.2f}x; bare bf16 loop over the engine: "
-          f"{res['bare_bf16_over_engine']:.2f}x (engine precision {prec})")
+    print(f"native bf16: {native}; bf16+channels_last over fp32: {res['bf16_over_fp32']:.2f}x; fp32 channels_last over fp32: "
+          f"{res['fp32_cl_over_fp32']:.2f}x; bare loop in the engine's precision ({same}) over the engine: "
+          f"{res['bare_same_over_engine']:.2f}x (engine precision {prec})")
     if 'engine_epoch_s' in res['epoch']:
         e = res['epoch']
         print(f"CIFAR-10 (JPEG)-LT epoch: engine {e['engine_epoch_s']:.1f} s (train {e['train_images']} + test {e['test_images']}), "

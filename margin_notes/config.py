@@ -69,7 +69,7 @@ class Config:
     min_lr: float = 0.0                  # end of the cosine
     grad_clip: Optional[float] = None    # max gradient norm; None: no clipping
     amp: Optional[str] = 'auto'          # 'auto' (bf16 autocast where the hardware has native bf16: CUDA, AVX512-BF16/AMX CPUs; not the MLP), 'bf16', or 'fp32'
-    channels_last: Union[bool, str] = 'auto'  # channels_last memory format: 'auto' (with bf16), True or False
+    channels_last: Union[bool, str] = 'auto'  # channels_last memory format: 'auto' (on a CPU, or with bf16), True or False
     compile: bool = False                # torch.compile the model
     compile_mode: Optional[str] = None   # torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
     sync_bn: bool = False                # SyncBatchNorm under torchrun

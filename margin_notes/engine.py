@@ -75,8 +75,8 @@ def _amp_dtype(cfg: Config, dev: torch.device):
     return torch.bfloat16 if native_bf16(dev) and cfg.arch != 'mlp' else None
 
 def _channels_last(cfg: Config, dev: torch.device) -> bool:
-    "channels_last memory format: as `cfg.channels_last` says, or with 'auto' exactly when the run computes in bf16."
-    if cfg.channels_last == 'auto': return _amp_dtype(cfg, dev) is not None
+    "channels_last memory format: as `cfg.channels_last` says; with 'auto', for a network with convolutions when it computes in bf16 or runs on a CPU."
+    if cfg.channels_last == 'auto': return cfg.arch != 'mlp' and (_amp_dtype(cfg, dev) is not None or dev.type == 'cpu')
     return bool(cfg.channels_last)
 
 def precision(cfg: Config, # run configuration (amp, channels_last, arch)
@@ -333,7 +333,7 @@ def build_training(cfg: Config, # the run configuration
     names = getattr(data, 'class_names', None) or getattr(data, 'classes', None)
     r = r or resolve(cfg)
     model = build_model(cfg, data.num_classes, getattr(data, 'image_shape', None) or (3, 224, 224), names, r).to(dev)
-    if _channels_last(cfg, dev): model = model.to(memory_format=torch.channels_last)   # 'auto': with bf16 (CUDA, or CPUs with native bf16)
+    if _channels_last(cfg, dev): model = model.to(memory_format=torch.channels_last)   # 'auto': on a CPU, or with bf16 on a GPU
     if distributed and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loss_fn = build_loss(cfg, list(data.class_counts), model, r).to(dev)
     opt = build_optimizer(cfg, model.parameters())

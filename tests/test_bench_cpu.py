@@ -18,23 +18,31 @@ def test_quick_run_writes_every_field(tmp_path):
     from margin_notes.loop import cpu_has_native_bf16
     res = _bench().main(['--quick', '--out', str(tmp_path / 'b.json')])
     saved = json.loads((tmp_path / 'b.json').read_text())
-    assert set(saved['img_per_s']) == {'bare-fp32', 'bare-bf16-cl', 'engine'} and all(v > 0 for v in saved['img_per_s'].values())
-    assert saved['bf16_over_fp32'] == res['bf16_over_fp32'] > 0
-    # the engine picks bf16 + channels_last exactly where the CPU has native bf16
-    assert saved['engine_precision'] == ({'amp': 'bf16', 'channels_last': True} if cpu_has_native_bf16() else {'amp': 'fp32', 'channels_last': False})
+    assert set(saved['img_per_s']) == {'bare-fp32', 'bare-fp32-cl', 'bare-bf16-cl', 'engine'} and all(v > 0 for v in saved['img_per_s'].values())
+    assert saved['bf16_over_fp32'] == res['bf16_over_fp32'] > 0 and saved['fp32_cl_over_fp32'] > 0
+    # the engine picks bf16 exactly where the CPU has native bf16, channels_last on every CPU, and is compared with that bare loop
+    assert saved['native_bf16'] == cpu_has_native_bf16()
+    assert saved['engine_precision'] == {'amp': 'bf16' if cpu_has_native_bf16() else 'fp32', 'channels_last': True}
+    assert saved['bare_same'] == ('bare-bf16-cl' if cpu_has_native_bf16() else 'bare-fp32-cl')
     assert 'engine_epoch_s' in saved['epoch'] or 'skipped' in saved['epoch']
 
 
-def test_committed_results_are_a_full_run():
-    "The committed run (if any) is a full run on this benchmark's shapes, with every ratio recomputable from its rounds."
+@pytest.mark.parametrize('name', ['cpu-precision.json', 'cpu-precision-avx2.json'])
+def test_committed_results_are_a_full_run(name):
+    "Each committed run (if any) is a full run on this benchmark's shapes, with every ratio recomputable from its rounds."
     import statistics
-    p = ROOT / 'results' / 'bench' / 'cpu-precision.json'
+    p = ROOT / 'results' / 'bench' / name
     if not p.exists(): return
     r = json.loads(p.read_text())
     assert not r['quick'] and r['batch'] == 128
     ips = r['img_per_s_rounds']
-    assert r['bf16_over_fp32'] == statistics.median(a / b for a, b in zip(ips['bare-bf16-cl'], ips['bare-fp32']))
-    assert r['bare_bf16_over_engine'] == statistics.median(a / b for a, b in zip(ips['bare-bf16-cl'], ips['engine']))
+    med = lambda a_, b_: statistics.median(a / b for a, b in zip(ips[a_], ips[b_]))
+    assert r['bf16_over_fp32'] == med('bare-bf16-cl', 'bare-fp32')
+    assert r['bare_bf16_over_engine'] == med('bare-bf16-cl', 'engine')
+    if 'bare-fp32-cl' in ips:   # files written since the fp32 channels-last variant was added
+        assert r['fp32_cl_over_fp32'] == med('bare-fp32-cl', 'bare-fp32') and r['bare_same_over_engine'] == med(r['bare_same'], 'engine')
+        assert r['engine_precision']['amp'] == ('bf16' if r['native_bf16'] else 'fp32')
+    if name.endswith('avx2.json'): assert r['machine']['cpu_capability'] == 'AVX2' and r['native_bf16'] is False
 
 
 def test_precision_check_quick(tmp_path):

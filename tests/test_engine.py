@@ -355,15 +355,22 @@ def test_group_thresholds_are_config_fields(tmp_path):
     assert r['report']['medium_shot'] == pytest.approx(acc[(counts >= 10) & (counts <= 60)].mean())
 
 
-def test_precision_follows_the_hardware_and_the_config():
-    "amp/channels_last 'auto': bf16 + channels_last exactly where the device computes bf16 natively (not for the MLP); explicit values win."
+def test_precision_follows_the_hardware_and_the_config(monkeypatch):
+    "amp 'auto': bf16 exactly where the device computes bf16 natively (not for the MLP); channels_last 'auto': on a CPU, or with bf16; explicit values win."
     from margin_notes.config import Config
     from margin_notes.loop import cpu_has_native_bf16
     native = cpu_has_native_bf16()
     auto = E.precision(Config(arch='resnet32'), 'cpu')
-    assert auto == ({'amp': 'bf16', 'channels_last': True} if native else {'amp': 'fp32', 'channels_last': False})
-    assert E.precision(Config(arch='mlp'), 'cpu') == {'amp': 'fp32', 'channels_last': False}
-    assert E.precision(Config(arch='resnet32', amp='fp32'), 'cpu') == {'amp': 'fp32', 'channels_last': False}
+    assert auto == ({'amp': 'bf16', 'channels_last': True} if native else {'amp': 'fp32', 'channels_last': True})
+    for hw in (True, False):   # both kinds of CPU, whatever this one is
+        monkeypatch.setattr(E, 'native_bf16', lambda dev, hw=hw: hw)
+        assert E.precision(Config(arch='resnet32'), 'cpu') == {'amp': 'bf16' if hw else 'fp32', 'channels_last': True}
+        assert E.precision(Config(arch='small-cnn'), 'cpu')['channels_last'] is True
+        assert E.precision(Config(arch='mlp'), 'cpu') == {'amp': 'fp32', 'channels_last': False}
+        assert E.precision(Config(arch='resnet32'), 'cuda') == {'amp': 'bf16' if hw else 'fp32', 'channels_last': hw}   # GPU: with bf16 only
+    monkeypatch.undo()
+    assert E.precision(Config(arch='resnet32', amp='fp32'), 'cpu') == {'amp': 'fp32', 'channels_last': True}
+    assert E.precision(Config(arch='resnet32', amp='fp32', channels_last=False), 'cpu') == {'amp': 'fp32', 'channels_last': False}
     assert E.precision(Config(arch='resnet32', amp='bf16', channels_last=False), 'cpu') == {'amp': 'bf16', 'channels_last': False}
     with pytest.raises(ValueError, match='channels_last'):
         from margin_notes.config import validate_config
