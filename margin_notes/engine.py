@@ -322,6 +322,22 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after {epochs_done} of {epochs} epochs; checkpoint in {out_dir}")
         self.out_dir, self.epochs_done, self.epochs = Path(out_dir), epochs_done, epochs
 
+class _CtrlCDeferred:
+    "Hold Ctrl-C back while the block runs and raise it after, so the saved checkpoint and the epoch count it reports change together."
+    def __enter__(self):
+        import signal, threading
+        self.got, self.old = [], None
+        if threading.current_thread() is threading.main_thread():   # only the main thread may set handlers
+            self.old = signal.signal(signal.SIGINT, lambda *a: self.got.append(a))
+        return self
+    def __exit__(self, *exc):
+        import signal
+        if self.old is not None: signal.signal(signal.SIGINT, self.old)
+        if self.got and exc[0] is None:
+            if callable(self.old): self.old(*self.got[0])   # Python's default handler raises KeyboardInterrupt here
+            elif self.old == signal.SIG_DFL: raise KeyboardInterrupt
+        return False
+
 # %% ../nbs/21_engine.ipynb #7280899b
 def build_training(cfg: Config, # the run configuration
                    data, # its data (num_classes, class_counts, image_shape, class names)
@@ -660,12 +676,13 @@ def fit(cfg: Config, # run configuration
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             last_eval[0] = collect_outputs(model, test_b, amp)
             row['test_acc'] = (last_eval[0][0].argmax(1) == last_eval[0][1]).float().mean().item()
-        rows.append(row)
-        if rank == 0:
-            write_csv(out_dir / 'metrics.csv', rows)
-            save_checkpoint({'epoch': epoch + 1, 'model': model.state_dict(), 'optimizer': opt.state_dict(),
-                               'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows, 'config': cfg.to_dict()}, ck)
-        done[0] = epoch + 1
+        with _CtrlCDeferred():   # a Ctrl-C here waits until the checkpoint and the count of saved epochs agree
+            rows.append(row)
+            if rank == 0:
+                write_csv(out_dir / 'metrics.csv', rows)
+                save_checkpoint({'epoch': epoch + 1, 'model': model.state_dict(), 'optimizer': opt.state_dict(),
+                                   'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows, 'config': cfg.to_dict()}, ck)
+            done[0] = epoch + 1
         if hasattr(bar, 'update'): bar.update(1); bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", acc=f"{row.get('test_acc', float('nan')):.3f}")
         if log and rank == 0: print(_epoch_line(cfg, row, sum(counts) // world, start, time.time() - t_loop), flush=True)
         if on_epoch is not None: on_epoch(epoch, row)

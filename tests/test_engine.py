@@ -375,3 +375,22 @@ def test_precision_follows_the_hardware_and_the_config(monkeypatch):
     with pytest.raises(ValueError, match='channels_last'):
         from margin_notes.config import validate_config
         validate_config(Config(channels_last='yes'))
+
+
+@pytest.mark.parametrize('hit', ['after-save', 'during-csv'])
+def test_ctrl_c_next_to_a_checkpoint_reports_the_saved_epochs(tmp_path, monkeypatch, hit):
+    "A Ctrl-C that lands while an epoch is being saved: the epochs reported equal the checkpoint's (a signal between the save and the count said one fewer)."
+    import signal
+    real_save, real_csv = E.save_checkpoint, E.write_csv
+    def save(state, path):
+        real_save(state, path)
+        if hit == 'after-save' and state['epoch'] == 2: os.kill(os.getpid(), signal.SIGINT)
+    def csv_(path, rows):
+        real_csv(path, rows)
+        if hit == 'during-csv' and len(rows) == 2: os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(E, 'save_checkpoint', save); monkeypatch.setattr(E, 'write_csv', csv_)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(E.TrainingInterrupted) as ei:
+        fit(get_config('digits-lt-erm').replace(epochs=5, progress=False), tmp_path / 'r', verbose=False)
+    assert ei.value.epochs_done == 2 == E.load_checkpoint(tmp_path / 'r' / 'checkpoint.pt', 'cpu')['epoch']
+    assert signal.getsignal(signal.SIGINT) is before   # the handler is put back
