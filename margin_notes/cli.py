@@ -88,14 +88,23 @@ def _resume_command(a, out: Path) -> str:
     return shlex.join(argv + (['--smoke'] if a.smoke else []) + (['--no-progress'] if a.no_progress else []))
 
 def _resolved_lines(cfg) -> str:
-    "What a (validated) config trains, after its JSON in `--dry-run`: the loss as its constructor call, DRW and the post-hoc step; a suite member by member."
+    "What a (validated) config trains, after its JSON in `--dry-run`: the loss as its constructor call, DRW, the post-hoc step and the precision on this machine; a suite member by member."
     from margin_notes.config import resolve, resolved_loss, suite_members
     if cfg.suite: return '\n'.join(f"{key}:\n" + textwrap.indent(_resolved_lines(m), '  ') for key, _, _, m in suite_members(cfg))
     r = resolve(cfg)
     out = [f"loss: {resolved_loss(cfg)}", f"head: {r.head}"]
     if r.drw_start is not None: out.append(f"drw: class-balanced weights (beta {cfg.drw_beta}) from epoch {r.drw_start} of {cfg.epochs}")
     if r.posthoc: out.append(f"posthoc: {r.posthoc} {r.posthoc_kwargs}")
+    out.append(_precision_line(cfg))
     return '\n'.join(out)
+
+def _precision_line(cfg) -> str:
+    "The precision and memory format `cfg` trains in on this machine (the engine's choice for amp/channels_last 'auto')."
+    import torch
+    from margin_notes.engine import precision
+    dev = cfg.device if cfg.device != 'auto' else ('cuda' if torch.cuda.is_available() and not cfg.smoke else 'cpu')   # smoke runs: the CPU
+    p = precision(cfg, dev)
+    return f"precision on {dev}: {'bf16 autocast' if p['amp'] == 'bf16' else 'fp32'}, {'channels-last' if p['channels_last'] else 'default memory format'}"
 
 def _cmd_run(a) -> int:
     from margin_notes.config import validate_config, ConfigError
@@ -110,7 +119,7 @@ def _cmd_run(a) -> int:
     out = Path(a.out) if a.out else Path('runs') / cfg.name
     from margin_notes.engine import run_config, TrainingInterrupted, publish_run, smoke_tag, check_publish_destination
     if a.publish: check_publish_destination(a.publish, {'name': cfg.name, 'seed': cfg.seed}, out, a.force)   # before hours of training
-    print(f"{smoke_tag(cfg)}margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else ''), flush=True)
+    print(f"{smoke_tag(cfg)}margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else '') + ('' if cfg.suite else f"\n  {_precision_line(cfg)}"), flush=True)
     if cfg.smoke: print(f"{smoke_tag(cfg)}{cfg.name}: 2 epochs on a few images per class; its numbers mean nothing", flush=True)
     try:
         res = run_config(cfg, out, resume=a.resume, force=a.force, log=True)

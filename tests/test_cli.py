@@ -83,6 +83,19 @@ def test_dry_run_prints_the_loss_as_its_constructor_call(capsys, preset, want):
     assert all(w in line for w in want), line
 
 
+@pytest.mark.parametrize('preset,args,want', [
+    ('cifar10jpeglt100-r32-erm', [], None),   # the engine's choice on this machine
+    ('cifar10jpeglt100-r32-erm', ['--set', 'amp=fp32', 'channels_last=false'], 'precision on cpu: fp32, default memory format'),
+    ('cifar10jpeglt100-r32-erm', ['--set', 'amp=bf16'], 'precision on cpu: bf16 autocast, channels-last'),
+    ('digits-lt-erm', [], 'precision on cpu: fp32, default memory format')])   # the MLP: fp32 always
+def test_dry_run_says_the_precision_it_would_train_in(capsys, preset, args, want):
+    "--dry-run (and the run's first lines) say the precision and memory format the engine would use on this machine."
+    from margin_notes.loop import cpu_has_native_bf16
+    assert main(['run', preset, '--set', 'device=cpu', *args, '--dry-run']) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('precision on '))
+    assert line == (want or f"precision on cpu: {'bf16 autocast' if cpu_has_native_bf16() else 'fp32'}, channels-last")
+
+
 def test_run_config_file_eval_calibrate_report(tmp_path, capsys):
     cfg = PRESETS['digits-lt-erm'].replace(epochs=2, name='my-run')
     cfg.save(tmp_path / 'my.yaml')
