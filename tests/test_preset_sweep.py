@@ -85,7 +85,7 @@ def test_preset_runs_in_smoke_mode(preset, tmp_path, capsys):
     _TIMES[preset] = time.time() - t0
     out = capsys.readouterr().out
     assert rc == 0, out
-    lines = [l for l in out.splitlines() if l.strip() and not l.lstrip().startswith('source:')]   # the recipe line under the first
+    lines = [l for l in out.splitlines() if l.strip() and not l.lstrip().startswith(('source:', 'precision on '))]   # the recipe and precision lines under the first
     assert lines and all('[smoke run' in l for l in lines), out
     files = list((tmp_path / 'run').rglob('results.json'))
     assert files, f'{preset}: no results.json'
