@@ -327,7 +327,8 @@ class _CtrlCDeferred:
     def __enter__(self):
         import signal, threading
         self.got, self.old = [], None
-        if threading.current_thread() is threading.main_thread():   # only the main thread may set handlers
+        # only the main thread may set handlers; a handler installed outside Python (getsignal: None) is left alone
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
             self.old = signal.signal(signal.SIGINT, lambda *a: self.got.append(a))
         return self
     def __exit__(self, *exc):

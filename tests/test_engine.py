@@ -394,3 +394,19 @@ def test_ctrl_c_next_to_a_checkpoint_reports_the_saved_epochs(tmp_path, monkeypa
         fit(get_config('digits-lt-erm').replace(epochs=5, progress=False), tmp_path / 'r', verbose=False)
     assert ei.value.epochs_done == 2 == E.load_checkpoint(tmp_path / 'r' / 'checkpoint.pt', 'cpu')['epoch']
     assert signal.getsignal(signal.SIGINT) is before   # the handler is put back
+
+
+def test_ctrl_c_ignored_stays_ignored(tmp_path, monkeypatch):
+    "With SIGINT ignored (a job started in the background), a signal during the save is dropped and the run finishes; the handler stays SIG_IGN."
+    import signal
+    real_save = E.save_checkpoint
+    def save(state, path):
+        real_save(state, path)
+        if state['epoch'] == 1: os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(E, 'save_checkpoint', save)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        r = fit(get_config('digits-lt-erm').replace(epochs=3, progress=False), tmp_path / 'r', verbose=False)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally: signal.signal(signal.SIGINT, before)
+    assert E.load_checkpoint(tmp_path / 'r' / 'checkpoint.pt', 'cpu')['epoch'] == 3 and 'report' in r
