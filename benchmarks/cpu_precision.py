@@ -35,7 +35,8 @@ def _bare(bf16: bool, batch: int, channels_last: Optional[bool] = None):
     torch.manual_seed(0)
     m = make_model('resnet32', 10)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    if bf16 if channels_last is None else channels_last: m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    cl = bf16 if channels_last is None else channels_last
+    if cl: m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(m.parameters(), lr=1e-5, momentum=0.9, weight_decay=2e-4)
 
     def run(steps):

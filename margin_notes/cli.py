@@ -100,10 +100,9 @@ def _resolved_lines(cfg) -> str:
 
 def _precision_line(cfg) -> str:
     "The precision and memory format `cfg` trains in on this machine (the engine's choice for amp/channels_last 'auto')."
-    import torch
-    from margin_notes.engine import precision
-    dev = cfg.device if cfg.device != 'auto' else ('cuda' if torch.cuda.is_available() and not cfg.smoke else 'cpu')   # smoke runs: the CPU
-    p = precision(cfg, dev)
+    from margin_notes.engine import precision, _pick_device, _smoke_cfg
+    c = _smoke_cfg(cfg) if cfg.smoke else cfg   # what `fit` trains: a smoke run shrinks the config (and runs on the CPU) first
+    dev = _pick_device(c); p = precision(c, dev)
     return f"precision on {dev}: {'bf16 autocast' if p['amp'] == 'bf16' else 'fp32'}, {'channels-last' if p['channels_last'] else 'default memory format'}"
 
 def _cmd_run(a) -> int:

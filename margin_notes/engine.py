@@ -206,12 +206,17 @@ def _maybe_init_distributed(device_kind: str) -> bool:
         dist.init_process_group('nccl' if device_kind == 'cuda' else 'gloo')
     return True
 
-def _resolve_device(cfg: Config) -> torch.device:
+def _pick_device(cfg: Config) -> torch.device:
+    "The device a run of `cfg` trains on ('auto': CUDA where available; under torchrun the local rank's GPU), chosen without touching it."
     if cfg.device != 'auto': dev = torch.device(cfg.device)
     elif torch.cuda.is_available(): dev = torch.device('cuda')
     else: dev = torch.device('cpu')
     if dev.type == 'cuda' and dev.index is None and int(os.environ.get('WORLD_SIZE', 1)) > 1:
         dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    return dev
+
+def _resolve_device(cfg: Config) -> torch.device:
+    dev = _pick_device(cfg)
     if dev.type == 'cuda': torch.cuda.set_device(dev)
     return dev
 
