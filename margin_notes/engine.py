@@ -310,9 +310,51 @@ def save_predictions(path, # where to write (an .npz file, written atomically)
     buf = io.BytesIO(); np.savez_compressed(buf, **arrs)
     return atomic_write_bytes(Path(path), buf.getvalue())
 
-def _provenance(cfg: Config, t_start: float, dev) -> dict:
-    return dict(config=cfg.to_dict(), wall_time_s=time.time() - t_start, device=_device_name(dev), precision=precision(cfg, dev),
-                git_commit=_git_commit(), torch=torch.__version__)
+def _cpu_model() -> str:
+    "The CPU's model name (from /proc/cpuinfo where there is one)."
+    import platform
+    try:
+        for line in Path('/proc/cpuinfo').read_text(errors='replace').splitlines():
+            if line.lower().startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.machine() or 'unknown'
+
+def _segment(cfg: Config, dev, epochs: Optional[list], t_start: float) -> dict:
+    "What one call computed on: the epochs it trained (1-based, first and last; None for a post-hoc step), device, CPU, precision, torch, commit, wall time."
+    return {**({'epochs': list(epochs)} if epochs is not None else {}), 'device': _device_name(dev), 'cpu': _cpu_model(),
+            'precision': precision(cfg, dev), 'torch': str(torch.__version__), 'git_commit': _git_commit(), 'wall_time_s': time.time() - t_start}
+
+def _earlier_segments(s: Optional[dict]) -> list:
+    "The segments a checkpoint records (the calls that trained its epochs); a checkpoint from before segments were recorded gives one segment marked unrecorded."
+    if s is None: return []
+    if 'segments' in s: return [dict(x) for x in s['segments']]
+    return [{'epochs': [1, int(s['epoch'])], 'recorded': False}]
+
+def _merged(segments: list, key: str):
+    "One value of `key` when every recorded segment has the same, else 'mixed' (None where no segment recorded it)."
+    vals = [json.dumps(x[key], sort_keys=True) for x in segments if key in x]
+    if not vals: return None
+    return json.loads(vals[0]) if len(set(vals)) == 1 else 'mixed'
+
+def _provenance(cfg: Config, segments: list) -> dict:
+    "Config, device, precision, commit and training wall time of a run, over all the calls (segments) that trained it; 'mixed' where they differ."
+    walls = [x.get('wall_time_s') for x in segments]
+    prec = [x['precision'] for x in segments if 'precision' in x]
+    return dict(config=cfg.to_dict(), wall_time_s=sum(walls) if None not in walls else None, device=_merged(segments, 'device'),
+                precision={k: _merged([{k: p[k]} for p in prec], k) for k in ('amp', 'channels_last')} if prec else None,
+                git_commit=_merged(segments, 'git_commit'), torch=_merged(segments, 'torch'), segments=segments)
+
+def _segments_line(earlier: list, this: dict) -> Optional[str]:
+    "A line for a resumed run whose earlier epochs ran elsewhere or in another precision; None when nothing differs."
+    diff = [x for x in earlier if x.get('recorded', True) is False or x.get('precision') != this['precision'] or x.get('device') != this['device']]
+    if not diff: return None
+    def say(x):
+        a, b = x['epochs']
+        if x.get('recorded', True) is False: return f"epochs {a}-{b}: device and precision not recorded"
+        return f"epochs {a}-{b}: {x['device']}, {x['precision']['amp']}"
+    p = this['precision']
+    return (f"resuming at epoch {this['epochs'][0]} on {this['device']} in {p['amp']}{' autocast' if p['amp'] == 'bf16' else ''}; earlier "
+            f"{'; '.join(say(x) for x in diff)} (results.json lists every part under 'segments')")
 
 def _epoch_line(cfg: Config, row: dict, n_images: int, start: int, elapsed: float) -> str:
     "One log line for a finished epoch: epoch, mean loss, lr, training img/s, test accuracy when evaluated, time left at this call's pace."
@@ -675,6 +717,10 @@ def fit(cfg: Config, # run configuration
     if spe == 0: raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({sum(counts)} images)")
     drw_w, drw_step = _drw_setup(cfg, counts, spe, dev, r)
     start, rows = _restore(s, model, opt, loss_fn, gen, drw_w, drw_step, spe)
+    earlier, seg = _earlier_segments(s), _segment(cfg, dev, [start + 1, start], t_start)   # which calls trained which epochs, where, in what precision
+    def segments(last: int) -> list: return earlier + [{**seg, 'epochs': [start + 1, last], 'wall_time_s': time.time() - t_start}]
+    note = _segments_line(earlier, seg) if s is not None and rank == 0 and (verbose or log) else None
+    if note: print(note, flush=True)
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     last_eval, done = [None], [start]
     bar = _progress(range(start, end), cfg, rank, desc=smoke_tag(cfg) + cfg.name, initial=start, total=cfg.epochs, unit='ep', leave=False)
@@ -687,7 +733,8 @@ def fit(cfg: Config, # run configuration
             if rank == 0:
                 write_csv(out_dir / 'metrics.csv', rows)
                 save_checkpoint({'epoch': epoch + 1, 'model': model.state_dict(), 'optimizer': opt.state_dict(),
-                                   'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows, 'config': cfg.to_dict()}, ck)
+                                   'loss': loss_fn.state_dict(), 'rng': _rng_state(gen), 'rows': rows, 'config': cfg.to_dict(),
+                                 'segments': segments(epoch + 1)}, ck)
             done[0] = epoch + 1
         if hasattr(bar, 'update'): bar.update(1); bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.3f}", acc=f"{row.get('test_acc', float('nan')):.3f}")
         if log and rank == 0: print(_epoch_line(cfg, row, sum(counts) // world, start, time.time() - t_loop), flush=True)
@@ -704,12 +751,12 @@ def fit(cfg: Config, # run configuration
     preds = {}
     res = {'name': smoke_tag(cfg) + cfg.name, **_run_results(cfg, data, model, out_te, y_te, r.posthoc, r.posthoc_kwargs, amp, dev, preds),
            **(_clip_rows(cfg, model, zs_path, test_b, counts, amp) if zs_path is not None else {}),
-           **_provenance(cfg, t_start, dev), 'world_size': world, 'history': rows}
+           **_provenance(cfg, segments(cfg.epochs)), 'world_size': world, 'history': rows}
     if rank == 0:
         save_predictions(out_dir / 'predictions.npz', out_te, y_te, preds.get('posthoc'))
         atomic_write_json(out_dir / 'results.json', res)
         if verbose: print(f"{res['name']}: overall {100 * res['report']['overall']:.1f}%, worst class {100 * res['report']['worst']:.1f}% "
-                          f"({cfg.epochs} epochs, {res['wall_time_s']:.1f} s) -> {out_dir}")
+                          f"({cfg.epochs} epochs, {time.time() - t_start:.1f} s{' in this call' if s is not None else ''}) -> {out_dir}")
     return res
 
 # %% ../nbs/21_engine.ipynb #cce2a319
@@ -766,7 +813,7 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     kw = {**(r.posthoc_kwargs if r.posthoc == method else {}), **kw}
     ncfg = cfg.replace(name=name or f'{cfg.name}+{method}', posthoc=method, posthoc_kwargs=kw)
     preds = {}
-    res = {'name': smoke_tag(cfg) + ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev, preds), **_provenance(ncfg, t0, dev)}
+    res = {'name': smoke_tag(cfg) + ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev, preds), **_provenance(ncfg, [_segment(ncfg, dev, None, t0)])}
     res['stage1']['run'] = str(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True); ncfg.save(out_dir / 'config.json')
     if (run_dir / DATA_FILE).is_file(): atomic_write_json(out_dir / DATA_FILE, json.loads((run_dir / DATA_FILE).read_text()))   # the same data
@@ -797,7 +844,7 @@ def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' pre
             if data is None: data = load_data(_smoke_cfg(mcfg) if mcfg.smoke else mcfg)
             r = fit(mcfg, out_dir / key, resume=resume, data=data, verbose=False, force=force, log=log)
         results[label] = r
-        if verbose: print(f"  {smoke_tag(mcfg)}{label:<12} overall {100 * r['report']['overall']:5.1f}%  ({r['wall_time_s']:.1f} s)", flush=True)
+        if verbose: print(f"  {smoke_tag(mcfg)}{label:<12} overall {100 * r['report']['overall']:5.1f}%  ({r['wall_time_s'] or float('nan'):.1f} s)", flush=True)
     summary = {'suite': smoke_tag(cfg) + cfg.name, 'source': cfg.source, 'skipped': {}, 'wall_time_s': time.time() - t0,
                'methods': {k: {'run': r['name'], 'report': r['report'], 'per_class_accuracy': r['per_class_accuracy']}
                            for k, r in results.items()},

@@ -410,3 +410,38 @@ def test_ctrl_c_ignored_stays_ignored(tmp_path, monkeypatch):
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally: signal.signal(signal.SIGINT, before)
     assert E.load_checkpoint(tmp_path / 'r' / 'checkpoint.pt', 'cpu')['epoch'] == 3 and 'report' in r
+
+
+# ---------------------------------------------------------------- provenance of runs resumed elsewhere
+def test_results_record_every_call_that_trained_the_run(tmp_path, monkeypatch, capsys):
+    "A run resumed in another precision lists both parts under 'segments'; its precision reads 'mixed'; wall time is their sum."
+    cfg = tiny('digits-lt-erm', 'epochs=3')
+    one = fit(cfg, tmp_path / 'one', verbose=False)
+    (s1,) = one['segments']
+    assert s1['epochs'] == [1, 3] and s1['precision'] == one['precision'] == {'amp': 'fp32', 'channels_last': False}
+    assert one['wall_time_s'] == s1['wall_time_s'] > 0 and one['device'] == s1['device'] and s1['cpu']
+    fit(cfg, tmp_path / 'r', stop_after=1, verbose=False)
+    assert [x['epochs'] for x in _ckpt(tmp_path / 'r')['segments']] == [[1, 1]]
+    fit(cfg, tmp_path / 'r', resume=True, stop_after=1, verbose=False)   # same machine, same precision: no note
+    assert capsys.readouterr().out == ''
+    real = E._amp_dtype
+    monkeypatch.setattr(E, '_amp_dtype', lambda c, d: torch.bfloat16)   # as 'auto' resolves on a CPU with native bf16
+    r = fit(cfg, tmp_path / 'r', resume=True)
+    out = capsys.readouterr().out
+    assert "resuming at epoch 3 on cpu" in out and "in bf16 autocast; earlier epochs 1-1: cpu" in out and "epochs 2-2: cpu" in out
+    assert [(x['epochs'], x['precision']['amp']) for x in r['segments']] == [([1, 1], 'fp32'), ([2, 2], 'fp32'), ([3, 3], 'bf16')]
+    assert r['precision'] == {'amp': 'mixed', 'channels_last': False}
+    assert r['wall_time_s'] == pytest.approx(sum(x['wall_time_s'] for x in r['segments']))
+    monkeypatch.setattr(E, '_amp_dtype', real)
+
+
+def test_a_checkpoint_without_segments_resumes_and_says_so(tmp_path, capsys):
+    "A checkpoint written before segments were recorded: its epochs are marked unrecorded and the total wall time unknown."
+    cfg = tiny('digits-lt-erm', 'epochs=2')
+    fit(cfg, tmp_path / 'r', stop_after=1, verbose=False)
+    ck = _ckpt(tmp_path / 'r'); del ck['segments']; E.save_checkpoint(ck, tmp_path / 'r' / 'checkpoint.pt')
+    r = fit(cfg, tmp_path / 'r', resume=True)
+    assert "epochs 1-1: device and precision not recorded" in capsys.readouterr().out
+    assert r['segments'][0] == {'epochs': [1, 1], 'recorded': False} and r['segments'][1]['epochs'] == [2, 2]
+    assert r['wall_time_s'] is None and r['precision'] == {'amp': 'fp32', 'channels_last': False}
+    assert json.loads((tmp_path / 'r' / 'results.json').read_text())['segments'] == r['segments']
