@@ -609,13 +609,32 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError): return True
     return True
 
+def _boot_id() -> Optional[str]:
+    "This boot of the machine (Linux: /proc/sys/kernel/random/boot_id); None where unknown."
+    try: return Path('/proc/sys/kernel/random/boot_id').read_text().strip() or None
+    except OSError: return None
+
+def _proc_start(pid: int) -> Optional[int]:
+    "When process `pid` started, in clock ticks since boot (Linux: /proc/<pid>/stat, field 22); None where unknown."
+    try: return int(Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19])
+    except (OSError, ValueError, IndexError): return None
+
+def _holder_gone(held: dict, me: dict) -> bool:
+    "Whether the process named in a lock on this host has ended: not running, or its pid now belongs to a process started later or in another boot."
+    pid = held.get('pid')
+    if held.get('host') != me['host'] or not isinstance(pid, int): return False
+    if pid == me['pid'] or not _pid_alive(pid): return True
+    if held.get('boot') and me.get('boot') and held['boot'] != me['boot']: return True   # the machine restarted since
+    return held.get('start') is not None and _proc_start(pid) not in (None, held['start'])   # the pid was reused
+
 class run_folder_lock:
-    "Context manager: hold `folder/.margin-notes.lock` (created with O_EXCL) while a run writes into `folder`; a second writer gets a one-line `RunFolderError` naming the holder; a lock left by a dead process on this host is taken over (chapter 21_engine)."
+    "Context manager: hold `folder/.margin-notes.lock` (created with O_EXCL) while a run writes into `folder`; a second writer gets a one-line `RunFolderError` naming the holder; a lock left by a process on this host that has ended (or whose pid a later process reuses, or from before a restart) is taken over (chapter 21_engine)."
     def __init__(self, folder): self.folder = Path(folder); self.path = self.folder / _LOCK_NAME
     def __enter__(self):
         import socket
         self.folder.mkdir(parents=True, exist_ok=True)
-        me = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+        me = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.strftime('%Y-%m-%d %H:%M:%S'),
+              'boot': _boot_id(), 'start': _proc_start(os.getpid())}
         for _ in range(3):
             try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -625,8 +644,7 @@ class run_folder_lock:
                 pid = held.get('pid')
                 try: age = time.time() - self.path.stat().st_mtime
                 except OSError: continue                       # released meanwhile: try again
-                stale = (held.get('host') == me['host'] and isinstance(pid, int) and (pid == me['pid'] or not _pid_alive(pid))) \
-                        or (pid is None and age > 30)          # a lock whose writer died before writing its pid
+                stale = _holder_gone(held, me) or (pid is None and age > 30)   # pid None: its writer died before writing it
                 if not stale:
                     raise RunFolderError(f"{self.folder} is in use by another run (pid {pid if pid is not None else '?'} on {held.get('host', '?')}, "
                                          f"since {held.get('since', '?')}): wait for it, or write to another --out; if that process is gone, delete {self.path}")

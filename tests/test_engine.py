@@ -445,3 +445,22 @@ def test_a_checkpoint_without_segments_resumes_and_says_so(tmp_path, capsys):
     assert r['segments'][0] == {'epochs': [1, 1], 'recorded': False} and r['segments'][1]['epochs'] == [2, 2]
     assert r['wall_time_s'] is None and r['precision'] == {'amp': 'fp32', 'channels_last': False}
     assert json.loads((tmp_path / 'r' / 'results.json').read_text())['segments'] == r['segments']
+
+
+# ---------------------------------------------------------------- run-folder lock across restarts
+@pytest.mark.skipif(E._boot_id() is None or E._proc_start(1) is None, reason='needs /proc (Linux)')
+@pytest.mark.parametrize('key,gone', [('boot', True), ('start', True), ('same', False)])
+def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, key, gone):
+    "A live pid 1 holds the lock: taken over when the lock was written in another boot or by a process that started at another time."
+    import socket
+    lock = tmp_path / E._LOCK_NAME
+    held = {'pid': 1, 'host': socket.gethostname(), 'since': 'then', 'boot': E._boot_id(), 'start': E._proc_start(1)}
+    if key == 'boot': held['boot'] = 'a boot before this one'
+    if key == 'start': held['start'] = E._proc_start(1) + 1
+    lock.write_text(json.dumps(held))
+    if gone:
+        with E.run_folder_lock(tmp_path): assert json.loads(lock.read_text())['pid'] == os.getpid()
+        assert not lock.exists()
+    else:
+        with pytest.raises(E.RunFolderError, match=r'in use by another run \(pid 1 '): E.run_folder_lock(tmp_path).__enter__()
+        assert json.loads(lock.read_text()) == held   # left as it was
