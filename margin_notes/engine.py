@@ -813,6 +813,12 @@ def evaluate_run(run_dir, # a folder written by `fit`
     groups = {**cfg.report, **({'many': many} if many is not None else {}), **({'few': few} if few is not None else {})}
     return {'name': cfg.name, 'class_counts': list(data.class_counts), **outputs_report(out, y, data.class_counts, **groups)}
 
+def _stage1_training(run_dir: Path) -> dict:
+    "How a saved run's model was trained, from its results.json (device, precision, segments); {} when the file is missing or unreadable."
+    try: r1 = json.loads((run_dir / 'results.json').read_text())
+    except (OSError, ValueError): return {}
+    return {f'trained_{k}': r1[k] for k in ('device', 'precision', 'segments') if k in r1} if isinstance(r1, dict) else {}
+
 def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
                   out_dir=None, # where to write the calibrated results (default: <run_dir>-<method>)
                   method: str = 'marc', # 'marc' or 'la'
@@ -832,7 +838,7 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     ncfg = cfg.replace(name=name or f'{cfg.name}+{method}', posthoc=method, posthoc_kwargs=kw)
     preds = {}
     res = {'name': smoke_tag(cfg) + ncfg.name, **_run_results(cfg, data, model, out, y, method, kw, amp, dev, preds), **_provenance(ncfg, [_segment(ncfg, dev, None, t0)])}
-    res['stage1']['run'] = str(run_dir)
+    res['stage1']['run'] = str(run_dir); res['stage1'].update(_stage1_training(run_dir))
     out_dir.mkdir(parents=True, exist_ok=True); ncfg.save(out_dir / 'config.json')
     if (run_dir / DATA_FILE).is_file(): atomic_write_json(out_dir / DATA_FILE, json.loads((run_dir / DATA_FILE).read_text()))   # the same data
     save_predictions(out_dir / 'predictions.npz', out, y, preds.get('posthoc'))

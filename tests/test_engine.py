@@ -269,7 +269,12 @@ def test_posthoc_la_equals_adjusted_stage1_logits(tmp_path):
     adj = logit_adjust_posthoc(out, torch.tensor(data.class_counts, dtype=torch.float32))
     from margin_notes.metrics import per_class_accuracy
     assert r['per_class_accuracy'] == per_class_accuracy(adj.argmax(1), y, 10).tolist()
-    assert r['stage1']['per_class_accuracy'] == json.loads((tmp_path / 'erm' / 'results.json').read_text())['per_class_accuracy']
+    s1 = json.loads((tmp_path / 'erm' / 'results.json').read_text())
+    assert r['stage1']['per_class_accuracy'] == s1['per_class_accuracy']
+    # how the calibrated model was trained is the stage-1 run's record, not the calibration call's
+    assert r['stage1']['trained_precision'] == s1['precision'] and r['stage1']['trained_segments'] == s1['segments']
+    (tmp_path / 'erm' / 'results.json').unlink()   # a run folder without results: nothing to copy, no error
+    assert 'trained_precision' not in E.calibrate_run(tmp_path / 'erm', tmp_path / 'la2', method='la', device='cpu')['stage1']
 
 
 def test_marc_in_fit_and_on_checkpoint_agree(tmp_path):
