@@ -353,8 +353,10 @@ def _segments_line(earlier: list, this: dict) -> Optional[str]:
         if x.get('recorded', True) is False: return f"epochs {a}-{b}: device and precision not recorded"
         return f"epochs {a}-{b}: {x['device']}, {x['precision']['amp']}"
     p = this['precision']
+    was = {x['precision']['amp'] for x in earlier if 'precision' in x} - {p['amp']}
+    hint = f"; to train on in the earlier precision, add --set amp={sorted(was)[0]} --force to the --resume command" if len(was) == 1 else ''
     return (f"resuming at epoch {this['epochs'][0]} on {this['device']} in {p['amp']}{' autocast' if p['amp'] == 'bf16' else ''}; earlier "
-            f"{'; '.join(say(x) for x in diff)} (results.json lists every part under 'segments')")
+            f"{'; '.join(say(x) for x in diff)} (results.json lists every part under 'segments'){hint}")
 
 def _epoch_line(cfg: Config, row: dict, n_images: int, start: int, elapsed: float) -> str:
     "One log line for a finished epoch: epoch, mean loss, lr, training img/s, test accuracy when evaluated, time left at this call's pace."

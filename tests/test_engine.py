@@ -434,6 +434,7 @@ def test_results_record_every_call_that_trained_the_run(tmp_path, monkeypatch, c
     r = fit(cfg, tmp_path / 'r', resume=True)
     out = capsys.readouterr().out
     assert "resuming at epoch 3 on cpu" in out and "in bf16 autocast; earlier epochs 1-1: cpu" in out and "epochs 2-2: cpu" in out
+    assert out.strip().splitlines()[0].endswith("to train on in the earlier precision, add --set amp=fp32 --force to the --resume command")
     assert [(x['epochs'], x['precision']['amp']) for x in r['segments']] == [([1, 1], 'fp32'), ([2, 2], 'fp32'), ([3, 3], 'bf16')]
     assert r['precision'] == {'amp': 'mixed', 'channels_last': False}
     assert r['wall_time_s'] == pytest.approx(sum(x['wall_time_s'] for x in r['segments']))
