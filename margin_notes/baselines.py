@@ -210,7 +210,7 @@ def drw_weights(class_counts, # (K,) training images per class
 def drw_start_epoch(epochs: int, # length of the run in epochs
                     drw_start_frac: float = 0.8, # the start as a fraction of the run, in [0, 1) (0.8: LDAM-DRW's 160 of 200)
                    ) -> int:
-    "The DRW start epoch: the first whole epoch at or past `drw_start_frac` of the run, floor(frac * epochs); the library's one rule (chapter 14_baselines)."
+    "The DRW start epoch: the epoch (from 0) during which `drw_start_frac` of the run is reached, floor(frac * epochs); the library's one rule (chapter 14_baselines)."
     if not 0.0 <= float(drw_start_frac) < 1.0: raise ValueError(f"`drw_start_frac` must lie in [0, 1), got {drw_start_frac}")
     return math.floor(float(drw_start_frac) * check_positive(epochs, 'epochs') + 1e-9)
 

@@ -200,7 +200,7 @@ def resolve(cfg: Config # a configuration (a `Resolved` passes through unchanged
     if isinstance(cfg, Resolved): return cfg
     m = get_method(cfg.loss)
     lwr = {**(m.lwr or {}), **(cfg.lwr or {})} if (m.lwr is not None or cfg.lwr is not None) else None
-    # a fixed epoch wins; otherwise DRW methods start at the first whole epoch past the fraction (floor(0.8 * 200) = 160, chapter 14)
+    # a fixed epoch wins; otherwise DRW methods start at the epoch during which the fraction is reached (floor(0.8 * 200) = 160, chapter 14)
     drw = cfg.drw_start if cfg.drw_start is not None else (drw_start_epoch(cfg.epochs, cfg.drw_start_frac) if m.drw else None)
     # the step schedule's drops scale with the run like DRW's start, unless fixed epochs are given
     ms = list(cfg.milestones) if cfg.milestones is not None else [math.floor(f * cfg.epochs + 1e-9) for f in cfg.milestone_fracs]
