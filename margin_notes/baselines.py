@@ -120,7 +120,7 @@ def ldam_margins(class_counts, # (K,) training images per class
     return m * (float(max_margin) / m.max())
 
 class LDAMLoss(_ClassWeighted):
-    "LDAM: cross-entropy on scale * (cosines - m_y at the target), m_j proportional to n_j^(-1/4); needs the cosines of a cosine head (`CosineClassifier`, chapter 16), not logits (chapter 14_baselines)."
+    "LDAM: cross-entropy on scale * (cosines - m_y at the target), m_j proportional to n_j^(-1/4); needs the cosines of a cosine head (`CosineClassifier`, chapter 06), not logits (chapter 14_baselines)."
     def __init__(self, class_counts, # (K,) training images per class
                  max_margin: float = 0.5, # margin of the rarest class
                  scale: float = 30.0, # s: multiplies the cosines
@@ -135,7 +135,7 @@ class LDAMLoss(_ClassWeighted):
         self.register_buffer('margins', m)     # float64; cast in forward
 
     def forward(self, cosines, # (B, K) cosines in [-1, 1] from a cosine head
-                targets, # (B,) labels, any integer dtype
+                targets, # (B,) labels, any signed integer dtype or uint8
                 features=None, # ignored (uniform loss signature)
                ):
         targets = self._check(cosines, targets, cosine_owner='LDAMLoss', name='cosines')

@@ -47,7 +47,7 @@ def _add_run_parser(sub, epi: str, fmt):
     r.add_argument('--publish', default=None, metavar='DIR', help="when the run has finished (full configuration), copy its config, "
                    "metrics and results (not the checkpoint) into DIR atomically, e.g. results/<chapter>/<run>/seed0; DIR must be new "
                    "(or an earlier publication of this run, with --force): nothing else is ever replaced")
-    r.add_argument('--smoke', action='store_true', help='tiny sizes: 2 epochs on generated stand-ins in the real data format (never published)')
+    r.add_argument('--smoke', action='store_true', help='tiny sizes: 2 epochs, on generated stand-ins in the real data format for CIFAR and ImageNet(-LT), else on the real data (never published)')
     r.add_argument('--no-progress', action='store_true', help='no progress bar')
     r.add_argument('--dry-run', action='store_true', help='check and print the resolved config, then exit')
     return r

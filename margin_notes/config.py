@@ -39,7 +39,7 @@ class Config:
     name: str = 'custom'                 # run name (a preset name, or anything)
     source: str = ''                     # the recipe this follows (paper / released code / [ours])
     dataset: str = 'digits'              # 'digits', 'synthetic-cifar10/100', 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'imagenet-lt', 'places-lt', 'imagenet'; 'folder', 'lists': your own images (data_kwargs.root)
-    imbalance_factor: float = 1.0        # n_max / n_min of the training set (1: balanced)
+    imbalance_factor: float = 1.0        # n_max / n_min of the training set (1: balanced); not for ImageNet(-LT) / Places-LT, which have their own counts
     subsample_seed: int = 0              # seed of the long-tailed selection (separate from `seed`)
     arch: str = 'mlp'                    # 'mlp' (flattened inputs) or a `models.make_model` name, e.g. 'resnet32'
     head: Optional[str] = None           # 'linear' or 'cosine'; None: the head the method needs
@@ -62,7 +62,7 @@ class Config:
     schedule: str = 'step'               # 'cosine', 'step' or 'constant' (chapter 08_schedules)
     warmup_epochs: float = 5.0           # linear warm-up length in epochs (fractional allowed)
     warmup_steps: Optional[int] = None   # warm-up length in iterations (overrides warmup_epochs)
-    warmup_from: float = 0.0             # lr factor at the first step of warm-up
+    warmup_from: float = 0.0             # lr factor the linear warm-up starts from (its step i of n gets warmup_from + (1 - warmup_from)(i+1)/n)
     milestones: Optional[list] = None    # 'step': epochs of the rate drops; None: `milestone_fracs` of the run
     milestone_fracs: list = field(default_factory=lambda: [0.8, 0.9])  # 'step': drops at these fractions of `epochs` (160, 180 of 200; 8, 9 of 10)
     step_gamma: float = 0.01             # lr factor per milestone
@@ -77,7 +77,7 @@ class Config:
     device: str = 'auto'                 # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     num_workers: int = 4                 # DataLoader workers (pipeline='dataloader')
     pipeline: str = 'auto'               # 'gpu' (device-resident tensors), 'dataloader' (torchvision) or 'auto'
-    augment: str = 'crop-flip'           # 'crop-flip', 'rrc-flip' (list-file data) or 'none'
+    augment: str = 'crop-flip'           # 'crop-flip' (in-memory data: padded crop + flip), 'rrc-flip' (list-file data: random resized crop + flip, used there for any value but 'none') or 'none'
     eval_every: int = 1                  # evaluate on the test set every n epochs (and at the end)
     model_kwargs: dict = field(default_factory=dict)
     data_kwargs: dict = field(default_factory=dict)
@@ -274,6 +274,8 @@ def _check_fields(cfg: Config, w: str) -> str:
         if not getattr(cfg, k) >= 0: raise ConfigError(f"{w}{k} must be >= 0, got {getattr(cfg, k)!r}")
     if not cfg.momentum < 1: raise ConfigError(f"{w}momentum must be < 1, got {cfg.momentum}")
     if not cfg.imbalance_factor >= 1: raise ConfigError(f"{w}imbalance_factor must be >= 1, got {cfg.imbalance_factor}")
+    if cfg.dataset.lower().replace('_', '-') in ('imagenet-lt', 'places-lt', 'imagenet') and (cfg.imbalance_factor != 1 or cfg.subsample_seed != 0):
+        raise ConfigError(f"{w}{cfg.dataset} comes with its own class counts: imbalance_factor and subsample_seed do not apply (leave them at 1 and 0)")
     if not 0 <= cfg.warmup_from <= 1: raise ConfigError(f"{w}warmup_from must lie in [0, 1], got {cfg.warmup_from}")
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0: raise ConfigError(f"{w}warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if not 0 <= cfg.drw_start_frac < 1: raise ConfigError(f"{w}drw_start_frac must lie in [0, 1), got {cfg.drw_start_frac}")

@@ -114,7 +114,7 @@ def check_finite(x: torch.Tensor, # tensor to check
 
 LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
-def check_targets(targets: torch.Tensor, # integer labels, shape (B,), any integer dtype
+def check_targets(targets: torch.Tensor, # integer labels, shape (B,), of a signed integer dtype or uint8
                   num_classes: int, # K
                   batch: Optional[int] = None, # expected B, if known
                   name: str = 'targets', # argument name used in error messages
@@ -163,7 +163,7 @@ def check_cosines(cosines: torch.Tensor, # the input of a cosine loss, shape (B,
 
 # %% ../nbs/00_core.ipynb #a3c8e9a3
 def loss_targets(logits: torch.Tensor, # the loss's scores (B, K): logits, or cosines when `cosine_owner` is given
-                 targets: torch.Tensor, # labels (B,), any integer dtype
+                 targets: torch.Tensor, # labels (B,), of a signed integer dtype or uint8
                  num_classes: Optional[int] = None, # expected K, if known
                  name: str = 'logits', # argument name used in error messages
                  cosine_owner: Optional[str] = None, # name of a cosine loss: also check the range [-1, 1]

@@ -375,7 +375,7 @@ def _lt_subset(d: dict, base: str, IF: float, info: dict, max_per_class, selecti
 
 # %% ../nbs/05_data.ipynb #517de483
 def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'digits', 'synthetic', optional '-lt<IF>'; 'imagenet', 'imagenet_lt', 'places_lt'; 'folder', 'lists' (your own images under `root`)
-                 imbalance_factor: Optional[float] = None, # long-tailed training subset with this IF (overrides the name)
+                 imbalance_factor: Optional[float] = None, # long-tailed training subset with this IF (overrides the name); not for ImageNet / ImageNet-LT / Places-LT, which have their own counts
                  selection: str = 'shuffle', # 'shuffle' (reference subsets) or 'first'
                  subsample_seed: int = 0, # seed of the LT subsample (not the training seed)
                  max_per_class: Optional[int] = None, # cap the per-class pool (smoke runs)
@@ -389,6 +389,8 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
         if root is None: raise ValueError(f"dataset {name!r} needs root= (data_kwargs.root): the folder holding your images")
         load = load_image_folder if key == 'folder' else load_image_lists
         return load(root, imbalance_factor=imbalance_factor, subsample_seed=subsample_seed, selection=selection, max_per_class=max_per_class, **kwargs)
+    if key in ('imagenet_lt', 'places_lt', 'imagenet') and (imbalance_factor not in (None, 1) or subsample_seed != 0):
+        raise ValueError(f"dataset {name!r} comes with its own class counts: imbalance_factor and subsample_seed do not apply")
     if key in ('imagenet_lt', 'places_lt'): return _mark_standin(load_list_dataset(key, image_root=root, max_per_class=max_per_class, **kwargs))
     if key == 'imagenet': return _mark_standin(load_imagenet(root, max_per_class=max_per_class))
     base, if_name = _parse_name(name)
@@ -973,7 +975,7 @@ class ShardedLoader:
                  generator: Optional[torch.Generator] = None, # source of the permutation (default: seeded with `seed`)
                  num_workers: int = 2, # DataLoader workers
                  device=None, # where batches go (default: CPU)
-                 rank: int = 0, world: int = 1, # data-parallel slice of every global batch
+                 rank: int = 0, world: int = 1, # data-parallel slice of every global training batch (evaluation batches are whole on every rank)
                  channels_last: bool = False, # channels_last memory format
                  seed: int = 0, # seed of the default generator
                  drop_last: Optional[bool] = None): # default: same as `train`
@@ -1006,12 +1008,12 @@ def make_loader(data, # a DataBundle, a ListBundle split (ListFileDataset), or a
                 num_workers: int = 2, # DataLoader workers
                 seed: int = 0, # loader seed
                 drop_last: Optional[bool] = None, # default: same as `train`
-                transform=None, # DataLoader path: override the transform
+                transform=None, # a list-file dataset (`ListFileDataset`): its transform for this loader (ignored for other data)
                 pad: int = 4, # crop padding for small images (0: no crop)
                 flip: bool = True, # random horizontal flips for small images
                 split: Optional[str] = None, # DataBundle: 'train' or 'test' (default: 'train' when `train`, else 'test')
-                generator: Optional[torch.Generator] = None, # source of shuffling and augmentation (default: seeded with `seed`)
-                rank: int = 0, world: int = 1, # data-parallel slice of every global batch
+                generator: Optional[torch.Generator] = None, # source of shuffling, and of augmentation on the in-memory path (list-file transforms draw from torch's own RNG) (default: seeded with `seed`)
+                rank: int = 0, world: int = 1, # data-parallel slice of every global training batch (evaluation batches are whole on every rank)
                 channels_last: bool = False, # batches in channels_last memory format
                ):
     "The library's one loader: a `GPULoader` for in-memory images, else a `ShardedLoader` over torchvision transforms (chapter 05_data)."

@@ -54,7 +54,7 @@ class DBMLoss(ClassWeighted, KeepBufferPrecision, nn.Module):
     def __init__(self,
                  class_counts, # training images per class, in label order (K,)
                  scale: Union[float, str] = 'auto', # s: logits are s * cosine; 'auto' = dbm_default_scale(K): 8 up to 157 classes (measured, chapters 27 and 29), more above (the papers: 32 on CIFAR, 30 on ImageNet-LT)
-                 margin: float = 0.1, # K_dbm: class margin of the rarest class, radians; 0 gives plain CE on s*cos
+                 margin: float = 0.1, # K_dbm: class margin of the rarest class, radians; 0 gives the base loss (Balanced Softmax by default, CE with base='ce') on s*cos
                  tau: float = 1.0, # exponent of the count ratio in the class margin
                  base: str = 'bs', # 'bs' (DBM-BS, the default: add the log prior to every logit after the margins) or 'ce' (DBM-CE)
                  instance_weight: float = 1.0, # lambda_I, weight of the instance margin (0 switches it off)
@@ -121,7 +121,7 @@ class DBMLoss(ClassWeighted, KeepBufferPrecision, nn.Module):
         return z
 
     def forward(self, cosines: torch.Tensor, # cosines (B, K) from a cosine head, in [-1, 1]
-                targets: torch.Tensor, # labels (B,), any integer dtype
+                targets: torch.Tensor, # labels (B,), any signed integer dtype or uint8
                 features: Optional[torch.Tensor] = None, # ignored (uniform loss signature)
                ) -> torch.Tensor:
         z = self.margined_logits(cosines, targets)

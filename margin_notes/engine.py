@@ -107,7 +107,7 @@ def make_batches(data, # a DataBundle or ListBundle from `load_data`
         if ds is None: raise ConfigError(f"{data.label} has no {split!r} split (no list file / folder for it)")
         spec = _input_spec(cfg.arch)
         size = int(cfg.data_kwargs.get('image_size', spec['size']))
-        tf = imagenet_transform(train, size=size, resize=round(size * 256 / 224), mean=spec['mean'], std=spec['std'],
+        tf = imagenet_transform(train and aug != 'none', size=size, resize=round(size * 256 / 224), mean=spec['mean'], std=spec['std'],
                                 color_jitter=float(cfg.data_kwargs.get('color_jitter', 0.0)) if train else 0.0)
         return make_loader(ds, transform=tf, **common)
     return make_loader(data, split=split, gpu_resident=cfg.pipeline != 'dataloader', pad=4 if aug == 'crop-flip' else 0,
@@ -709,7 +709,7 @@ def fit(cfg: Config, # run configuration
         stop_after: Optional[int] = None, # stop after this many epochs in this call (for tests of resume)
         data=None, # pre-built data (else `load_data(cfg)`)
         verbose: bool = True, # print a one-line summary at the end
-        force: bool = False, # resume even if the saved config differs
+        force: bool = False, # with resume: continue even if the saved config differs; without: start afresh, removing the outputs of a run already in out_dir
         on_epoch: Optional[Callable] = None, # on_epoch(epoch, row) after each epoch's checkpoint
         log: bool = False, # print one progress line per epoch (epoch, loss, lr, img/s, test accuracy, time left), as the CLI does
        ) -> dict:
@@ -853,7 +853,7 @@ def run_suite(cfg: Config, # a config with `suite` set (e.g. the 'digits-lt' pre
               out_dir, # one sub-folder per member, plus the summary files
               resume: bool = False, # resume members from their checkpoints
               verbose: bool = True, # print the table and where the outputs went
-              force: bool = False, # resume even if a saved config differs
+              force: bool = False, # with resume: continue even if a saved config differs; without: start afresh, removing the outputs of runs already there
               log: bool = False, # one progress line per epoch of every member
              ) -> dict:
     "Train every member of a suite, then write summary.{json,csv,md} and per_class.png (chapter 21_engine)."
@@ -883,7 +883,7 @@ def run_config(cfg: Config, # a single-run or suite configuration
                out_dir, # output folder
                resume: bool = False, # continue from checkpoints
                verbose: bool = True, # print summaries
-               force: bool = False, # resume even if a saved config differs
+               force: bool = False, # with resume: continue even if a saved config differs; without: start afresh, removing the outputs of runs already there
                log: bool = False, # one progress line per epoch (the CLI's log)
               ) -> dict:
     "Train `cfg`: a single run (`fit`) or a suite (`run_suite`) (chapter 21_engine)."

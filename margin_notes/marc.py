@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_logits_targets,
                                document_parameters, loss_targets)
+from .models import head_weight_norms   # the one rule for a head's row norms (a scaled cosine head: its scale)
 from .schedules import cosine_lr
 
 # %% auto #0
@@ -50,7 +51,7 @@ class MARCLoss(KeepBufferPrecision, nn.Module):
         self.num_classes, self.gamma, self.reduction, self.last = self.weight.numel(), float(gamma), reduction, {}
 
     def forward(self, logits: torch.Tensor, # (calibrated) logits (B, K)
-                targets: torch.Tensor, # labels (B,), any integer dtype
+                targets: torch.Tensor, # labels (B,), any signed integer dtype or uint8
                 features: Optional[torch.Tensor] = None, # ignored (uniform loss signature)
                ) -> torch.Tensor:
         if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != self.num_classes:
@@ -91,11 +92,11 @@ class MARC(nn.Module):
         return [self.omega, self.beta]
 
     def weight_norms(self) -> torch.Tensor:
-        "$\\lVert W_j\\rVert$ of the head's weight rows (bias excluded), detached; $s$ for a cosine head."
+        "$\\lVert W_j\\rVert$ of the head's weight rows (bias excluded), detached; $s$ for a cosine head and for a scaled cosine head (`models.head_weight_norms`)."
         W = self.head.weight.detach()
         dt = torch.promote_types(W.dtype, torch.float32)
         if self.cosine: return torch.full((W.shape[0],), self.scale, device=W.device, dtype=dt)
-        return W.to(dt).norm(dim=1)
+        return head_weight_norms(self.head)
 
     def raw_logits(self, features: torch.Tensor # penultimate features (B, D)
                   ) -> torch.Tensor:
@@ -261,12 +262,14 @@ def marc_stage2(model: nn.Module, # stage-1 model with .backbone (x -> features)
                 reduction: str = 'weighted_mean', # 'weighted_mean' (release) or 'batch_mean' (paper)
                 scale: Optional[float] = None, # cosine heads: the logit scale
                 train_mode: bool = False, # True: release behaviour (BatchNorm batch statistics); default eval mode
-                device=None, # where to run; default: the model's device
+                device=None, # where to run: the model's device (default); another device is refused (move the model first)
                ) -> MARCFit:
     "MARC stage 2 as in the paper: SGD on omega, beta through the frozen network, batch by batch (chapter 15_marc)."
     if not (hasattr(model, 'backbone') and hasattr(model, 'head')): raise ValueError("`model` must have .backbone and .head")
     if reduction not in _REDUCTIONS[:2]: raise ValueError(f"`reduction` must be 'weighted_mean' or 'batch_mean', got {reduction!r}")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = next(model.parameters()).device
+    if device is not None and torch.device(device) != dev and not (torch.device(device).type == dev.type == 'cuda' and torch.device(device).index is None):
+        raise ValueError(f"`device` {device!s} is not the model's device ({dev}): move the model there first (`model.to(device)`)")
     marc = MARC(model.head, scale=scale).to(dev)
     counts = check_class_counts(class_counts, marc.num_classes)
     U = marc_class_weights(counts, gamma).to(dev)

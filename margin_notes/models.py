@@ -343,12 +343,14 @@ def _family(arch: str, where: str) -> dict:
 def make_model(arch: str, # 'small-cnn', 'resnet32', 'wrn28_10', 'resnet50', 'resnext50', 'efficientnet_lite0', or '<family>:<name>' (e.g. 'clip:RN50', chapter 12_clip)
                num_classes: int, # K
                head: str = 'linear', # 'linear' or 'cosine'
-               weights=None, # checkpoint path (resnet32/resnet50/resnext50/clip), or True for efficientnet_lite0's ImageNet weights
-               **kwargs, # passed to the backbone (e.g. in_channels, widths for small-cnn; dropout for WRN); for a family such as clip:, its builder's
+               weights=None, # checkpoint path (resnet32/resnet50/resnext50/clip); efficientnet_lite0: None or True loads its ImageNet weights, False gives random ones
+               **kwargs, # passed to the backbone (e.g. in_channels, widths for small-cnn; dropout for WRN); for a family such as clip:, its builder's; an option the architecture does not take is refused
               ) -> Classifier:
     "Build a `Classifier` (backbone + linear or cosine head) by architecture name (chapter 06_models)."
     a = arch.lower().replace('-', '_')
     if ':' in a: return _family(arch, 'arch')['build'](arch.split(':', 1)[1], num_classes, head, weights, **kwargs)
+    if kwargs and a in ('resnet32', 'resnet18', 'resnet50', 'resnext50', 'efficientnet_lite0'):   # options these would silently drop
+        raise ValueError(f"{arch} takes no options besides weights, got {', '.join(sorted(kwargs))}")
     if a == 'resnet32': return resnet32(num_classes, weights=weights, head=head)
     if a == 'small_cnn':
         if weights is not None: raise ValueError("small-cnn has no pretrained weights: leave model_kwargs.pretrained unset")

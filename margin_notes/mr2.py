@@ -153,7 +153,7 @@ class MR2Loss(KeepBufferPrecision, nn.Module):
 
     def forward(self,
                 logits: torch.Tensor, # (B, K) logits of a linear head
-                targets: torch.Tensor, # (B,) labels, any integer dtype
+                targets: torch.Tensor, # (B,) labels, any signed integer dtype or uint8
                 features: Optional[torch.Tensor] = None, # (B, D) raw penultimate features (required)
                ) -> torch.Tensor:
         targets = loss_targets(logits, targets, self.num_classes)

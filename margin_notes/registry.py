@@ -176,7 +176,7 @@ def register_method(name: str, # the new method's name, e.g. 'ce-ls'
                     label: str, # its label in tables and figures
                     loss: type, # its loss class (an nn.Module subclass)
                     *,
-                    replace: bool = False, # overwrite an existing method of that name
+                    replace: bool = False, # overwrite an existing method (or alias) of that name
                     **kwargs, # the other fields of `Method`: first_arg, head, needs_features, loss_kwargs, drw, lwr, posthoc, color, ...
                    ) -> Method:
     "Add a method to `METHODS` (for losses defined outside the library); returns its entry (chapter 18_registry)."
@@ -187,6 +187,7 @@ def register_method(name: str, # the new method's name, e.g. 'ce-ls'
     if m.first_arg not in (None, 'counts', 'num_classes'): raise ValueError(f"`first_arg` must be None, 'counts' or 'num_classes', got {m.first_arg!r}")
     check_method_kwargs(m, dict(m.loss_kwargs), f"{k}.loss_kwargs")
     METHODS[k] = m
+    _ALIASES.pop(k, None)   # replacing an alias: the name now means the new method
     _ALIASES.update({_key(a): k for a in m.aliases})
     return m
 

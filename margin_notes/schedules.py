@@ -59,7 +59,7 @@ def lr_at_step(step: int, # global iteration index (0-based)
                epochs: float, # length of the run in epochs
                schedule: str = 'cosine', # 'cosine', 'step' or 'constant' after the warm-up
                warmup_steps: int = 0, # length of the linear warm-up in iterations
-               warmup_from: float = 0.0, # rate factor at the first warm-up iteration
+               warmup_from: float = 0.0, # rate factor the warm-up starts from: iteration i of n gets warmup_from + (1 - warmup_from)(i+1)/n
                milestones: Sequence[float] = (), # epochs of the step drops ('step')
                step_gamma: float = 0.1, # factor per milestone ('step')
                min_lr: float = 0.0, # floor of the cosine ('cosine')

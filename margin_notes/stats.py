@@ -84,7 +84,7 @@ class ClassStats(KeepBufferPrecision, nn.Module):
 
     def update(self,
                features: torch.Tensor, # (B, D) penultimate features (detached here)
-               targets: torch.Tensor, # (B,) integer labels in [0, K), any integer dtype
+               targets: torch.Tensor, # (B,) integer labels in [0, K), any signed integer dtype or uint8
               ):
         "Fold one batch into the running statistics (training mode only; a no-op in eval mode)."
         targets = check_targets(targets, self.num_classes)

@@ -470,3 +470,25 @@ def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, key,
     else:
         with pytest.raises(E.RunFolderError, match=r'in use by another run \(pid 1 '): E.run_folder_lock(tmp_path).__enter__()
         assert json.loads(lock.read_text()) == held   # left as it was
+
+
+def test_list_file_training_batches_follow_augment_none(tmp_path):
+    "augment='none' on list-file data: training batches are the plain evaluation transform (deterministic); the default augments."
+    from margin_notes.data import make_fake_list_tree
+    root = make_fake_list_tree(tmp_path / 'inet', counts=(4, 3, 2), per_class_eval=(1, 2))
+    d = E.load_data(Config(dataset='imagenet-lt', data_kwargs={'root': str(root)}))
+    def first(aug, seed):
+        torch.manual_seed(seed)   # list-file transforms draw from torch's own RNG
+        return next(iter(E.make_batches(d, Config(batch_size=4, num_workers=0, augment=aug), 'cpu', True, torch.Generator().manual_seed(0))))[0]
+    assert torch.equal(first('none', 1), first('none', 2))
+    assert not torch.equal(first('rrc-flip', 1), first('rrc-flip', 2))
+
+
+def test_datasets_with_their_own_counts_refuse_an_imbalance_factor():
+    "ImageNet-LT, Places-LT and ImageNet bring their counts: an imbalance factor or subsample seed would be silently ignored, so it is refused."
+    from margin_notes.presets import get_config
+    from margin_notes.data import load_dataset
+    validate_config(get_config('imagenetlt-r50-bs'))
+    for ov in ('imbalance_factor=10', 'subsample_seed=3'):
+        with pytest.raises(ConfigError, match='comes with its own class counts'): validate_config(get_config('imagenetlt-r50-bs', [ov]))
+    with pytest.raises(ValueError, match='comes with its own class counts'): load_dataset('places_lt', imbalance_factor=10)

@@ -215,3 +215,24 @@ def test_fit_bad_inputs():
     with pytest.raises(ValueError, match='backbone'): marc_stage2(nn.Linear(3, 3), [], counts)
     with pytest.raises(ValueError, match='weight'): MARC(nn.ReLU())
     with pytest.raises(ValueError, match='length'): marc_stage2(_Net(), iter([]), [1, 1, 1])
+
+
+def test_marc_weight_norms_of_a_scaled_cosine_head_are_its_scale():
+    "A scaled cosine head's effective weight rows have norm s: MARC's beta term uses s, as the engine's post-hoc path does (one rule)."
+    from margin_notes.models import ScaledCosineHead, head_weight_norms
+    h = ScaledCosineHead(4, 3, 30.0)
+    with torch.no_grad(): h.cos.weight.mul_(2 / h.cos.weight.norm(dim=1, keepdim=True))   # raw rows of norm 2
+    assert torch.equal(MARC(h).weight_norms(), torch.full((3,), 30.0)) and torch.equal(head_weight_norms(h), MARC(h).weight_norms())
+    lin = nn.Linear(4, 3)
+    assert torch.allclose(MARC(lin).weight_norms(), lin.weight.detach().norm(dim=1))
+
+
+def test_marc_stage2_refuses_a_device_the_model_is_not_on():
+    class Net(nn.Module):
+        def __init__(self): super().__init__(); self.backbone, self.head = nn.Linear(3, 4), nn.Linear(4, 3)
+        def forward(self, x): return self.head(self.backbone(x))
+    data = [(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))]
+    net = Net()
+    with pytest.raises(ValueError, match="not the model's device"): marc_stage2(net, data, [2, 1, 1], epochs=1, device='meta')
+    assert next(net.head.parameters()).device.type == 'cpu'   # nothing of the caller's model was moved
+    assert marc_stage2(net, data, [2, 1, 1], epochs=1, device='cpu').iterations == 1

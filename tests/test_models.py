@@ -134,3 +134,10 @@ def test_feature_extractor_frozen():
 
 def test_make_model_errors():
     with pytest.raises(ValueError, match='unknown architecture'): make_model('vgg16', 10)
+
+
+def test_make_model_refuses_an_option_the_architecture_does_not_take():
+    with pytest.raises(ValueError, match='dropout'): make_model('resnet32', 10, dropout=0.3)
+    with pytest.raises(ValueError, match='unknown architecture'): make_model('resnet33', 10)
+    with pytest.raises(ValueError, match='takes no options besides weights, got dropout'): make_model('efficientnet_lite0', 10, weights=False, dropout=0.1)
+    assert make_model('small-cnn', 10, widths=(8, 16, 32)).feature_dim == 32

@@ -115,3 +115,17 @@ def test_colours_come_from_the_entries():
 
 
 
+
+
+def test_replacing_an_alias_makes_the_name_mean_the_new_method(monkeypatch):
+    "register_method(name, ..., replace=True) over an alias ('ce' names ERM): afterwards the name reaches the new method."
+    import margin_notes.registry as R
+    monkeypatch.setattr(R, 'METHODS', dict(R.METHODS)); monkeypatch.setattr(R, '_ALIASES', dict(R._ALIASES))   # restored after the test
+    assert get_method('ce').name == 'erm'
+
+    class Plain(torch.nn.Module):
+        def __init__(self, num_classes: int): super().__init__(); self.K = num_classes
+        def forward(self, z, y, features=None): return torch.nn.functional.cross_entropy(z, y)
+    with pytest.raises(ValueError, match='exists already'): R.register_method('ce', 'Plain CE', Plain, first_arg='num_classes')
+    R.register_method('ce', 'Plain CE', Plain, first_arg='num_classes', replace=True)
+    assert R.get_method('ce').label == 'Plain CE' and R.get_method('erm').name == 'erm'
