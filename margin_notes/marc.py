@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_logits_targets,
                                document_parameters, loss_targets)
-from .models import head_weight_norms   # the one rule for a head's row norms (a scaled cosine head: its scale)
 from .schedules import cosine_lr
 
 # %% auto #0
@@ -96,6 +95,7 @@ class MARC(nn.Module):
         W = self.head.weight.detach()
         dt = torch.promote_types(W.dtype, torch.float32)
         if self.cosine: return torch.full((W.shape[0],), self.scale, device=W.device, dtype=dt)
+        from margin_notes.models import head_weight_norms   # the one rule (a scaled cosine head: its scale); imported here, so a loss module loads no model code
         return head_weight_norms(self.head)
 
     def raw_logits(self, features: torch.Tensor # penultimate features (B, D)
