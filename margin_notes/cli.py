@@ -114,10 +114,10 @@ def _cmd_run(a) -> int:
     cfg = validate_config(get_config(a.config, ov))
     if a.publish and (cfg.suite or cfg.smoke):
         raise ConfigError(f"--publish takes one full-configuration run, not {'a suite' if cfg.suite else 'a smoke run'}")
-    if a.dry_run: print(json.dumps(cfg.to_dict(), indent=2)); print(_resolved_lines(cfg)); return 0
     out = Path(a.out) if a.out else Path('runs') / cfg.name
     from margin_notes.engine import run_config, TrainingInterrupted, publish_run, smoke_tag, check_publish_destination
-    if a.publish: check_publish_destination(a.publish, {'name': cfg.name, 'seed': cfg.seed}, out, a.force)   # before hours of training
+    if a.publish: check_publish_destination(a.publish, {'name': cfg.name, 'seed': cfg.seed}, out, a.force)   # before hours of training (and in a dry run)
+    if a.dry_run: print(json.dumps(cfg.to_dict(), indent=2)); print(_resolved_lines(cfg)); return 0
     print(f"{smoke_tag(cfg)}margin-notes run {cfg.name} -> {out}" + (f"\n  source: {cfg.source}" if cfg.source else '') + ('' if cfg.suite else f"\n  {_precision_line(cfg)}"), flush=True)
     if cfg.smoke: print(f"{smoke_tag(cfg)}{cfg.name}: 2 epochs on a few images per class; its numbers mean nothing", flush=True)
     try:

@@ -276,6 +276,8 @@ def _check_fields(cfg: Config, w: str) -> str:
     if not cfg.imbalance_factor >= 1: raise ConfigError(f"{w}imbalance_factor must be >= 1, got {cfg.imbalance_factor}")
     if cfg.dataset.lower().replace('_', '-') in ('imagenet-lt', 'places-lt', 'imagenet') and (cfg.imbalance_factor != 1 or cfg.subsample_seed != 0):
         raise ConfigError(f"{w}{cfg.dataset} comes with its own class counts: imbalance_factor and subsample_seed do not apply (leave them at 1 and 0)")
+    if cfg.augment == 'rrc-flip' and cfg.dataset.lower().replace('_', '-') not in ('imagenet-lt', 'places-lt', 'imagenet'):
+        raise ConfigError(f"{w}augment 'rrc-flip' is for list-file data (ImageNet, ImageNet-LT, Places-LT); {cfg.dataset} takes 'crop-flip' or 'none'")
     if not 0 <= cfg.warmup_from <= 1: raise ConfigError(f"{w}warmup_from must lie in [0, 1], got {cfg.warmup_from}")
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0: raise ConfigError(f"{w}warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if not 0 <= cfg.drw_start_frac < 1: raise ConfigError(f"{w}drw_start_frac must lie in [0, 1), got {cfg.drw_start_frac}")
@@ -325,6 +327,8 @@ def _check_method(cfg: Config, r: dict, m, w: str):
         if r.head == 'cosine': raise ConfigError(f"{w}posthoc 'marc' calibrates a linear head, not a cosine head")
     if r.posthoc == 'la':
         _nested(check_kwargs, logit_adjust_posthoc, r.posthoc_kwargs, w + 'posthoc_kwargs', skip=('logits', 'class_counts'))
+    if r.posthoc is None and cfg.posthoc_kwargs:
+        raise ConfigError(f"{w}posthoc_kwargs: this run has no post-hoc step; set posthoc to 'marc' or 'la', or drop them")
 
 # %% ../nbs/19_config.ipynb #87b60298
 _LT_KEYS = ('max_per_class', 'selection')
@@ -390,8 +394,8 @@ def _loss_options(method) -> list:
     return ps[1:] if m.first_arg else ps
 
 def suite_members(cfg: Config) -> list:
-    "[(key, label, from, member Config)] of a suite; suite-level `loss_kwargs` go to the members whose loss takes them (chapter 19_config)."
-    base = cfg.to_dict(); base.pop('suite'); shared = base.pop('loss_kwargs')
+    "[(key, label, from, member Config)] of a suite; suite-level `loss_kwargs` go to the members whose loss takes them, suite-level `lwr` options to the members that use LWR (chapter 19_config)."
+    base = cfg.to_dict(); base.pop('suite'); shared = base.pop('loss_kwargs'); shared_lwr = base.pop('lwr') or {}
     out, keys = [], set()
     for i, mem in enumerate(cfg.suite):
         if not isinstance(mem, dict) or 'name' not in mem: raise ConfigError(f"suite[{i}] must be a dict with a 'name'")
@@ -403,7 +407,11 @@ def suite_members(cfg: Config) -> list:
         try: opts = _loss_options(mcfg.loss)
         except KeyError as e: raise ConfigError(f"suite member {key!r}: loss: {e.args[0]}") from None
         mcfg.loss_kwargs = {**{k: v for k, v in shared.items() if k in opts}, **mcfg.loss_kwargs}
+        if shared_lwr and (mcfg.lwr is not None or get_method(mcfg.loss).lwr is not None):   # LWR options tune the members that use it
+            mcfg.lwr = {**shared_lwr, **(mcfg.lwr or {})}
         out.append((key, label, src, mcfg))
+    if shared_lwr and not any(m.lwr is not None or get_method(m.loss).lwr is not None for *_, m in out):
+        raise ConfigError(f"lwr: no member of suite {cfg.name!r} uses LWR; add a member with an LWR method (e.g. 'bs-lwr')")
     return out
 
 def _validate_suite(cfg: Config) -> Config:

@@ -253,6 +253,8 @@ def _fmnist():
                 num_classes=10, classes=FMNIST_CLASSES, mean=(0.2860,), std=(0.3530,))
 
 def _digits(test_per_class=50):
+    if isinstance(test_per_class, bool) or not isinstance(test_per_class, int) or not 1 <= test_per_class < 170:
+        raise ValueError(f"digits: test_per_class must be an integer from 1 to 169 (every class has at least 174 images), got {test_per_class!r}")
     d = import_extra('sklearn.datasets').load_digits()
     x = torch.from_numpy(np.round(d.images * 255.0 / 16.0).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
@@ -385,6 +387,8 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
                 ):
     "Load a dataset as a `DataBundle` (uint8 images in memory) or, for ImageNet / ImageNet-LT / Places-LT, a `ListBundle` (chapter 05_data)."
     key = name.lower().replace('-', '_')
+    if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1):
+        raise ValueError(f"max_per_class must be a positive integer, got {max_per_class!r}")
     if key in ('folder', 'lists'):   # your own images (below): an ImageFolder tree or list files under `root`
         if root is None: raise ValueError(f"dataset {name!r} needs root= (data_kwargs.root): the folder holding your images")
         load = load_image_folder if key == 'folder' else load_image_lists

@@ -832,6 +832,12 @@ def calibrate_run(run_dir, # a folder written by `fit` (stage 1)
     "Apply a post-hoc method (MARC by default) to a saved run and write a new results.json (chapter 21_engine)."
     t0 = time.time(); run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir.with_name(run_dir.name + f'-{method}')
+    if method not in ('marc', 'la'): raise ValueError(f"method must be 'marc' or 'la', got {method!r}")
+    if out_dir.resolve() == run_dir.resolve(): raise RunFolderError(f"{out_dir} is the run being calibrated: its results would be replaced; write to another folder")
+    if (out_dir / 'checkpoint.pt').exists(): raise RunFolderError(f"{out_dir} holds a training run (checkpoint.pt): write the calibration to another folder")
+    from margin_notes.core import check_kwargs   # the options, before the model's outputs are computed: one line with a did-you-mean
+    if method == 'marc': check_kwargs(fit_marc, kw, 'calibrate options', skip=('logits', 'weight_norms', 'targets', 'class_counts'))
+    else: check_kwargs(logit_adjust_posthoc, kw, 'calibrate options', skip=('logits', 'class_counts'))
     cfg, data, model = load_run(run_dir, device, data=data)
     dev = next(model.parameters()).device; amp = _amp_dtype(cfg, dev)
     out, y = collect_outputs(model, make_batches(data, cfg, dev, False, batch_size=max(cfg.batch_size, 256)), amp)

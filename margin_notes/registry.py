@@ -102,6 +102,8 @@ def check_method_kwargs(method, # a method name or `Method`
     "Check `loss_kwargs` against the method's loss; returns the method's options merged with them (chapter 18_registry)."
     m = get_method(method)
     skip = tuple(list(inspect.signature(m.loss.__init__).parameters)[1:2]) if m.first_arg else ()
+    for k in (*skip, 'num_classes'):   # what the run supplies from its data: an option would override it silently
+        if k in loss_kwargs: raise ValueError(f"{where}.{k}: set by the run from its data (the class counts), not an option")
     check_kwargs(m.loss, loss_kwargs, where, skip)
     return {**m.loss_kwargs, **loss_kwargs}
 

@@ -167,15 +167,24 @@ def write_summary(summary: dict, # {'suite', 'source', 'methods': {label: result
         print('\n'.join(tag + l for l in lines))
 
 # %% ../nbs/09_report.ipynb #4bc97f3d
+def _read_result(f: Path, summary: bool = False) -> dict:
+    "A results.json (or summary.json) as a dict, or a one-line ValueError naming the file."
+    try: r = json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise ValueError(f"{f}: not a readable results file ({' '.join(str(e).split())[:120]})") from None
+    need = 'methods' if summary else 'per_class_accuracy'
+    if not isinstance(r, dict) or need not in r or (summary and not isinstance(r['methods'], dict)):
+        raise ValueError(f"{f}: not a margin-notes {'suite summary' if summary else 'results file'} (no {need!r})")
+    return r
+
 def _load(path) -> list:
     "(results dict, its folder) pairs found at `path`."
     if path is None: return []
     p = Path(path)
-    if (p / 'results.json').is_file(): return [(json.loads((p / 'results.json').read_text()), p)]
+    if (p / 'results.json').is_file(): return [(_read_result(p / 'results.json'), p)]
     if (p / 'summary.json').is_file():
-        s = json.loads((p / 'summary.json').read_text())
+        s = _read_result(p / 'summary.json', summary=True)
         return [({**r, 'name': k}, p) for k, r in s['methods'].items()]
-    if p.is_dir(): return [(json.loads(f.read_text()), f.parent) for f in sorted(p.rglob('results.json'))]
+    if p.is_dir(): return [(_read_result(f), f.parent) for f in sorted(p.rglob('results.json'))]
     return []
 
 def load_results(path, # a run folder (results.json), a suite folder (summary.json), a folder with runs below it, or None

@@ -48,6 +48,13 @@ def test_list_names_every_preset(capsys):
     (['run', 'digits-lt-erm', '--set', 'lwr.treshold=0.3', '--dry-run'], "did you mean 'threshold'"),
     (['run', 'digits-lt-erm', '--epochs', '5'], 'use --set epochs=5'),
     (['report', '/nonexistent/folder'], 'no results.json'),
+    # accepted and silently ignored or misread before: now refused at the dry run
+    (['run', 'digits-lt-erm', '--set', 'loss_kwargs.num_classes=5', '--dry-run'], 'set by the run from its data'),
+    (['run', 'digits-lt-bs', '--set', 'loss_kwargs.class_counts=[1, 2]', '--dry-run'], 'set by the run from its data'),
+    (['run', 'digits-lt-erm', '--set', 'posthoc_kwargs.gamma=1.2', '--dry-run'], 'no post-hoc step'),
+    (['run', 'cifar10lt100-r32-erm', '--set', 'augment=rrc-flip', '--dry-run'], "takes 'crop-flip' or 'none'"),
+    (['run', 'digits-lt', '--set', 'lwr.threshold=0.5', 'suite=[{name: erm, loss: erm}]', '--dry-run'], 'no member of suite'),
+    (['run', 'digits-lt-erm', '--publish', '.', '--dry-run'], 'publish'),
     (['frobnicate'], 'invalid choice'),
 ])
 def test_every_error_is_one_line_with_exit_2(capsys, argv, needle):
@@ -186,3 +193,19 @@ def test_suite_default_run_prints_where_outputs_go(tmp_path):
     s = json.loads((out_dir / 'summary.json').read_text())
     assert 'ERM' in s['methods'] and len(s['methods']) + len(s['skipped']) == len(PRESETS['digits-lt'].suite)
     assert '| ERM' in r.stdout
+
+
+def test_suite_level_lwr_options_tune_only_the_members_that_use_lwr():
+    from margin_notes.config import suite_members
+    from margin_notes.presets import get_config
+    m = {k: c for k, _, _, c in suite_members(get_config('digits-lt', ['lwr.threshold=0.5']))}
+    assert m['bs-lwr'].lwr['threshold'] == 0.5 and all(c.lwr is None for k, c in m.items() if k != 'bs-lwr')
+
+
+def test_report_names_a_file_that_is_not_a_results_file(tmp_path, capsys):
+    for i, text in enumerate(('not json', '{}', '[1, 2]')):
+        (tmp_path / f'r{i}').mkdir(); (tmp_path / f'r{i}' / 'results.json').write_text(text)
+        rc = main(['report', str(tmp_path / f'r{i}'), '--out', str(tmp_path / f'out{i}')])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and f"r{i}/results.json: not a" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / f'out{i}').exists()   # nothing written for a refused report

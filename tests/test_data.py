@@ -253,3 +253,11 @@ def test_cifar_lt_counts_min_count_floors_instead_of_raising():
     assert min(c) == 1 and c[0] == 20 and c == sorted(c, reverse=True)
     # where no class is empty the floor changes nothing
     assert cifar_lt_counts(100, 100, min_count=1) == cifar_lt_counts(100, 100)
+
+
+@pytest.mark.parametrize('kw,needle', [(dict(test_per_class=-3), 'test_per_class'), (dict(test_per_class=0), 'test_per_class'),
+                                       (dict(max_per_class=0), 'max_per_class')])
+def test_digits_split_sizes_that_would_be_misread_are_refused(kw, needle):
+    "test_per_class=-3 once slicing from the end gave a 3-image training set; refused in one line now."
+    pytest.importorskip('sklearn')
+    with pytest.raises(ValueError, match=needle): load_dataset('digits', **kw)

@@ -236,3 +236,10 @@ def test_marc_stage2_refuses_a_device_the_model_is_not_on():
     with pytest.raises(ValueError, match="not the model's device"): marc_stage2(net, data, [2, 1, 1], epochs=1, device='meta')
     assert next(net.head.parameters()).device.type == 'cpu'   # nothing of the caller's model was moved
     assert marc_stage2(net, data, [2, 1, 1], epochs=1, device='cpu').iterations == 1
+
+
+@pytest.mark.parametrize('kw', [dict(optimizer='sgd', epochs=0), dict(max_iter=0), dict(optimizer='sgd', batch_size=0)])
+def test_fit_marc_refuses_a_fit_that_would_not_fit(kw):
+    "Zero epochs or iterations would report the unfitted identity calibration as MARC."
+    z, y = torch.randn(12, 3), torch.tensor([0, 1, 2] * 4)
+    with pytest.raises(ValueError, match='must be a positive integer'): fit_marc(z, torch.ones(3), y, [6, 4, 2], **kw)

@@ -14,6 +14,7 @@ PKG = ROOT / 'margin_notes'
 LAZY_OK = {
     ('report', 'style'): 'style imports matplotlib (the optional `book` extra): only a figure needs it',
     ('diagnose', 'style'): 'same: plot_diagnosis draws a figure',
+    ('marc', 'models'): 'MARC.weight_norms uses the head-norm rule of models; importing a loss module loads no model or data code (tests/test_package.py)',
     ('cli', '*'): '`margin-notes --help` and `list` answer without importing torch (tests/test_package.py::test_help_is_fast)',
 }
 

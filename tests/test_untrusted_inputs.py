@@ -205,3 +205,14 @@ def test_cli_publish_destination_checked_before_training(tmp_path, capsys):
     rc = main(['run', 'digits-lt-erm', '--set', *TINY, '--out', str(tmp_path / 'run'), '--publish', str(keep)])
     one_line_error(capsys, rc, 'not a publication of this run')
     assert not (tmp_path / 'run').exists() and (keep / 'notes.txt').read_text() == 'data'
+
+
+def test_calibrate_never_writes_over_a_training_run(finished, tmp_path, capsys):
+    "calibrate --out onto the run itself or onto another training run is refused before anything is computed; option typos are named."
+    run, other = copy_run(finished, tmp_path / 'run'), copy_run(finished, tmp_path / 'other')
+    before = {f.name: f.read_bytes() for f in other.iterdir() if f.is_file()}
+    one_line_error(capsys, main(['calibrate', str(run), '--out', str(run)]), 'is the run being calibrated')
+    one_line_error(capsys, main(['calibrate', str(run), '--out', str(other)]), 'holds a training run')
+    one_line_error(capsys, main(['calibrate', str(run), '--set', 'gama=1.2']), "did you mean 'gamma'")
+    assert {f.name: f.read_bytes() for f in other.iterdir() if f.is_file()} == before
+    assert main(['calibrate', str(run), '--out', str(tmp_path / 'cal')]) == 0   # a new folder is fine
