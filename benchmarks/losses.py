@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from margin_notes.core import atomic_write_json  # noqa: E402
+from margin_notes.core import atomic_write_json, cpu_model  # noqa: E402
 from margin_notes.data import cifar_lt_counts  # noqa: E402
 from margin_notes.models import CosineClassifier  # noqa: E402
 from margin_notes.marc import MARCLoss  # noqa: E402
@@ -188,13 +188,7 @@ def machine_info(device):
             'processor': platform.processor() or platform.machine(), 'cpu_count': os.cpu_count(),
             'torch_threads': torch.get_num_threads(), 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
             'device': str(device), 'date_utc': _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}
-    try:
-        with open('/proc/cpuinfo') as fh:
-            for line in fh:
-                if line.startswith('model name'):
-                    info['cpu_model'] = line.split(':', 1)[1].strip(); break
-    except OSError:
-        pass
+    if (m := cpu_model()) is not None: info['cpu_model'] = m
     try:
         info['load_avg_at_start'] = os.getloadavg()
     except OSError:

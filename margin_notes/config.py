@@ -274,9 +274,10 @@ def _check_fields(cfg: Config, w: str) -> str:
         if not getattr(cfg, k) >= 0: raise ConfigError(f"{w}{k} must be >= 0, got {getattr(cfg, k)!r}")
     if not cfg.momentum < 1: raise ConfigError(f"{w}momentum must be < 1, got {cfg.momentum}")
     if not cfg.imbalance_factor >= 1: raise ConfigError(f"{w}imbalance_factor must be >= 1, got {cfg.imbalance_factor}")
-    if cfg.dataset.lower().replace('_', '-') in ('imagenet-lt', 'places-lt', 'imagenet') and (cfg.imbalance_factor != 1 or cfg.subsample_seed != 0):
+    listed = cfg.dataset.lower().replace('_', '-') in D.LIST_DATASETS   # list-file data: its own class counts, its own augmentation
+    if listed and (cfg.imbalance_factor != 1 or cfg.subsample_seed != 0):
         raise ConfigError(f"{w}{cfg.dataset} comes with its own class counts: imbalance_factor and subsample_seed do not apply (leave them at 1 and 0)")
-    if cfg.augment == 'rrc-flip' and cfg.dataset.lower().replace('_', '-') not in ('imagenet-lt', 'places-lt', 'imagenet'):
+    if cfg.augment == 'rrc-flip' and not listed:
         raise ConfigError(f"{w}augment 'rrc-flip' is for list-file data (ImageNet, ImageNet-LT, Places-LT); {cfg.dataset} takes 'crop-flip' or 'none'")
     if not 0 <= cfg.warmup_from <= 1: raise ConfigError(f"{w}warmup_from must lie in [0, 1], got {cfg.warmup_from}")
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0: raise ConfigError(f"{w}warmup_steps must be >= 0, got {cfg.warmup_steps}")

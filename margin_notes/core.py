@@ -14,11 +14,11 @@ import torch
 
 # %% auto #0
 __all__ = ['LABEL_DTYPES', 'EXTRAS', 'user_cache_root', 'data_root', 'cache_dir', 'find_data', 'is_smoke', 'smoke_or',
-           'seed_everything', 'set_value_checks', 'value_checks', 'autocast_off', 'check_finite', 'check_targets',
-           'check_logits_targets', 'check_cosines', 'loss_targets', 'check_features', 'check_class_counts',
-           'check_num_classes', 'check_positive', 'KeepBufferPrecision', 'ClassWeighted', 'params_doc',
-           'document_parameters', 'atomic_write_bytes', 'atomic_write_json', 'atomic_torch_save', 'check_kwargs',
-           'import_extra']
+           'seed_everything', 'cpu_model', 'set_value_checks', 'value_checks', 'autocast_off', 'check_finite',
+           'check_targets', 'check_logits_targets', 'check_cosines', 'loss_targets', 'check_features',
+           'check_class_counts', 'check_num_classes', 'check_positive', 'check_positive_int', 'KeepBufferPrecision',
+           'ClassWeighted', 'params_doc', 'document_parameters', 'atomic_write_bytes', 'atomic_write_json',
+           'atomic_torch_save', 'check_kwargs', 'import_extra']
 
 # %% ../nbs/00_core.ipynb #4cd67d68
 def user_cache_root() -> Path:
@@ -67,6 +67,15 @@ def seed_everything(seed: int, # seed for Python, NumPy and torch (all devices)
     "Seed every RNG the library uses and return a fresh `torch.Generator` seeded the same way."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+def cpu_model() -> Optional[str]:
+    "The CPU's model name from /proc/cpuinfo (Linux); None where the system does not tell."
+    try:
+        with open('/proc/cpuinfo', errors='replace') as fh:
+            for line in fh:
+                if line.lower().startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return None
 
 # %% ../nbs/00_core.ipynb #788a4b07
 _VALUE_CHECKS = {'accelerators': False, 'cpu': True}
@@ -221,6 +230,13 @@ def check_positive(value, # the value to check
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise ValueError(f"`{name}` must be finite and {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return v
+
+def check_positive_int(value, # the value to check
+                       name: str, # argument name used in the error message
+                      ) -> int:
+    "Return `value` unchanged; `ValueError` unless it is a Python int >= 1 (True is not a count)."
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1: raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    return value
 
 # %% ../nbs/00_core.ipynb #b2b9786a
 class KeepBufferPrecision:

@@ -14,19 +14,19 @@ import torch
 import torch.nn.functional as F
 
 from .core import import_extra
-from .core import cache_dir, data_root, find_data, is_smoke, smoke_or, atomic_torch_save, check_class_counts
+from .core import cache_dir, data_root, find_data, is_smoke, smoke_or, atomic_torch_save, check_class_counts, check_positive_int
 from .core import atomic_write_bytes
 from .metrics import shot_groups
 
 # %% auto #0
 __all__ = ['N_MAX', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CIFAR10_CLASSES', 'FMNIST_CLASSES',
-           'STANDIN_MARKER', 'FMNIST_DIRS', 'cifar_lt_counts', 'lt_indices', 'class_groups', 'DataBundle',
-           'is_standin_root', 'cifar10_jpeg_arrays', 'read_idx', 'read_cifar_python', 'load_dataset', 'read_list_file',
-           'ListFileDataset', 'ListBundle', 'imagenet_class_names', 'load_list_dataset', 'make_fake_list_tree',
-           'load_imagenet', 'files_fingerprint', 'decode_images', 'long_tail_counts', 'load_image_folder',
-           'load_image_lists', 'image_data_fingerprint', 'make_image_folder', 'crop_flip', 'random_crop_flip',
-           'GPULoader', 'TensorImageDataset', 'small_image_transform', 'imagenet_transform', 'ShardedLoader',
-           'make_loader', 'augmentation_stats', 'coordinate_probe', 'channel_stats']
+           'STANDIN_MARKER', 'FMNIST_DIRS', 'LIST_DATASETS', 'cifar_lt_counts', 'lt_indices', 'class_groups',
+           'DataBundle', 'is_standin_root', 'cifar10_jpeg_arrays', 'read_idx', 'read_cifar_python', 'load_dataset',
+           'read_list_file', 'ListFileDataset', 'ListBundle', 'imagenet_class_names', 'load_list_dataset',
+           'make_fake_list_tree', 'load_imagenet', 'files_fingerprint', 'decode_images', 'long_tail_counts',
+           'load_image_folder', 'load_image_lists', 'image_data_fingerprint', 'make_image_folder', 'crop_flip',
+           'random_crop_flip', 'GPULoader', 'TensorImageDataset', 'small_image_transform', 'imagenet_transform',
+           'ShardedLoader', 'make_loader', 'augmentation_stats', 'coordinate_probe', 'channel_stats']
 
 # %% ../nbs/05_data.ipynb #9d483d0a
 N_MAX = {10: 5000, 100: 500}  # CIFAR-10 / CIFAR-100 head-class sizes
@@ -376,6 +376,8 @@ def _lt_subset(d: dict, base: str, IF: float, info: dict, max_per_class, selecti
     return short, label, idx
 
 # %% ../nbs/05_data.ipynb #517de483
+LIST_DATASETS = ('imagenet', 'imagenet-lt', 'places-lt')   # read from list files and bringing their own class counts (config spelling)
+
 def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', 'digits', 'synthetic', optional '-lt<IF>'; 'imagenet', 'imagenet_lt', 'places_lt'; 'folder', 'lists' (your own images under `root`)
                  imbalance_factor: Optional[float] = None, # long-tailed training subset with this IF (overrides the name); not for ImageNet / ImageNet-LT / Places-LT, which have their own counts
                  selection: str = 'shuffle', # 'shuffle' (reference subsets) or 'first'
@@ -387,13 +389,12 @@ def load_dataset(name: str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'fmnist', '
                 ):
     "Load a dataset as a `DataBundle` (uint8 images in memory) or, for ImageNet / ImageNet-LT / Places-LT, a `ListBundle` (chapter 05_data)."
     key = name.lower().replace('-', '_')
-    if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1):
-        raise ValueError(f"max_per_class must be a positive integer, got {max_per_class!r}")
+    if max_per_class is not None: check_positive_int(max_per_class, 'max_per_class')
     if key in ('folder', 'lists'):   # your own images (below): an ImageFolder tree or list files under `root`
         if root is None: raise ValueError(f"dataset {name!r} needs root= (data_kwargs.root): the folder holding your images")
         load = load_image_folder if key == 'folder' else load_image_lists
         return load(root, imbalance_factor=imbalance_factor, subsample_seed=subsample_seed, selection=selection, max_per_class=max_per_class, **kwargs)
-    if key in ('imagenet_lt', 'places_lt', 'imagenet') and (imbalance_factor not in (None, 1) or subsample_seed != 0):
+    if key.replace('_', '-') in LIST_DATASETS and (imbalance_factor not in (None, 1) or subsample_seed != 0):
         raise ValueError(f"dataset {name!r} comes with its own class counts: imbalance_factor and subsample_seed do not apply")
     if key in ('imagenet_lt', 'places_lt'): return _mark_standin(load_list_dataset(key, image_root=root, max_per_class=max_per_class, **kwargs))
     if key == 'imagenet': return _mark_standin(load_imagenet(root, max_per_class=max_per_class))

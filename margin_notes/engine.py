@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import seed_everything, atomic_write_json, atomic_torch_save, check_class_counts, smoke_or
+from .core import seed_everything, atomic_write_json, atomic_torch_save, check_class_counts, smoke_or, cpu_model
 from .config import (Config, ConfigError, Resolved, resolve, validate_config,
                                  check_resume, suite_members, ENGINE_DATA_KEYS, resolved_loss)
 from .models import MLPClassifier, head_weight_norms, make_model
@@ -50,7 +50,7 @@ def _load(cfg: Config):
         kw.setdefault('n_max', 20 if cfg.smoke else smoke_or(5000, 20)); kw.setdefault('test_per_class', 5 if cfg.smoke else smoke_or(100, 5))
         return D.load_dataset('synthetic', imbalance_factor=IF, num_classes=K, image_shape=(3, size, size), seed=cfg.subsample_seed, **kw)
     kw = {k: v for k, v in cfg.data_kwargs.items() if k not in ENGINE_DATA_KEYS}
-    if ds in ('imagenet', 'imagenet-lt', 'places-lt'): return D.load_dataset(ds, **kw)
+    if ds in D.LIST_DATASETS: return D.load_dataset(ds, **kw)
     return D.load_dataset(ds, imbalance_factor=IF, subsample_seed=cfg.subsample_seed, **kw)
 
 def _data_spec(cfg: Config) -> dict:
@@ -311,13 +311,9 @@ def save_predictions(path, # where to write (an .npz file, written atomically)
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 def _cpu_model() -> str:
-    "The CPU's model name (from /proc/cpuinfo where there is one)."
+    "The CPU's model name (core.cpu_model), else what `platform` says."
     import platform
-    try:
-        for line in Path('/proc/cpuinfo').read_text(errors='replace').splitlines():
-            if line.lower().startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine() or 'unknown'
+    return cpu_model() or platform.processor() or platform.machine() or 'unknown'
 
 def _segment(cfg: Config, dev, epochs: Optional[list], t_start: float) -> dict:
     "What one call computed on: the epochs it trained (1-based, first and last; None for a post-hoc step), device, CPU, precision, torch, commit, wall time."

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (KeepBufferPrecision, autocast_off, check_class_counts, check_features, check_finite, check_logits_targets,
-                               document_parameters, loss_targets)
+                               check_positive_int, document_parameters, loss_targets)
 from .schedules import cosine_lr
 
 # %% auto #0
@@ -177,8 +177,7 @@ def fit_marc(logits: torch.Tensor, # cached stage-1 training logits eta (N, K), 
     "Fit MARC's omega, beta on cached logits, by full-batch L-BFGS (default) or SGD (chapter 15_marc)."
     K, wn, counts = _check_cache(logits, weight_norms, targets, class_counts)
     if optimizer not in ('lbfgs', 'sgd'): raise ValueError(f"`optimizer` must be 'lbfgs' or 'sgd', got {optimizer!r}")
-    for k, v in (('max_iter', max_iter), ('epochs', epochs), ('batch_size', batch_size)):   # zero would report an unfitted MARC as fitted
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"`{k}` must be a positive integer, got {v!r}")
+    for k, v in (('max_iter', max_iter), ('epochs', epochs), ('batch_size', batch_size)): check_positive_int(v, k)   # zero would report an unfitted MARC as fitted
     if reduction not in _REDUCTIONS[:2]: raise ValueError(f"`reduction` must be 'weighted_mean' or 'batch_mean', got {reduction!r}")
     if not (math.isfinite(weight_decay) and weight_decay >= 0): raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
     dev = logits.device
@@ -268,7 +267,7 @@ def marc_stage2(model: nn.Module, # stage-1 model with .backbone (x -> features)
                ) -> MARCFit:
     "MARC stage 2 as in the paper: SGD on omega, beta through the frozen network, batch by batch (chapter 15_marc)."
     if not (hasattr(model, 'backbone') and hasattr(model, 'head')): raise ValueError("`model` must have .backbone and .head")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1: raise ValueError(f"`epochs` must be a positive integer, got {epochs!r}")
+    check_positive_int(epochs, 'epochs')
     if reduction not in _REDUCTIONS[:2]: raise ValueError(f"`reduction` must be 'weighted_mean' or 'batch_mean', got {reduction!r}")
     dev = next(model.parameters()).device
     if device is not None and torch.device(device) != dev and not (torch.device(device).type == dev.type == 'cuda' and torch.device(device).index is None):

@@ -96,3 +96,21 @@ def test_core_utilities_live_in_core_not_in_the_public_face():
     assert margin_notes.__version__
     for name in ['data_root', 'is_smoke', 'check_logits_targets', 'atomic_write_json']:
         assert name in core.__all__ and name not in margin_notes.__all__, name   # `margin_notes.core.<name>`
+
+
+def test_check_positive_int_takes_python_ints_from_one():
+    from margin_notes.core import check_positive_int
+    assert check_positive_int(3, 'epochs') == 3
+    for bad in (0, -1, True, 2.0, '3', None):
+        with pytest.raises(ValueError, match='`epochs` must be a positive integer'): check_positive_int(bad, 'epochs')
+
+
+def test_cpu_model_reads_the_model_name_line(tmp_path, monkeypatch):
+    import builtins
+    from margin_notes.core import cpu_model
+    real_open = builtins.open
+    (tmp_path / 'cpuinfo').write_text('processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: avx2\n')
+    monkeypatch.setattr(builtins, 'open', lambda f, *a, **k: real_open(tmp_path / 'cpuinfo' if f == '/proc/cpuinfo' else f, *a, **k))
+    assert cpu_model() == 'Example CPU 9000'
+    (tmp_path / 'cpuinfo').write_text('processor\t: 0\n')
+    assert cpu_model() is None
