@@ -783,7 +783,10 @@ def load_run(run_dir, # a folder written by `fit`
     "(config, data, model) of a saved run, with the weights of its last checkpoint (chapter 21_engine)."
     run_dir = Path(run_dir)
     if not (run_dir / 'config.json').is_file(): raise RunFolderError(f"{run_dir} holds no config.json: not a run folder")
-    if not (run_dir / 'checkpoint.pt').is_file(): raise RunFolderError(f"{run_dir} holds no checkpoint.pt: the run saved no epoch yet, or the file was not copied")
+    if not (run_dir / 'checkpoint.pt').is_file():
+        members = sorted(p.name for p in run_dir.iterdir() if (p / 'checkpoint.pt').is_file())   # a suite folder: name its runs
+        if members: raise RunFolderError(f"{run_dir} is a suite folder, not one run: name one of its members ({', '.join(members[:8])}{', …' if len(members) > 8 else ''}), e.g. {run_dir / members[0]}")
+        raise RunFolderError(f"{run_dir} holds no checkpoint.pt: the run saved no epoch yet, or the file was not copied")
     try: cfg = Config.load(run_dir / 'config.json')
     except ConfigError as e:
         raise RunFolderError(str(e) if str(run_dir / 'config.json') in str(e) else f"{run_dir / 'config.json'}: {e}") from None

@@ -193,6 +193,12 @@ def test_suite_default_run_prints_where_outputs_go(tmp_path):
     s = json.loads((out_dir / 'summary.json').read_text())
     assert 'ERM' in s['methods'] and len(s['methods']) + len(s['skipped']) == len(PRESETS['digits-lt'].suite)
     assert '| ERM' in r.stdout
+    # eval on the suite folder itself names its members instead of saying it holds no checkpoint
+    e = subprocess.run([sys.executable, '-m', 'margin_notes.cli', 'eval', str(out_dir)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert e.returncode == 2 and len(e.stderr.strip().splitlines()) == 1, e.stderr[-2000:]
+    members = sorted(p.name for p in out_dir.iterdir() if (p / 'checkpoint.pt').is_file())
+    assert 'erm' in members and 'is a suite folder' in e.stderr, e.stderr
+    assert f"members ({', '.join(members)}), e.g. {out_dir / members[0]}" in e.stderr, e.stderr
 
 
 def test_suite_level_lwr_options_tune_only_the_members_that_use_lwr():
