@@ -142,10 +142,21 @@ def test_checker_flags_a_syncing_loss_on_cpu():
 
 
 def test_checker_leaves_the_epoch_end_read_outside_the_guard():
-    "train_epochs reads its loss sums once after the loop (.tolist()); that read is not a step's sync."
+    "A host read after the loop over the batches (train_epochs reads its loss sums once, .tolist()) is not a step's sync; the same read inside the loop is."
     dev = torch.device('cpu')
-    res = _engine_run(_CleanCE(), dev)
-    assert res['passed']
+    batches = [(torch.randn(4, 3), torch.tensor([0, 1, 2, 0])) for _ in range(3)]
+    def epoch(read_in_loop):
+        def run(guarded):
+            total = torch.zeros(())
+            for x, y in guarded:
+                total = total + F.cross_entropy(x, y).detach()
+                if read_in_loop: total.tolist()
+            return total.tolist()                       # the epoch's one read, after the loop
+        return run
+    after, inside = gc.check_no_host_sync(epoch(False), batches, dev), gc.check_no_host_sync(epoch(True), batches, dev)
+    assert after['passed'] is True and after['error'] is None
+    assert inside['passed'] is False and 'tolist' in inside['error'], inside
+    assert _engine_run(_CleanCE(), dev)['passed']          # and the engine's own loop, which reads after it
 
 
 def test_checker_restores_after_an_exception_inside_the_loop():

@@ -85,21 +85,34 @@ def test_property_matches_naive(K, B, D, nb, seed, lam, cbar, reduction):
     torch.testing.assert_close(gam[seen].mean(), torch.tensor(cbar, dtype=gam.dtype))
 
 
-def test_gamma_is_optimal_margins_of_ema_buffers():
+def _closed_form_gamma(A, seen, cbar, floor):
+    "float64 closed form: gamma_k = cbar * K_seen * r_k / sum r, r_k = max(A_k^(1/3), floor * mean of A^(1/3) over the seen classes); cbar elsewhere."
+    A = A.double(); root = A[seen] ** (1 / 3)
+    root = torch.clamp(root, min=floor * float(root.mean()))
+    out = torch.full_like(A, cbar); out[seen] = cbar * int(seen.sum()) * root / root.sum()
+    return out
+
+
+@pytest.mark.parametrize('shrink', [1.0, 1e-4])   # 1e-4: class 0's features nearly zero, so the floor binds for it
+def test_gamma_is_optimal_margins_of_ema_buffers(shrink):
     K = 8
     loss = MR2Loss(K, mean_margin=0.7, lam=0.1)
+    bound = False
     for z, y, f in stream(2, K, 16, 5, 5, absent=(2, 6)):
+        f = f * torch.where(y == 0, shrink, 1.0)[:, None]
         loss(z.float(), y, f.float() * 4)
         st_ = loss.stats
-        expected = optimal_margins(st_.mean_norm_sq + st_.spread, 0.7, mask=st_.initialized)
+        expected = optimal_margins(st_.mean_norm_sq + st_.spread, 0.7, mask=st_.initialized, floor=loss.margin_floor)
         assert torch.equal(loss.last['gamma'], expected)
         assert torch.equal(loss.gammas(), expected)
-        # and the closed form over the initialised classes, computed here in float64
+        # and the closed form with the floor, computed here in float64
         m = st_.initialized
-        A = (st_.mean_norm_sq + st_.spread).double()[m]
-        closed = 0.7 * m.sum() * A ** (1 / 3) / (A ** (1 / 3)).sum()
-        torch.testing.assert_close(loss.last['gamma'][m].double(), closed, rtol=1e-5, atol=1e-6)
+        A = st_.mean_norm_sq + st_.spread
+        torch.testing.assert_close(loss.last['gamma'].double(), _closed_form_gamma(A, m, 0.7, 0.1), rtol=1e-5, atol=1e-6)
         assert (loss.last['gamma'][~m] == 0.7).all()
+        r = A.double()[m] ** (1 / 3)
+        bound |= bool((r < 0.1 * r.mean()).any())
+    assert bound == (shrink < 1)   # the floor was exercised exactly in the shrunk stream
 
 
 def test_before_statistics_is_ce_over_cbar():

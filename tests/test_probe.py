@@ -87,10 +87,21 @@ def test_la_posthoc_and_marc_reuse_erm(toy):
     assert torch.allclose(la2.scores(vx), la.scores(vx), atol=1e-6)
 
 
-def test_drw_switches_at_80_percent(toy):
+def test_drw_switches_at_80_percent(toy, monkeypatch):
     tx, ty, vx, vy, counts = toy
     from margin_notes.baselines import drw_weights
+    import margin_notes.probe as probe_mod
+    on = []   # per step: are the DRW weights on?
+    real = probe_mod.train_epochs
+    def recording(*a, **kw):
+        kw['on_step'] = lambda step, loss_fn: on.append(loss_fn.weight is not None)
+        return real(*a, **kw)
+    monkeypatch.setattr(probe_mod, 'train_epochs', recording)
     p = train_probe(tx, ty, 'ldam-drw', epochs=5, batch_size=32)
+    spe = len(on) // 5
+    assert len(on) == 5 * spe and spe > 1
+    assert on == [False] * (4 * spe) + [True] * spe          # off for epochs 0-3, on from the first step of epoch floor(0.8 * 5) = 4
+    monkeypatch.setattr(probe_mod, 'train_epochs', real)
     assert p.loss.weight is not None
     assert torch.allclose(p.loss.weight.double(), drw_weights(counts).double(), atol=1e-6)
     # the trainer's rule (baselines.drw_start_epoch): the first epoch past the fraction, so 0.5 of 1 epoch is epoch 0
@@ -180,11 +191,14 @@ def test_fit_pca_against_numpy_svd():
     Xc = (X - X.mean(0)).double().numpy()
     _, S, Vt = np.linalg.svd(Xc, full_matrices=False)
     P = pr(X).double().numpy()
-    # same subspace and variances as the SVD; signs are fixed by the largest entry of each direction
-    assert np.allclose(np.abs(P), np.abs(Xc @ Vt[:3].T), atol=1e-3)
+    # the SVD's directions, each signed so that its largest entry is positive (fit_pca's sign rule): equal projections, signs included
+    V = Vt[:3] * np.sign(Vt[:3][np.arange(3), np.abs(Vt[:3]).argmax(1)])[:, None]
+    assert np.allclose(P, Xc @ V.T, atol=1e-3)
     assert np.allclose(P.var(0, ddof=1), S[:3] ** 2 / 299, rtol=1e-3)
     assert math.isclose(pr.explained, float((S[:3] ** 2).sum() / (S ** 2).sum()), rel_tol=1e-5)
-    assert torch.equal(fit_pca(X, 3)(X), pr(X))  # deterministic
+    # new points are centred with the training mean: a shifted copy of X projects to P plus the shift's projection
+    shift = torch.randn(7, generator=g)
+    assert np.allclose(pr(X + shift).double().numpy(), P + shift.double().numpy() @ V.T, atol=1e-3)
 
 
 def test_probe_setting_selects_prefixes():

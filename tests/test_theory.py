@@ -174,7 +174,8 @@ def test_class_variability_naive_identity_and_empty_class():
         assert abs(mn[k] + sp[k] - sum(sum(v * v for v in r) for r in rows) / len(rows)) < 1e-9
     assert np.isnan(mn[3]) and np.isnan(sp[3])
     mt, st_ = class_variability(torch.tensor(X), torch.tensor(y), 4)
-    np.testing.assert_allclose(mt[:3], mn[:3])
+    np.testing.assert_allclose(mt[:3], mn[:3]); np.testing.assert_allclose(st_[:3], sp[:3])   # torch in: the same mean norms and spreads
+    assert np.isnan(mt[3]) and np.isnan(st_[3])
     with pytest.raises(ValueError): class_variability(X[0], y)
     with pytest.raises(ValueError): class_variability(X, y.astype(float))
     with pytest.raises(ValueError): class_variability(X, y, num_classes=2)
