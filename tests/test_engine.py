@@ -395,11 +395,14 @@ def test_ctrl_c_next_to_a_checkpoint_reports_the_saved_epochs(tmp_path, monkeypa
         real_csv(path, rows)
         if hit == 'during-csv' and len(rows) == 2: os.kill(os.getpid(), signal.SIGINT)
     monkeypatch.setattr(E, 'save_checkpoint', save); monkeypatch.setattr(E, 'write_csv', csv_)
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(E.TrainingInterrupted) as ei:
-        fit(get_config('digits-lt-erm').replace(epochs=5, progress=False), tmp_path / 'r', verbose=False)
-    assert ei.value.epochs_done == 2 == E.load_checkpoint(tmp_path / 'r' / 'checkpoint.pt', 'cpu')['epoch']
-    assert signal.getsignal(signal.SIGINT) is before   # the handler is put back
+    # Python's own Ctrl-C handler, also when the test runner was started with SIGINT ignored (a background job)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(E.TrainingInterrupted) as ei:
+            fit(get_config('digits-lt-erm').replace(epochs=5, progress=False), tmp_path / 'r', verbose=False)
+        assert ei.value.epochs_done == 2 == E.load_checkpoint(tmp_path / 'r' / 'checkpoint.pt', 'cpu')['epoch']
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
+    finally: signal.signal(signal.SIGINT, outer)
 
 
 def test_ctrl_c_ignored_stays_ignored(tmp_path, monkeypatch):
