@@ -400,8 +400,8 @@ def test_7_cifar10lt_papers_protocol():
         assert round(100 * t['diff'], 2) == round(100 * (r['report']['overall'] - ce['report']['overall']), 2)
         has(s, f"{name} {100 * r['report']['overall']:.1f} % ({_ci(t)}")
     # the precisions: CE-DRW alone trained in fp32 (a CPU without native bf16), every other training run in bf16
-    amp = {f.parent.parent.name: json.loads(f.read_text())['precision']['amp'] for f in base.glob('*/seed0/results.json')
-           if 'posthoc' not in json.loads(f.read_text())}
+    seed0 = {f.parent.parent.name: json.loads(f.read_text()) for f in base.glob('*/seed0/results.json')}
+    amp = {k: r['precision']['amp'] for k, r in seed0.items() if 'posthoc' not in r}
     assert amp.pop('ce-drw') == 'fp32' and set(amp.values()) == {'bf16'}, amp
     has(s, "trained in fp32 on a CPU without native bf16, the others in bf16, so this gap mixes DRW with the precision")
     order = sorted(ROWS_27, key=lambda f: -ts[f]['diff'])
