@@ -100,6 +100,13 @@ def epoch_times(quick: bool) -> dict:
             'engine_over_bare_fp32': engine_s / bare_s, 'precision': E.precision(get_config('cifar10jpeglt100-r32-erm'), 'cpu')}
 
 
+def _bf16_flags() -> list:
+    "The CPU's bf16 and AMX feature flags (Linux /proc/cpuinfo; empty elsewhere): AVX512-BF16 alone, or AMX as well."
+    try: flags = next(l for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('flags')).split()
+    except (OSError, StopIteration): return []
+    return sorted(f for f in set(flags) if 'bf16' in f or f.startswith('amx'))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true', help='tiny sizes, to a temporary file')
@@ -114,7 +121,8 @@ def main(argv=None):
     ratio = lambda a_, b_: statistics.median(x / y for x, y in zip(ips[a_], ips[b_]))
     same = 'bare-bf16-cl' if prec['amp'] == 'bf16' else 'bare-fp32-cl' if prec['channels_last'] else 'bare-fp32'
     res = {'machine': {'platform': platform.platform(), 'processor': platform.processor(), 'threads': torch.get_num_threads(),
-                       'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'torch': torch.__version__},
+                       'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cpu_flags': _bf16_flags(),
+                       'torch': torch.__version__},
            'quick': a.quick, 'batch': batch, 'steps_per_block': steps, 'rounds': rounds, 'engine_precision': prec,
            'img_per_s': {k: statistics.median(v) for k, v in ips.items()}, 'img_per_s_rounds': ips,
            'native_bf16': native, 'bf16_over_fp32': ratio('bare-bf16-cl', 'bare-fp32'),
