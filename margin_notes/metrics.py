@@ -178,8 +178,8 @@ def paired_tests(runs: Mapping, # label -> per-seed values in one seed order: nu
                  alpha: float = 0.05, # family-wise level of the 'significant' column
                  scale: float = 100.0, # difference in points = scale x mean difference (100 for fractions, 1 for %)
                 ) -> list:
-    "Paired t-tests (scipy's `ttest_rel`) of method vs reference over seeds, Holm-adjusted over all rows: one dict per comparison (chapter 04_metrics)."
-    from scipy.stats import ttest_rel
+    "Paired t-tests (scipy's `ttest_rel`) of method vs reference over seeds, with the 95 % t-interval of the mean difference, Holm-adjusted over all rows: one dict per comparison (chapter 04_metrics)."
+    from scipy.stats import ttest_rel, t as student_t
     def values(label, metric):
         v = runs[label]
         return np.asarray([r['report'][metric] if isinstance(r, Mapping) else r for r in v], dtype=np.float64)
@@ -192,8 +192,10 @@ def paired_tests(runs: Mapping, # label -> per-seed values in one seed order: nu
             if x.shape != y.shape or x.size < 2:
                 raise ValueError(f"{a!r} vs {b!r}: paired tests need the same seeds (at least 2), got {x.size} and {y.size}")
             d = x - y
+            half = student_t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)   # 95 % t-interval half-width
             rows.append({'method': a, 'vs': b, **({} if plain else {'metric': mt}),
                          'difference (points)': scale * float(d.mean()), 'sd of difference': scale * float(d.std(ddof=1)),
+                         'ci95 (points)': (scale * float(d.mean() - half), scale * float(d.mean() + half)),
                          'p': float(ttest_rel(x, y).pvalue)})
     for r, ph in zip(rows, holm_adjust([r['p'] for r in rows])):
         r['p (Holm)'] = float(ph); r['significant'] = 'yes' if ph < alpha else 'no'

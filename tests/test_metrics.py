@@ -171,6 +171,13 @@ def test_paired_tests_against_definition():
     d = np.subtract(runs['c'], runs['ref'])
     assert rows[2]['difference (points)'] == pytest.approx(100 * d.mean())
     assert rows[2]['sd of difference'] == pytest.approx(100 * d.std(ddof=1))
+    # the 95 % interval by its definition: the differences delta that a paired t-test of x - delta against y
+    # cannot reject at 0.05, so at each end the naive test gives p = 0.05 exactly
+    for r, m in zip(rows, ('a', 'b', 'c')):
+        lo, hi = r['ci95 (points)']
+        assert lo < r['difference (points)'] < hi
+        for end in (lo, hi):
+            assert _naive_t_p([v - end / 100 for v in runs[m]], runs['ref']) == pytest.approx(0.05, rel=1e-7)
     # results dicts: one row per (pair, metric), one family; scale=1 for values already in points
     res = {k: [{'report': {'overall': v, 'hard': v / 2}} for v in vs] for k, vs in runs.items()}
     rr = paired_tests(res, pairs[:2], metrics=('overall', 'hard'))
@@ -178,6 +185,7 @@ def test_paired_tests_against_definition():
     assert rr[0]['p'] == pytest.approx(p[0], rel=1e-9)
     assert [r['p (Holm)'] for r in rr] == pytest.approx(holm_adjust([r['p'] for r in rr]).tolist())
     assert paired_tests(runs, pairs[:1], scale=1)[0]['difference (points)'] == pytest.approx(rows[0]['difference (points)'] / 100)
+    assert paired_tests(runs, pairs[:1], scale=1)[0]['ci95 (points)'] == pytest.approx([v / 100 for v in rows[0]['ci95 (points)']])
     with pytest.raises(ValueError, match='same seeds'):
         paired_tests({'a': [0.1, 0.2], 'ref': [0.1, 0.2, 0.3]}, [('a', 'ref')])
 
