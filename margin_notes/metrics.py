@@ -9,12 +9,12 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from .core import check_class_counts, check_targets
+from .core import check_class_counts, check_targets, import_extra
 
 # %% auto #0
 __all__ = ['DIFFICULTY_KEYS', 'SHOT_KEYS', 'per_class_accuracy', 'confusion_matrix', 'difficulty_ranking', 'difficulty_groups',
            'shot_groups', 'accuracy_report', 'aggregate_reports', 'format_mean_std', 'holm_adjust', 'paired_tests',
-           'mcnemar_test', 'plot_sorted_per_class']
+           'paired_tests_table', 'mcnemar_test', 'plot_sorted_per_class']
 
 # %% ../nbs/04_metrics.ipynb #c0ce6801
 def _as_preds(preds: torch.Tensor) -> torch.Tensor:
@@ -191,15 +191,32 @@ def paired_tests(runs: Mapping, # label -> per-seed values in one seed order: nu
             x, y = values(a, mt), values(b, mt)
             if x.shape != y.shape or x.size < 2:
                 raise ValueError(f"{a!r} vs {b!r}: paired tests need the same seeds (at least 2), got {x.size} and {y.size}")
-            d = x - y
-            half = student_t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)   # 95 % t-interval half-width
+            d = x - y; sd = d.std(ddof=1)
+            half = student_t.ppf(0.975, d.size - 1) * sd / np.sqrt(d.size)   # 95 % t-interval half-width
             rows.append({'method': a, 'vs': b, **({} if plain else {'metric': mt}),
-                         'difference (points)': scale * float(d.mean()), 'sd of difference': scale * float(d.std(ddof=1)),
+                         'difference (points)': scale * float(d.mean()), 'sd of difference': scale * float(sd),
                          'ci95 (points)': (scale * float(d.mean() - half), scale * float(d.mean() + half)),
                          'p': float(ttest_rel(x, y).pvalue)})
     for r, ph in zip(rows, holm_adjust([r['p'] for r in rows])):
         r['p (Holm)'] = float(ph); r['significant'] = 'yes' if ph < alpha else 'no'
     return rows
+
+# %% ../nbs/04_metrics.ipynb #c04ptt02
+def paired_tests_table(rows, # `paired_tests` rows: a list of dicts, or a pandas DataFrame of them
+                       short=None, # label -> the name shown in the table (None: the labels as they are)
+                       sd: bool = True, # show the sd of the per-seed differences
+                      ):
+    "The rows of `paired_tests` as a pandas table indexed by method: Δ and its 95 % interval in points, sd, p, Holm's p, verdict (chapter 04_metrics)."
+    pd = import_extra('pandas')
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    name = (lambda s: s) if short is None else short
+    cols = {'method': df['method'].map(name), 'vs': df['vs'].map(name)}
+    if 'metric' in df: cols['metric'] = df['metric']
+    cols['Δ'] = df['difference (points)'].map('{:+.2f}'.format)
+    cols['95 % interval'] = df['ci95 (points)'].map(lambda c: f'[{c[0]:+.2f},\u00a0{c[1]:+.2f}]')   # no break inside
+    if sd: cols['sd'] = df['sd of difference'].map('{:.2f}'.format)
+    cols |= {'p': df['p'].map('{:.4f}'.format), 'p Holm': df['p (Holm)'].map('{:.4f}'.format), 'sig.': df['significant']}
+    return pd.DataFrame(cols).set_index('method')
 
 # %% ../nbs/04_metrics.ipynb #ae7864e5
 def mcnemar_test(correct_a, # per-image correctness of model A on one test set (N,) bool

@@ -190,6 +190,29 @@ def test_paired_tests_against_definition():
         paired_tests({'a': [0.1, 0.2], 'ref': [0.1, 0.2, 0.3]}, [('a', 'ref')])
 
 
+def test_paired_tests_table_formats_the_rows():
+    "One row per comparison, in the rows' order; each cell is the row's number in the stated format; the interval holds Δ and has no plain space."
+    pd = pytest.importorskip('pandas')
+    from margin_notes.metrics import paired_tests, paired_tests_table
+    rng = np.random.default_rng(2)
+    runs = {k: [{'report': {'overall': v, 'hard': v - 0.1}} for v in 0.6 + 0.02 * i + 0.01 * rng.standard_normal(4)]
+            for i, k in enumerate(('ref', 'a', 'b'))}
+    rows = paired_tests(runs, [('a', 'ref'), ('b', 'ref')], metrics=('overall', 'hard'))
+    t = paired_tests_table(rows, short=lambda s: s + '!')
+    assert list(t.columns) == ['vs', 'metric', 'Δ', '95 % interval', 'sd', 'p', 'p Holm', 'sig.']
+    assert list(t.index) == ['a!', 'a!', 'b!', 'b!'] and list(t['vs']) == ['ref!'] * 4
+    for (_, r), x in zip(t.iterrows(), rows):
+        assert float(r['Δ']) == pytest.approx(x['difference (points)'], abs=0.005)
+        lo, hi = (float(v) for v in r['95 % interval'].strip('[]').split(',\u00a0'))
+        assert lo <= float(r['Δ']) <= hi and ' ' not in r['95 % interval']
+        assert (lo, hi) == pytest.approx(x['ci95 (points)'], abs=0.005)
+        assert float(r['sd']) == pytest.approx(x['sd of difference'], abs=0.005)
+        assert float(r['p Holm']) == pytest.approx(x['p (Holm)'], abs=5e-5) and r['sig.'] == x['significant']
+    # a DataFrame in, no sd column, plain-number runs (no 'metric'), labels as they are
+    plain = paired_tests({k: [v['report']['overall'] for v in vs] for k, vs in runs.items()}, [('a', 'ref')])
+    t2 = paired_tests_table(pd.DataFrame(plain), sd=False)
+    assert list(t2.columns) == ['vs', 'Δ', '95 % interval', 'p', 'p Holm', 'sig.'] and list(t2.index) == ['a']
+
 def test_accuracy_report_keeps_python_floats_in_float64():
     "A list of Python floats is summarised in float64: overall and groups equal the float64 means exactly (once rounded through float32)."
     acc = [0.1234567891234, 0.9876543219876, 0.5555555555555, 0.3333333333333]
